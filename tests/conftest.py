@@ -1,0 +1,57 @@
+"""Fixtures: real btrfs systems on loop images and a private system bus with snapperd."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Bus, System, managed_system as _managed_system, system_bus as _system_bus
+
+
+def _privileged_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (loop devices, btrfs, mounts)"
+    for tool in ("mkfs.btrfs", "snapper", "losetup", "mmdebstrap", "dbus-daemon", "unshare"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (run ./tu-dev test, which installs it)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _privileged_reason()
+    if reason is None:
+        return
+    for item in items:
+        if "privileged" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def managed_system(tmp_path: Path) -> Iterator[System]:
+    with _managed_system(tmp_path) as system:
+        yield system
+
+
+@pytest.fixture
+def system_bus(managed_system: System, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bus]:
+    with _system_bus(managed_system) as bus:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+        yield bus
+
+
+@pytest.fixture(params=["cli", "dbus"])
+def system(request: pytest.FixtureRequest, managed_system: System,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
+    """A managed system driven through snapper's CLI or through snapperd on a system bus."""
+    if request.param == "dbus":
+        with _system_bus(managed_system) as bus:
+            monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+            monkeypatch.setenv("TU_SNAPPER_BACKEND", "dbus")
+            yield managed_system
+    else:
+        monkeypatch.setenv("TU_SNAPPER_BACKEND", "cli")
+        yield managed_system

@@ -1,0 +1,180 @@
+"""Test helpers: real loop-image systems, a private system bus, and running the CLI.
+
+Nothing here touches the host's root, bootloader or default subvolume: every system is a sparse
+image on a loop device taken with ``losetup --show -f``, mounted under a temporary directory, and
+snapperd runs in a private mount namespace that sees test configuration only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transactional_update import btrfs, image
+
+CACHE = Path(os.environ.get("TU_TEST_CACHE", "/var/cache/transactional-update-tests"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def suite() -> str:
+    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"') or "bookworm"
+    return "bookworm"
+
+
+def rootfs_tar() -> Path:
+    """A minimal Debian root as a tarball, built once with mmdebstrap and cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tar = CACHE / f"debian-{suite()}-minbase.tar"
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test runs build it once
+        if not tar.exists():
+            tmp = tar.with_suffix(".tmp.tar")
+            subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", suite(), str(tmp)],
+                           check=True)
+            tmp.rename(tar)
+    return tar
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
+
+
+@dataclass
+class System:
+    """A managed system on a loop image: ``root`` is mounted as it would boot."""
+
+    image: Path
+    device: str
+    root: Path
+    workdir: Path
+
+    def snapshot(self, n: int) -> Path:
+        return self.root / ".snapshots" / str(n) / "snapshot"
+
+    def default(self) -> str:
+        """The default subvolume's path, e.g. ``@/.snapshots/1/snapshot``."""
+        return btrfs.subvolume_path(self.root, btrfs.get_default(self.root))
+
+    def default_number(self) -> int:
+        return int(self.default().split("/")[-2])
+
+    def snapper_list(self) -> list[dict[str, Any]]:
+        out = sh("snapper", "--no-dbus", "--root", str(self.root), "--jsonout", "list").stdout
+        return [s for s in json.loads(out)["root"] if s["number"] != 0]
+
+    def numbers(self) -> list[int]:
+        return [int(s["number"]) for s in self.snapper_list()]
+
+    def tu(self, *args: str, input_text: str | None = None, timeout: float = 300,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the CLI as a separate process, as an admin would."""
+        return subprocess.run(
+            [sys.executable, "-m", "transactional_update", "--root", str(self.root), *args],
+            capture_output=True, text=True, input=input_text, timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def _detach(device: str) -> None:
+    for _ in range(50):
+        if sh("losetup", "-d", device, check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+
+
+def _unmount_below(path: Path) -> None:
+    for _ in range(50):
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        ours = sorted((m for m in mounts if m == str(path) or m.startswith(f"{path}/")),
+                      key=len, reverse=True)
+        if not ours:
+            return
+        for m in ours:
+            sh("umount", m, check=False)
+        time.sleep(0.1)
+    sh("umount", "-R", "-l", str(path), check=False)
+
+
+@contextmanager
+def managed_system(workdir: Path, size: str = "3G") -> Iterator[System]:
+    """Build, mount and finally remove a managed system (also when the test fails)."""
+    img = workdir / "disk.img"
+    sh("truncate", "-s", size, str(img))
+    device = sh("losetup", "--show", "-f", str(img)).stdout.strip()
+    root = workdir / "root"
+    try:
+        uuid = image.make_filesystem(device)
+        with image.mounted_top(device, workdir / "top") as top:
+            image.populate(top, rootfs_tar(), uuid)
+        image.mount_system(device, root)
+        yield System(img, device, root, workdir)
+    finally:
+        _unmount_below(workdir)
+        _detach(device)
+        img.unlink(missing_ok=True)
+
+
+@dataclass
+class Bus:
+    address: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def system_bus(system: System) -> Iterator[Bus]:
+    """dbus-daemon --system + D-Bus-activated snapperd, seeing only the test system's config.
+
+    The daemon runs in a private mount and PID namespace in which /etc/snapper and
+    /etc/default/snapper are test files (SUBVOLUME = the test root), so the host's snapper
+    configuration is never read or changed; killing the namespace kills snapperd too.
+    """
+    d = system.workdir / "bus"
+    (d / "snapper/configs").mkdir(parents=True)
+    config = (system.root / "etc/snapper/configs/root").read_text(encoding="utf-8")
+    config = config.replace('SUBVOLUME="/"', f'SUBVOLUME="{system.root}"')
+    (d / "snapper/configs/root").write_text(config, encoding="utf-8")
+    (d / "default-snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
+    Path("/run/dbus").mkdir(parents=True, exist_ok=True)
+    socket_path = d / "system_bus_socket"
+    script = (
+        f"mount --bind {d}/snapper /etc/snapper && "
+        f"mount --bind {d}/default-snapper /etc/default/snapper && "
+        "mount -t tmpfs tmpfs /run/dbus && "
+        f"exec dbus-daemon --system --nofork --nopidfile --address=unix:path={socket_path}"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
+         "sh", "-c", script],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        for _ in range(100):
+            if socket_path.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not socket_path.exists():
+            err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
+            raise RuntimeError(f"dbus-daemon did not start: {err}")
+        yield Bus(f"unix:path={socket_path}", proc)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""btrfs operations through libbtrfsutil (the ``btrfsutil`` module).
+
+Snapper owns snapshot numbers and metadata; btrfs itself owns the two facts snapper 0.10.4 cannot
+change: which subvolume boots next (the *default subvolume*) and the read-only flag.  Everything here
+takes paths on the managed filesystem; no function mounts or unmounts anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transactional_update.errors import NoSpaceError, NotManagedError, SystemError_
+
+BTRFS_SUPER_MAGIC = 0x9123683E
+TOP_LEVEL_ID = 5  # btrfs' fixed id of the top-level subvolume
+
+
+def _lib() -> Any:
+    # Imported lazily: the C extension costs start-up time that --help and list do not need.
+    try:
+        import btrfsutil
+    except ImportError as exc:
+        raise SystemError_(
+            f"cannot load btrfsutil: {exc}",
+            "install a btrfsutil release matching the system libbtrfsutil (./tu-dev install)",
+        ) from exc
+    return btrfsutil
+
+
+def _fail(action: str, path: Path | str, exc: Exception) -> SystemError_:
+    err = getattr(exc, "errno", None)
+    if err == errno.ENOSPC:
+        return NoSpaceError(f"{action} {path}: no space left on the btrfs filesystem",
+                            "free space (transactional-update cleanup), then retry")
+    return SystemError_(f"{action} {path}: {exc}", "check the btrfs filesystem (btrfs check, dmesg)")
+
+
+def is_btrfs(path: Path) -> bool:
+    """Whether *path* lies on a btrfs filesystem (statfs magic, no subprocess)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        # os.statvfs has no f_type; statfs(2) through libc is the cheap, exact check.
+        class _StatFs(ctypes.Structure):
+            _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_long * 15)]
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        buf = _StatFs()
+        if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+            return False
+        return (buf.f_type & 0xFFFFFFFF) == BTRFS_SUPER_MAGIC
+    except OSError:
+        return False
+
+
+def require_btrfs(path: Path) -> None:
+    if not is_btrfs(path):
+        raise NotManagedError(
+            f"{path} is not on a btrfs filesystem",
+            "transactional-update needs a btrfs root with snapper snapshots (see --root)",
+        )
+
+
+def subvolume_id(path: Path) -> int:
+    try:
+        return int(_lib().subvolume_id(path))
+    except Exception as exc:
+        raise _fail("cannot read subvolume id of", path, exc) from exc
+
+
+def subvolume_path(fs_path: Path, subvol_id: int = 0) -> str:
+    """The path of subvolume *subvol_id* (or of *fs_path*'s own) relative to the top level."""
+    try:
+        return str(_lib().subvolume_path(fs_path, subvol_id))
+    except Exception as exc:
+        raise _fail("cannot resolve subvolume path of", fs_path, exc) from exc
+
+
+def is_subvolume(path: Path) -> bool:
+    try:
+        return bool(_lib().is_subvolume(path))
+    except Exception:
+        return False
+
+
+def get_default(fs_path: Path) -> int:
+    """The id of the default subvolume of the filesystem holding *fs_path*."""
+    try:
+        return int(_lib().get_default_subvolume(fs_path))
+    except Exception as exc:
+        raise _fail("cannot read the default subvolume of", fs_path, exc) from exc
+
+
+def set_default(subvolume: Path) -> None:
+    """Make *subvolume* the one the next boot mounts (when no ``subvol=`` is given)."""
+    try:
+        _lib().set_default_subvolume(subvolume)
+    except Exception as exc:
+        raise _fail("cannot set the default subvolume to", subvolume, exc) from exc
+
+
+def is_read_only(subvolume: Path) -> bool:
+    try:
+        return bool(_lib().get_subvolume_read_only(subvolume))
+    except Exception as exc:
+        raise _fail("cannot read the read-only flag of", subvolume, exc) from exc
+
+
+def set_read_only(subvolume: Path, read_only: bool = True) -> None:
+    try:
+        _lib().set_subvolume_read_only(subvolume, read_only)
+    except Exception as exc:
+        raise _fail("cannot change the read-only flag of", subvolume, exc) from exc
+
+
+def create_subvolume(path: Path) -> None:
+    try:
+        _lib().create_subvolume(path)
+    except Exception as exc:
+        raise _fail("cannot create subvolume", path, exc) from exc
+
+
+def delete_subvolume(path: Path) -> int:
+    """Delete *path* (and nested subvolumes); returns its id for :func:`wait_cleaned`."""
+    lib = _lib()
+    try:
+        subvol = int(lib.subvolume_id(path))
+        if lib.get_subvolume_read_only(path):
+            # A read-only subvolume with nested subvolumes cannot be emptied; clear the flag first.
+            lib.set_subvolume_read_only(path, False)
+        lib.delete_subvolume(path, recursive=True)
+    except Exception as exc:
+        raise _fail("cannot delete subvolume", path, exc) from exc
+    return subvol
+
+
+def wait_cleaned(fs_path: Path, ids: set[int], timeout: float = 60.0) -> bool:
+    """Wait until btrfs' cleaner has freed the space of the deleted subvolumes *ids*.
+
+    btrfs frees a deleted subvolume asynchronously: right after deleting a snapshot that filled the
+    disk, the next snapshot still fails with ENOSPC until the cleaner has run.  Committing the
+    transaction wakes the cleaner; then poll its queue (what ``btrfs subvolume sync`` does).
+    """
+    lib = _lib()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lib.sync(fs_path)
+            pending = set(lib.deleted_subvolumes(fs_path)) & ids
+        except Exception as exc:
+            raise _fail("cannot wait for the btrfs cleaner on", fs_path, exc) from exc
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def sync(fs_path: Path) -> None:
+    try:
+        _lib().sync(fs_path)
+    except Exception as exc:
+        raise _fail("cannot sync", fs_path, exc) from exc

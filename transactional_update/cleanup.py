@@ -1,0 +1,112 @@
+"""``cleanup``: remove forks of dead transactions and apply snapper's number cleanup.
+
+Never touched: the booted snapshot, the default (which is the pending one when they differ), and
+snapshot 0.  Runs under the transaction lock, so no live transaction's fork can be taken.  The
+number algorithm follows snapper's: of the snapshots with cleanup ``number``, keep the newest
+NUMBER_LIMIT (and NUMBER_LIMIT_IMPORTANT of those marked ``important=yes``), younger than
+NUMBER_MIN_AGE seconds are kept too.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from transactional_update import btrfs
+from transactional_update.context import Context
+from transactional_update.errors import ConfigError
+from transactional_update.lock import Lock
+from transactional_update.snapper import Snapshot
+from transactional_update.system import IN_PROGRESS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NumberLimits:
+    limit: int = 50
+    limit_important: int = 10
+    min_age: int = 1800
+
+
+@dataclass
+class CleanupResult:
+    stale: list[int] = field(default_factory=list)
+    number: list[int] = field(default_factory=list)
+
+
+def _upper(value: str, key: str, where: str) -> int:
+    # snapper allows ranges "2-10"; the upper bound is what it keeps while space allows.
+    try:
+        return int(value.split("-")[-1])
+    except ValueError:
+        raise ConfigError(f"{where}: {key}={value!r} is not a number or range",
+                          f'set {key} to a number like "10" or a range like "2-10"') from None
+
+
+def read_limits(root: Path, config: str) -> NumberLimits:
+    path = root / "etc/snapper/configs" / config
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) == 1 and "=" in words[0]:
+            k, _, v = words[0].partition("=")
+            values[k] = v
+    where = f"/etc/snapper/configs/{config}"
+    return NumberLimits(
+        limit=_upper(values.get("NUMBER_LIMIT", "50"), "NUMBER_LIMIT", where),
+        limit_important=_upper(values.get("NUMBER_LIMIT_IMPORTANT", "10"),
+                               "NUMBER_LIMIT_IMPORTANT", where),
+        min_age=_upper(values.get("NUMBER_MIN_AGE", "1800"), "NUMBER_MIN_AGE", where),
+    )
+
+
+def number_candidates(snaps: list[Snapshot], protected: set[int], limits: NumberLimits,
+                      now: datetime) -> list[int]:
+    """Snapshots the number algorithm removes, oldest first (pure: unit-tested)."""
+    doomed = []
+    kept = kept_important = 0
+    for s in sorted(snaps, key=lambda s: s.number, reverse=True):
+        if s.cleanup != "number" or s.number in protected or s.number == 0:
+            continue
+        if IN_PROGRESS in s.userdata:
+            continue
+        important = s.userdata.get("important") == "yes"
+        if important and kept_important < limits.limit_important:
+            kept_important += 1
+            continue
+        if not important and kept < limits.limit:
+            kept += 1
+            continue
+        if s.date is not None and (now - s.date).total_seconds() < limits.min_age:
+            continue
+        doomed.append(s.number)
+    return sorted(doomed)
+
+
+def cleanup(ctx: Context) -> CleanupResult:
+    managed = ctx.managed
+    result = CleanupResult()
+    with Lock(managed.snapshots_dir, ctx.config.lock_wait):
+        protected = {n for n in (managed.booted(), managed.default()) if n is not None}
+        snaps = ctx.snapper.list_snapshots()
+        # We hold the lock, so an in-progress mark can only belong to a transaction that died.
+        result.stale = [s.number for s in snaps
+                        if IN_PROGRESS in s.userdata and s.number not in protected]
+        limits = read_limits(ctx.root, ctx.config.snapper_config)
+        rest = [s for s in snaps if s.number not in result.stale]
+        result.number = number_candidates(rest, protected, limits, datetime.now(UTC))
+        doomed = result.stale + result.number
+        if doomed:
+            ids = {btrfs.subvolume_id(managed.snapshot_dir(n)) for n in doomed
+                   if btrfs.is_subvolume(managed.snapshot_dir(n))}
+            ctx.snapper.delete_snapshots(doomed)
+            btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
+        for n in result.stale:
+            log.info("cleanup: removed snapshot %d left by an interrupted transaction", n)
+        for n in result.number:
+            log.info("cleanup: removed snapshot %d (number limit)", n)
+    return result

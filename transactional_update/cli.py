@@ -1,0 +1,305 @@
+"""The ``transactional-update`` command line (click), a thin layer over the core.
+
+General commands chain as in openSUSE's tool (``transactional-update cleanup run -- cmd``) and run
+in the order given; the first failure stops the chain.  Everything but click is imported inside the
+commands, so ``--help`` starts fast.
+
+Exit codes: 0 success; 1 transaction failed (``run`` passes the command's own code through);
+2 usage; 3 not a managed system; 4 another transaction runs; 5 bad snapshot number;
+6 bad configuration; 7 btrfs/snapper/mount failure; 8 no space left; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from transactional_update.context import Context
+    from transactional_update.transaction import Options
+
+log = logging.getLogger("transactional_update")
+
+EPILOG = """\b
+Exit codes: 0 ok, 1 transaction failed (run: the command's code), 2 usage,
+3 not a managed system, 4 locked by another transaction, 5 bad snapshot,
+6 bad config, 7 btrfs/snapper failure, 8 no space left, 130 interrupted.
+"""
+
+Step = Callable[["State"], int]
+
+
+class State:
+    """What the global options decided; the context is opened once, on first need."""
+
+    def __init__(self, root: Path, json_out: bool, opts: dict[str, Any]) -> None:
+        self.root = root
+        self.json = json_out
+        self.opts = opts
+        self._ctx: Context | None = None
+
+    @property
+    def ctx(self) -> Context:
+        if self._ctx is None:
+            from transactional_update.context import open_context
+            from transactional_update.log import attach_file
+
+            self._ctx = open_context(self.root)
+            attach_file(self.root)
+        return self._ctx
+
+    def options(self, description: str) -> Options:
+        from transactional_update.transaction import Options
+
+        return Options(
+            description=self.opts["description"] or description,
+            continue_from=self.opts["continue_from"],
+            keep=self.opts["keep"],
+            drop_if_no_change=self.opts["drop_if_no_change"],
+        )
+
+
+def normalize_continue(argv: Sequence[str]) -> list[str]:
+    """``-c [N]``/``--continue [N]`` take a number only when one follows (as in openSUSE's tool)."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg in ("-c", "--continue"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            if re.fullmatch(r"\d+", nxt):
+                out.append(f"--continue={nxt}")
+                next(it)
+            else:
+                out.append("--continue=default")
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_continue(value: str | None) -> int | None:
+    from transactional_update.transaction import CONTINUE_DEFAULT
+
+    if value is None:
+        return None
+    if value == "default":
+        return CONTINUE_DEFAULT
+    if not value.isdigit() or int(value) == 0:
+        raise click.BadParameter(f"{value!r} is not a snapshot number", param_hint="--continue")
+    return int(value)
+
+
+@click.group(chain=True, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(path_type=Path), default=Path("/"), show_default=True,
+              help="Manage the system mounted at PATH (like snapper --root).")
+@click.option("-v", "--verbose", count=True, help="More output; -vv shows every command.")
+@click.option("--debug", is_flag=True, help="Show debug output and tracebacks.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.option("-n", "--non-interactive", is_flag=True, help="Never ask (default for run).")
+@click.option("-i", "--interactive", is_flag=True, help="Let package managers ask.")
+@click.option("-c", "--continue", "continue_", metavar="[N]",
+              help="Build on the pending default snapshot, or on snapshot N.")
+@click.option("-d", "--drop-if-no-change", is_flag=True,
+              help="Leave no snapshot when the transaction changed no file.")
+@click.option("-k", "--keep", is_flag=True,
+              help="Keep a failed snapshot for inspection (never as default).")
+@click.option("--description", metavar="TEXT", help="Description of the new snapshot.")
+@click.option("--json", "json_out", is_flag=True, help="Machine-readable output (status, list).")
+@click.version_option(package_name="transactional-update")
+@click.pass_context
+def cli(ctx: click.Context, root: Path, verbose: int, debug: bool, quiet: bool,
+        non_interactive: bool, interactive: bool, continue_: str | None, drop_if_no_change: bool,
+        keep: bool, description: str | None, json_out: bool) -> None:
+    """Change a btrfs root atomically: every change goes to a new snapshot that boots next."""
+    from transactional_update import log as logmod
+
+    logmod.setup(2 if debug else verbose, quiet)
+    ctx.obj = State(root.absolute(), json_out, {
+        "continue_from": parse_continue(continue_),
+        "drop_if_no_change": drop_if_no_change,
+        "keep": keep,
+        "description": description,
+        "interactive": interactive and not non_interactive,
+        "debug": debug,
+    })
+
+
+@cli.result_callback()
+@click.pass_obj
+def run_steps(state: State, steps: list[Step], **_: Any) -> None:
+    for s in steps:
+        code = s(state)
+        if code != 0:
+            sys.exit(code)
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_cmd(command: tuple[str, ...]) -> Step:
+    """Run COMMAND in a new snapshot; a non-zero exit discards it and is passed through."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import CommandFailed
+        from transactional_update.transaction import Transaction, default_description
+
+        tx = Transaction(state.ctx, state.options(default_description("run", command)))
+        with tx:
+            rc = tx.run(list(command))
+            if rc != 0:
+                raise CommandFailed(f"command exited with {rc}: {command[0]}",
+                                    "the snapshot was discarded; the default is unchanged", code=rc)
+        return report(state, tx.result)
+
+    return step
+
+
+@cli.command("shell")
+def shell_cmd() -> Step:
+    """Open an interactive shell in a new snapshot; exit 0 keeps the change, non-zero discards."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import CommandFailed
+        from transactional_update.transaction import Transaction, default_description
+
+        tx = Transaction(state.ctx, state.options(default_description("shell")))
+        with tx:
+            click.echo(f"Shell in snapshot {tx.number} (from {tx.result.base}). "
+                       "`exit 0` keeps the changes; `exit 1` (any non-zero) discards them.",
+                       err=True)
+            shell = "/bin/bash" if (tx.ctx.managed.snapshot_dir(tx.number or 0) / "bin/bash"
+                                    ).exists() else "/bin/sh"
+            rc = tx.run([shell, "-i"], {"PS1": r"transactional update \w# "})
+            if rc != 0:
+                raise CommandFailed(f"shell exited with {rc}",
+                                    "the snapshot was discarded; the default is unchanged", code=rc)
+        return report(state, tx.result)
+
+    return step
+
+
+@cli.command("status")
+def status_cmd() -> Step:
+    """Show the booted, default and pending snapshots and any running transaction."""
+
+    def step(state: State) -> int:
+        from transactional_update.status import get_status, status_json, status_text
+
+        st = get_status(state.ctx.managed)
+        click.echo(json.dumps(status_json(st), indent=2) if state.json else status_text(st))
+        return 0
+
+    return step
+
+
+@cli.command("list")
+def list_cmd() -> Step:
+    """List snapshots with number, date, description and boot marks."""
+
+    def step(state: State) -> int:
+        from transactional_update.status import list_json, list_text
+
+        managed = state.ctx.managed
+        snaps = state.ctx.snapper.list_snapshots()
+        booted, default = managed.booted(), managed.default()
+        if state.json:
+            click.echo(json.dumps(list_json(snaps, booted, default), indent=2))
+        else:
+            click.echo(list_text(snaps, booted, default))
+        return 0
+
+    return step
+
+
+@cli.command("rollback")
+@click.argument("target", required=False, metavar="[N|last]")
+def rollback_cmd(target: str | None) -> Step:
+    """Make snapshot N (or the last working one, or the booted one) boot next."""
+
+    def step(state: State) -> int:
+        from transactional_update.rollback import parse_target, rollback
+
+        res = rollback(state.ctx, parse_target(target))
+        if state.json:
+            click.echo(json.dumps({"default": res.number, "previous_default": res.previous_default}))
+        else:
+            click.echo(f"snapshot {res.number} is the default now (was {res.previous_default}); "
+                       "reboot to use it")
+        return 0
+
+    return step
+
+
+@cli.command("cleanup")
+def cleanup_cmd() -> Step:
+    """Remove snapshots of interrupted transactions and apply the number limit."""
+
+    def step(state: State) -> int:
+        from transactional_update.cleanup import cleanup
+
+        res = cleanup(state.ctx)
+        if state.json:
+            click.echo(json.dumps({"stale": res.stale, "number": res.number}))
+        else:
+            click.echo(f"removed {len(res.stale)} interrupted and {len(res.number)} old snapshot(s)"
+                       + (f": {' '.join(map(str, res.stale + res.number))}" if res.stale or res.number
+                          else ""))
+        return 0
+
+    return step
+
+
+def report(state: State, result: Any) -> int:
+    if state.json:
+        click.echo(json.dumps({
+            "snapshot": result.number, "base": result.base, "dropped": result.dropped,
+            "previous_default": result.previous_default,
+            "shadowed_writes": result.shadowed_writes,
+            "commands": [{"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
+                         for c in result.commands],
+        }))
+    elif result.dropped:
+        click.echo("nothing changed; no snapshot was kept")
+    else:
+        click.echo(f"snapshot {result.number} is the new default; reboot to use it")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = normalize_continue(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
+    try:
+        cli.main(args=args, prog_name="transactional-update", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; the default snapshot is unchanged", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        from transactional_update.errors import TUError
+
+        if debug:
+            raise
+        if isinstance(exc, TUError):
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            sys.exit(exc.exit_code)
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: rerun with --debug for the traceback and report it", err=True)
+        sys.exit(1)

@@ -1,0 +1,135 @@
+"""Build a managed system: btrfs with openSUSE MicroOS's subvolume layout and a snapper config.
+
+Used by the README's demo and by the tests (and the base of ``create-system``).  Layout on the
+filesystem's top level::
+
+    @                          container, never booted
+    @/.snapshots               snapper's store, mounted at /.snapshots
+    @/.snapshots/1/snapshot    the first root filesystem (read-only, the default subvolume)
+    @/var @/home @/root @/opt @/srv @/usr/local   data that no snapshot owns
+
+The dpkg database describes one snapshot, so it moves into it (``/usr/share/dpkg/database``) and
+``/var/lib/dpkg`` becomes a link to it, as Debian-based OSTree systems do; a tmpfiles.d line
+recreates the link in a fresh ``/var``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from transactional_update import btrfs
+from transactional_update.proc import run
+
+DATA_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
+DPKG_DB = "usr/share/dpkg/database"
+DPKG_LINK_TARGET = "../../usr/share/dpkg/database"
+
+SNAPPER_CONFIG = """\
+# snapper config of the root filesystem, written by transactional-update
+SUBVOLUME="/"
+FSTYPE="btrfs"
+QGROUP=""
+SPACE_LIMIT="0.5"
+FREE_LIMIT="0.2"
+ALLOW_USERS=""
+ALLOW_GROUPS=""
+SYNC_ACL="no"
+BACKGROUND_COMPARISON="no"
+NUMBER_CLEANUP="yes"
+NUMBER_MIN_AGE="0"
+NUMBER_LIMIT="10"
+NUMBER_LIMIT_IMPORTANT="4"
+TIMELINE_CREATE="no"
+TIMELINE_CLEANUP="no"
+EMPTY_PRE_POST_CLEANUP="no"
+"""
+
+
+def info_xml(number: int, description: str, date: datetime | None = None) -> str:
+    from xml.sax.saxutils import escape
+
+    when = (date or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        '<?xml version="1.0"?>\n<snapshot>\n  <type>single</type>\n'
+        f"  <num>{number}</num>\n  <date>{when}</date>\n"
+        f"  <description>{escape(description)}</description>\n</snapshot>\n"
+    )
+
+
+def fstab(uuid: str) -> str:
+    lines = [f"UUID={uuid} / btrfs ro 0 0", f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots 0 0"]
+    lines += [f"UUID={uuid} /{d} btrfs subvol=/@/{d} 0 0" for d in DATA_SUBVOLUMES]
+    return "\n".join(lines) + "\n"
+
+
+def _move_contents(src: Path, dst: Path) -> None:
+    for entry in list(src.iterdir()):
+        shutil.move(str(entry), str(dst / entry.name))
+
+
+def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
+    """Create the layout below the mounted top level *top*; returns snapshot 1's directory."""
+    btrfs.create_subvolume(top / "@")
+    btrfs.create_subvolume(top / "@/.snapshots")
+    (top / "@/.snapshots/1").mkdir()
+    snap = top / "@/.snapshots/1/snapshot"
+    btrfs.create_subvolume(snap)
+    run(["tar", "-x", "-p", "--xattrs", "--numeric-owner", "-C", str(snap), "-f", str(rootfs_tar)],
+        what="unpack the root filesystem")
+    # The package database belongs to the snapshot; the rest of /var is shared data.
+    if (snap / "var/lib/dpkg").is_dir() and not (snap / "var/lib/dpkg").is_symlink():
+        (snap / DPKG_DB).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(snap / "var/lib/dpkg"), str(snap / DPKG_DB))
+        os.symlink(DPKG_LINK_TARGET, snap / "var/lib/dpkg")
+        tmpfiles = snap / "usr/lib/tmpfiles.d/transactional-update-dpkg.conf"
+        tmpfiles.parent.mkdir(parents=True, exist_ok=True)
+        tmpfiles.write_text(f"L /var/lib/dpkg - - - - {DPKG_LINK_TARGET}\n", encoding="utf-8")
+    for d in DATA_SUBVOLUMES:
+        (top / "@" / d).parent.mkdir(parents=True, exist_ok=True)
+        btrfs.create_subvolume(top / "@" / d)
+        inside = snap / d
+        inside.mkdir(parents=True, exist_ok=True)
+        _move_contents(inside, top / "@" / d)
+    (snap / ".snapshots").mkdir(exist_ok=True)
+    (snap / "etc/snapper/configs").mkdir(parents=True, exist_ok=True)
+    (snap / "etc/snapper/configs/root").write_text(SNAPPER_CONFIG, encoding="utf-8")
+    (snap / "etc/default").mkdir(exist_ok=True)
+    (snap / "etc/default/snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
+    (snap / "etc/fstab").write_text(fstab(uuid), encoding="utf-8")
+    (top / "@/.snapshots/1/info.xml").write_text(info_xml(1, "first root filesystem"), encoding="utf-8")
+    btrfs.set_read_only(snap, True)
+    btrfs.set_default(snap)
+    return snap
+
+
+def make_filesystem(device: str, label: str = "tu-root") -> str:
+    """mkfs.btrfs on *device*; returns the filesystem UUID."""
+    run(["mkfs.btrfs", "-q", "-f", "-L", label, device], what="mkfs.btrfs")
+    return run(["blkid", "-s", "UUID", "-o", "value", device], what="blkid").stdout.strip()
+
+
+@contextmanager
+def mounted_top(device: str, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-o", "subvolid=5", device, str(where)], what="mount top level")
+    try:
+        yield where
+    finally:
+        run(["umount", str(where)], what="unmount top level")
+
+
+def mount_system(device: str, where: Path) -> None:
+    """Mount the system as it boots: the default subvolume at /, data subvolumes below."""
+    where.mkdir(parents=True, exist_ok=True)
+    run(["mount", device, str(where)], what="mount root")
+    for d in (".snapshots", *DATA_SUBVOLUMES):
+        run(["mount", "-o", f"subvol=/@/{d}", device, str(where / d)], what=f"mount /{d}")
+
+
+def unmount_system(where: Path) -> None:
+    run(["umount", "-R", str(where)], what="unmount system")

@@ -1,0 +1,71 @@
+"""The one helper that runs subprocesses on the host.
+
+Argument lists are built by pure functions elsewhere; this module only executes them, and logs one
+readable line when a command fails.  Commands inside a snapshot go through :mod:`chroot` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from transactional_update.errors import NoSpaceError, SystemError_
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+    what: str = "",
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv*; on failure with *check*, raise :class:`SystemError_` naming the command.
+
+    *what* is a short human description ("create snapshot") used in the error message.
+    """
+    cmdline = shlex.join(argv)
+    log.debug("run: %s", cmdline)
+    try:
+        proc = subprocess.run(
+            list(argv),
+            check=False,
+            capture_output=capture,
+            text=True,
+            env=dict(env) if env is not None else None,
+            input=input_text,
+        )
+    except FileNotFoundError as exc:
+        raise SystemError_(
+            f"{argv[0]}: command not found", f"install the package that provides {argv[0]}"
+        ) from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        last = detail[-1] if detail else f"exit code {proc.returncode}"
+        log.error("command failed (exit %d): %s: %s", proc.returncode, cmdline, last)
+        message = f"{what or argv[0]} failed: {last}"
+        if "No space left" in last:
+            raise NoSpaceError(message, "free space on the btrfs filesystem, then retry")
+        raise SystemError_(message, f"run with --debug to see the full command ({argv[0]})")
+    return proc
+
+
+def pipeline(first: Sequence[str], second: Sequence[str], *, what: str) -> str:
+    """Run ``first | second`` and return *second*'s output; either failing raises."""
+    log.debug("run: %s | %s", shlex.join(first), shlex.join(second))
+    producer = subprocess.Popen(list(first), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert producer.stdout is not None and producer.stderr is not None
+    consumer = subprocess.run(list(second), stdin=producer.stdout, capture_output=True, text=True,
+                              check=False)
+    producer.stdout.close()
+    err = producer.stderr.read().decode(errors="replace").strip()
+    if producer.wait() != 0 or consumer.returncode != 0:
+        detail = err or consumer.stderr.strip() or "failed"
+        log.error("command failed: %s | %s: %s", shlex.join(first), shlex.join(second), detail)
+        raise SystemError_(f"{what} failed: {detail}", "check the filesystem (dmesg)")
+    return consumer.stdout

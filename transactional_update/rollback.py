@@ -1,0 +1,63 @@
+"""``rollback [N|last]``: choose which snapshot boots next.
+
+Without N the booted snapshot becomes the default again (dropping a pending change, as openSUSE's
+tool does); ``last`` picks the newest snapshot known to have run this system
+(``LAST_WORKING_SNAPSHOTS``).  Refused: numbers that do not exist, snapper's ``0`` (the live
+system), unfinished transactions and snapshots snapper does not manage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from transactional_update import btrfs, state
+from transactional_update.context import Context
+from transactional_update.errors import SnapshotError, UsageError
+from transactional_update.lock import Lock
+from transactional_update.system import IN_PROGRESS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    number: int
+    previous_default: int | None
+
+
+def parse_target(text: str | None) -> int | str | None:
+    """``None``, ``"last"`` or a snapshot number from the command line."""
+    if text is None or text == "last":
+        return text
+    if not text.isdigit():
+        raise UsageError(f"rollback target {text!r} is not a snapshot number or 'last'",
+                         "pass a number from `transactional-update list`, or 'last'")
+    return int(text)
+
+
+def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
+    managed = ctx.managed
+    with Lock(managed.snapshots_dir, ctx.config.lock_wait):
+        default = managed.default()
+        if target is None:
+            number = managed.booted()
+            assert number is not None
+        elif target == "last":
+            candidates = [n for n in state.last_working(ctx.root)
+                          if n != default and managed.snapshot_dir(n).is_dir()]
+            if not candidates:
+                raise SnapshotError("no last working snapshot is recorded that differs from the "
+                                    "default", "name the snapshot: transactional-update rollback N")
+            number = candidates[0]
+        else:
+            assert isinstance(target, int)
+            number = target
+        path = managed.require_snapshot_dir(number)
+        info = ctx.snapper.get_snapshot(number)
+        if IN_PROGRESS in info.userdata:
+            raise SnapshotError(f"snapshot {number} is an unfinished transaction",
+                                "it may be half-changed; pick a finished snapshot")
+        btrfs.set_default(path)
+        log.info("rollback: snapshot %d is the new default (was %s)", number, default)
+        return RollbackResult(number, default)

@@ -1,0 +1,61 @@
+"""The state file ``/var/lib/misc/transactional-update.state`` (under /var, so rollbacks keep it).
+
+Same name and format as openSUSE's: shell assignments.  ``LAST_WORKING_SNAPSHOTS`` lists snapshots
+known to have run this system, newest first: each transaction records the snapshot it was started on.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+STATE_FILE = "var/lib/misc/transactional-update.state"
+KEEP = 10
+
+
+def parse(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        if len(words) == 1 and "=" in words[0]:
+            key, _, value = words[0].partition("=")
+            values[key] = value
+    return values
+
+
+def render(values: dict[str, str]) -> str:
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items()))
+
+
+def load(root: Path) -> dict[str, str]:
+    try:
+        return parse((root / STATE_FILE).read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+
+
+def save(root: Path, values: dict[str, str]) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    path = root / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(render(values))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def last_working(root: Path) -> list[int]:
+    return [int(n) for n in load(root).get("LAST_WORKING_SNAPSHOTS", "").split() if n.isdigit()]
+
+
+def record_working(root: Path, number: int) -> None:
+    values = load(root)
+    numbers = [number] + [n for n in last_working(root) if n != number]
+    values["LAST_WORKING_SNAPSHOTS"] = " ".join(str(n) for n in numbers[:KEEP])
+    save(root, values)

@@ -1,0 +1,139 @@
+"""``status`` and ``list``: what boots now, what boots next, and every snapshot.
+
+``status`` reads only the three snapshots it reports (booted, default, pending) straight from
+snapper's ``info.xml`` plus the lock file, so it stays fast with thousands of snapshots.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transactional_update.errors import TUError
+from transactional_update.lock import Lock
+from transactional_update.snapper import Snapshot, read_info
+from transactional_update.system import IN_PROGRESS, ManagedRoot
+
+_SNAPSHOT_NOTE = re.compile(r"snapshot (\d+)")
+
+
+@dataclass(frozen=True)
+class Status:
+    booted: int | None
+    default: int | None
+    pending: int | None  # the default when it is not the booted snapshot
+    running: str | None  # the lock holder while a transaction runs
+    stale: int | None  # fork of a transaction that died (the lock is free but the note remains)
+    snapshots: dict[int, Snapshot]
+
+
+def _info(root: Path, number: int | None) -> Snapshot | None:
+    if number is None:
+        return None
+    try:
+        return read_info(root, number)
+    except TUError:
+        return None
+
+
+def get_status(managed: ManagedRoot) -> Status:
+    booted, default = managed.booted(), managed.default()
+    pending = default if default is not None and default != booted else None
+    lock = Lock(managed.snapshots_dir)
+    running = lock.holder() if lock.is_held() else None
+    stale = None
+    if running is None:
+        note = _SNAPSHOT_NOTE.search(lock.holder())
+        if note:
+            info = _info(managed.root, int(note.group(1)))
+            if info is not None and IN_PROGRESS in info.userdata:
+                stale = info.number
+    infos = {n: i for n in {booted, default, stale} if (i := _info(managed.root, n)) is not None}
+    return Status(booted, default, pending, running, stale, infos)
+
+
+def snapshot_json(s: Snapshot | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "number": s.number,
+        "type": str(s.type),
+        "pre_number": s.pre_number,
+        "date": s.date.isoformat() if s.date else None,
+        "user": s.user,
+        "description": s.description,
+        "cleanup": s.cleanup,
+        "userdata": dict(s.userdata),
+    }
+
+
+def status_json(st: Status) -> dict[str, Any]:
+    return {
+        "booted": snapshot_json(st.snapshots.get(st.booted)) if st.booted else None,
+        "default": snapshot_json(st.snapshots.get(st.default)) if st.default else None,
+        "pending": st.pending,
+        "reboot_needed": st.pending is not None,
+        "running": st.running,
+        "stale_in_progress": st.stale,
+    }
+
+
+def _line(label: str, number: int | None, infos: dict[int, Snapshot]) -> str:
+    if number is None:
+        return f"{label:<9} -"
+    info = infos.get(number)
+    desc = info.description.splitlines()[0] if info and info.description else ""
+    date = info.date.strftime("%Y-%m-%d %H:%M") if info and info.date else ""
+    return f"{label:<9} {number}  {date}  {desc}".rstrip()
+
+
+def status_text(st: Status) -> str:
+    lines = [_line("booted:", st.booted, st.snapshots), _line("default:", st.default, st.snapshots)]
+    if st.pending is not None:
+        lines.append(f"pending:  snapshot {st.pending} boots next; reboot to use it")
+    else:
+        lines.append("pending:  none")
+    if st.running:
+        lines.append(f"running:  a transaction ({st.running})")
+    if st.stale is not None:
+        lines.append(f"stale:    snapshot {st.stale} was left by an interrupted transaction; "
+                     "remove it with: transactional-update cleanup")
+    return "\n".join(lines)
+
+
+def marks(s: Snapshot, booted: int | None, default: int | None) -> str:
+    m = ""
+    if s.number == booted:
+        m += "-"
+    if s.number == default:
+        m += "*" if s.number == booted else "+"
+    if IN_PROGRESS in s.userdata:
+        m += "!"
+    return m
+
+
+def list_json(snaps: list[Snapshot], booted: int | None, default: int | None) -> list[dict[str, Any]]:
+    out = []
+    for s in snaps:
+        d = snapshot_json(s)
+        assert d is not None
+        d.update(booted=s.number == booted, default=s.number == default,
+                 in_progress=IN_PROGRESS in s.userdata)
+        out.append(d)
+    return out
+
+
+def list_text(snaps: list[Snapshot], booted: int | None, default: int | None) -> str:
+    rows = [("#", "", "date", "description")]
+    for s in snaps:
+        desc = " ".join(s.description.split())  # newlines in a description would break the table
+        date = s.date.strftime("%Y-%m-%d %H:%M:%S") if s.date else ""
+        rows.append((str(s.number), marks(s, booted, default), date, desc))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    w2 = max(len(r[2]) for r in rows)
+    out = [f"{r[0]:>{w0}} {r[1]:<{w1}} | {r[2]:<{w2}} | {r[3]}".rstrip() for r in rows]
+    out.append("marks: - booted, + default (boots next), * booted and default, ! in progress")
+    return "\n".join(out)

@@ -1,0 +1,78 @@
+"""The managed system: its root, snapshot store, and which snapshots are booted, default, pending.
+
+Booted and default are read from btrfs, not from snapper: the booted snapshot is the subvolume mounted
+at the root, the default is what the next boot mounts.  Both are snapper snapshots
+``.snapshots/N/snapshot``; a default that is not one (a plain subvolume) is reported as foreign.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from transactional_update import btrfs
+from transactional_update.errors import NotManagedError, SnapshotError
+
+_SNAPSHOT_RE = re.compile(r"(?:^|/)\.snapshots/(\d+)/snapshot$")
+IN_PROGRESS = "transactional-update-in-progress"
+
+
+def snapshot_number(subvol_path: str) -> int | None:
+    """N for a subvolume path ending in ``.snapshots/N/snapshot``, else None."""
+    m = _SNAPSHOT_RE.search(subvol_path)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class ManagedRoot:
+    root: Path
+    snapper_config: str
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.root / ".snapshots"
+
+    def snapshot_dir(self, number: int) -> Path:
+        return self.snapshots_dir / str(number) / "snapshot"
+
+    def booted(self) -> int | None:
+        return snapshot_number(btrfs.subvolume_path(self.root))
+
+    def default(self) -> int | None:
+        return snapshot_number(btrfs.subvolume_path(self.root, btrfs.get_default(self.root)))
+
+    def require_snapshot_dir(self, number: int) -> Path:
+        """The subvolume of snapshot *number*; refuses numbers that are not root snapshots here."""
+        if number <= 0:
+            raise SnapshotError(f"snapshot {number} is not a root snapshot",
+                                "pick a number from: transactional-update list")
+        path = self.snapshot_dir(number)
+        if not btrfs.is_subvolume(path):
+            raise SnapshotError(f"snapshot {number} does not exist",
+                                "pick a number from: transactional-update list")
+        if not (self.snapshots_dir / str(number) / "info.xml").is_file():
+            raise SnapshotError(f"snapshot {number} is not managed by snapper (no info.xml)",
+                                "only snapper's snapshots can be used; see: transactional-update list")
+        return path
+
+
+def open_root(root: Path, snapper_config: str = "root") -> ManagedRoot:
+    """Check that *root* is a system this tool can manage and describe it."""
+    if not root.is_dir():
+        raise NotManagedError(f"root {root} is not a directory", "pass the mounted system with --root PATH")
+    btrfs.require_btrfs(root)
+    snapshots = root / ".snapshots"
+    if not snapshots.is_dir() or not btrfs.is_subvolume(snapshots):
+        raise NotManagedError(f"{snapshots} is not a btrfs subvolume",
+                              "create the snapper layout first (snapper create-config, or create-system)")
+    if not (root / "etc/snapper/configs" / snapper_config).is_file():
+        raise NotManagedError(f"no snapper config {snapper_config!r} in {root}/etc/snapper/configs",
+                              "create it with: snapper -c root create-config /")
+    managed = ManagedRoot(root=root, snapper_config=snapper_config)
+    if managed.booted() is None:
+        raise NotManagedError(
+            f"{root} is not a snapper snapshot (mounted subvolume: {btrfs.subvolume_path(root)})",
+            "boot (or mount at --root) a snapshot .snapshots/N/snapshot",
+        )
+    return managed

@@ -1,0 +1,250 @@
+"""One transaction: fork a snapshot, change it in a chroot, make it the default only if all went well.
+
+The promise: the booted snapshot and the default subvolume are never half-changed.  The fork is the
+only thing a transaction writes until the single atomic step that makes it the default; any failure,
+signal or crash before that leaves the default as it was, and the fork is deleted (or, with
+``--keep``, kept for inspection and never made the default).  A fork left behind by a killed
+process still carries the in-progress mark; ``cleanup`` removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any
+
+from transactional_update import btrfs, changes, state
+from transactional_update.chroot import ChrootSession, command_env, plan_for
+from transactional_update.context import Context
+from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
+from transactional_update.lock import Lock
+from transactional_update.log import step
+from transactional_update.system import IN_PROGRESS
+
+log = logging.getLogger(__name__)
+
+CONTINUE_DEFAULT = -1  # --continue without a number: build on the pending default
+FAILED = "transactional-update-failed"
+
+
+@dataclass(frozen=True)
+class Options:
+    description: str
+    continue_from: int | None = None  # None: the booted snapshot; CONTINUE_DEFAULT; or a number
+    keep: bool = False
+    drop_if_no_change: bool = False
+
+
+@dataclass
+class Ran:
+    argv: list[str]
+    returncode: int
+    duration: float
+
+
+@dataclass
+class Result:
+    number: int | None = None  # the new default; None when dropped or failed
+    base: int | None = None
+    previous_default: int | None = None
+    dropped: bool = False
+    shadowed_writes: list[str] = field(default_factory=list)
+    commands: list[Ran] = field(default_factory=list)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}",
+                      "the snapshot was discarded; the default is unchanged")
+
+
+class Transaction:
+    """``with Transaction(ctx, opts) as tx: tx.run([...])`` — commits on a clean exit."""
+
+    def __init__(self, ctx: Context, opts: Options) -> None:
+        self.ctx = ctx
+        self.opts = opts
+        self.lock = Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait)
+        self.session: ChrootSession | None = None
+        self.number: int | None = None
+        self.result = Result()
+        self._old_handlers: dict[int, Any] = {}
+
+    # -- the steps, in order ---------------------------------------------------------------------
+
+    def __enter__(self) -> Transaction:
+        if os.environ.get("TRANSACTIONAL_UPDATE") == "true":
+            raise UsageError("transactional-update cannot run inside a transaction",
+                             "leave the transactional-update shell first")
+        self._trap_signals()
+        try:
+            self.lock.acquire()
+            base = self._choose_base()
+            self._fork(base)
+            self._enter_chroot()
+        except BaseException as exc:
+            self._abort(exc)
+            self._finish()
+            raise
+        return self
+
+    def run(self, argv: Sequence[str], extra_env: dict[str, str] | None = None) -> int:
+        """Run *argv* in the snapshot with the terminal; returns its exit code."""
+        assert self.session is not None
+        log.debug("in snapshot %s: %s", self.number, shlex.join(argv))
+        res = self.session.run(argv, command_env(os.environ, extra_env))
+        self.result.commands.append(Ran(list(argv), res.returncode, res.duration))
+        return res.returncode
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if e is None:
+                try:
+                    self._commit()
+                except BaseException as exc:
+                    self._abort(exc)
+                    raise
+            else:
+                self._abort(e)
+        finally:
+            self._finish()
+
+    # -- the steps' details ----------------------------------------------------------------------
+
+    def _choose_base(self) -> int:
+        managed = self.ctx.managed
+        booted, default = managed.booted(), managed.default()
+        assert booted is not None  # open_root refuses a root that is not a snapshot
+        self.result.previous_default = default
+        want = self.opts.continue_from
+        if want is None:
+            base = booted
+            if default is not None and default != booted:
+                log.warning("snapshot %d (not booted yet) is the pending default; this transaction "
+                            "starts from the booted snapshot %d and supersedes it "
+                            "(use --continue to build on %d instead)", default, booted, default)
+        elif want == CONTINUE_DEFAULT:
+            if default is None:
+                raise SnapshotError("the default subvolume is not a snapper snapshot",
+                                    "pass the snapshot to continue from: --continue N")
+            base = default
+        else:
+            base = want
+        managed.require_snapshot_dir(base)
+        info = self.ctx.snapper.get_snapshot(base)
+        if IN_PROGRESS in info.userdata:
+            raise SnapshotError(f"snapshot {base} is an unfinished transaction",
+                                "continue from a finished snapshot; remove it with: cleanup")
+        self.result.base = base
+        return base
+
+    def _fork(self, base: int) -> None:
+        with step(f"creating snapshot from {base}"):
+            self.number = self.ctx.snapper.create_snapshot(
+                base,
+                read_only=False,
+                description=self.opts.description,
+                cleanup="number",
+                userdata={IN_PROGRESS: "yes"},
+            )
+        self.lock.note(f"snapshot {self.number}")
+        log.info("working in snapshot %d (from %d)", self.number, base)
+
+    def _enter_chroot(self) -> None:
+        assert self.number is not None
+        fork_dir = self.ctx.managed.snapshot_dir(self.number)
+        plan = plan_for(self.ctx.root, fork_dir, self.ctx.config.bind_dirs)
+        self.session = ChrootSession(fork_dir, plan)
+        self.session.open()
+
+    def _commit(self) -> None:
+        assert self.session is not None and self.number is not None
+        managed = self.ctx.managed
+        report = self.session.close()
+        self.session = None
+        self.result.shadowed_writes = report.shadowed_writes
+        for path in report.shadowed_writes:
+            log.warning("written outside the snapshot, discarded: %s "
+                        "(a separate subvolume on the running system)", path)
+        fork_dir, base = managed.snapshot_dir(self.number), self.result.base
+        assert base is not None
+        if self.opts.drop_if_no_change and not changes.changed(managed.snapshot_dir(base), fork_dir):
+            log.info("nothing changed; dropping snapshot %d", self.number)
+            self._delete()
+            self.result.dropped = True
+            return
+        booted = managed.booted()
+        if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
+            btrfs.set_read_only(fork_dir, True)
+        info = self.ctx.snapper.get_snapshot(self.number)
+        userdata = {k: v for k, v in info.userdata.items() if k != IN_PROGRESS}
+        self.ctx.snapper.set_snapshot(self.number, userdata=userdata)
+        # The commit point: one atomic btrfs operation decides what boots next.
+        btrfs.set_default(fork_dir)
+        if booted is not None:
+            state.record_working(self.ctx.root, booted)
+        self.result.number = self.number
+        log.info("snapshot %d is the new default; reboot to use it", self.number)
+
+    def _abort(self, exc: BaseException) -> None:
+        if self.session is not None:
+            self.session.kill()
+            self.session = None
+        if self.number is None:
+            return
+        reason = exc.message if isinstance(exc, TUError) else (
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+        if self.opts.keep:
+            try:
+                info = self.ctx.snapper.get_snapshot(self.number)
+                userdata = {k: v for k, v in info.userdata.items() if k != IN_PROGRESS}
+                userdata[FAILED] = reason.replace(",", ";").replace("=", ":")
+                self.ctx.snapper.set_snapshot(self.number, userdata=userdata)
+                log.warning("transaction failed (%s); snapshot %d kept for inspection, "
+                            "not the default", reason, self.number)
+                return
+            except TUError as err:
+                log.error("cannot mark snapshot %d as failed: %s; deleting it", self.number, err)
+        log.warning("transaction failed (%s); snapshot %d discarded, the default is unchanged",
+                    reason, self.number)
+        self._delete()
+
+    def _delete(self) -> None:
+        assert self.number is not None
+        fork_dir = self.ctx.managed.snapshot_dir(self.number)
+        try:
+            subvol = btrfs.subvolume_id(fork_dir)
+        except TUError:
+            subvol = None
+        try:
+            self.ctx.snapper.delete_snapshots([self.number])
+        except TUError as err:
+            log.error("snapper could not delete snapshot %d (%s); `cleanup` will retry",
+                      self.number, err)
+            return
+        if subvol is not None:
+            # btrfs frees a deleted subvolume's space later; a disk-full abort must leave room
+            # for the very next transaction, so wait for the cleaner here.
+            btrfs.wait_cleaned(self.ctx.root, {subvol}, timeout=30.0)
+        self.number = None
+
+    def _trap_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, _raise_interrupted)
+
+    def _finish(self) -> None:
+        self.lock.release()
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+
+def default_description(kind: str, argv: Sequence[str] = ()) -> str:
+    text = f"{kind}: {shlex.join(argv)}" if argv else kind
+    return text if len(text) <= 200 else text[:197] + "..."
+

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Bus, System, managed_system as _managed_system, system_bus as _system_bus
+from tests.helpers import Bus, System
+from tests.helpers import managed_system as _managed_system
+from tests.helpers import system_bus as _system_bus
 
 
 def _privileged_reason() -> str | None:
@@ -44,8 +46,9 @@ def system_bus(managed_system: System, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 
 @pytest.fixture(params=["cli", "dbus"])
-def system(request: pytest.FixtureRequest, managed_system: System,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
+def system(
+    request: pytest.FixtureRequest, managed_system: System, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[System]:
     """A managed system driven through snapper's CLI or through snapperd on a system bus."""
     if request.param == "dbus":
         with _system_bus(managed_system) as bus:

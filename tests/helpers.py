@@ -42,8 +42,9 @@ def rootfs_tar() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test runs build it once
         if not tar.exists():
             tmp = tar.with_suffix(".tmp.tar")
-            subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", suite(), str(tmp)],
-                           check=True)
+            subprocess.run(
+                ["mmdebstrap", "--quiet", "--variant=minbase", suite(), str(tmp)], check=True
+            )
             tmp.rename(tar)
     return tar
 
@@ -78,12 +79,21 @@ class System:
     def numbers(self) -> list[int]:
         return [int(s["number"]) for s in self.snapper_list()]
 
-    def tu(self, *args: str, input_text: str | None = None, timeout: float = 300,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def tu(
+        self,
+        *args: str,
+        input_text: str | None = None,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the CLI as a separate process, as an admin would."""
         return subprocess.run(
             [sys.executable, "-m", "transactional_update", "--root", str(self.root), *args],
-            capture_output=True, text=True, input=input_text, timeout=timeout,
+            check=False,
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=timeout,
             env={**os.environ, **(env or {})},
         )
 
@@ -98,8 +108,9 @@ def _detach(device: str) -> None:
 def _unmount_below(path: Path) -> None:
     for _ in range(50):
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-        ours = sorted((m for m in mounts if m == str(path) or m.startswith(f"{path}/")),
-                      key=len, reverse=True)
+        ours = sorted(
+            (m for m in mounts if m == str(path) or m.startswith(f"{path}/")), key=len, reverse=True
+        )
         if not ours:
             return
         for m in ours:
@@ -148,17 +159,32 @@ def system_bus(system: System) -> Iterator[Bus]:
     (d / "snapper/configs/root").write_text(config, encoding="utf-8")
     (d / "default-snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
     Path("/run/dbus").mkdir(parents=True, exist_ok=True)
-    socket_path = d / "system_bus_socket"
+    # Activated snapperd connects to the default socket path, so the daemon must listen there:
+    # our directory is bound on /run/dbus inside the namespace and read from outside as is.
+    (d / "run-dbus").mkdir()
+    socket_path = d / "run-dbus/system_bus_socket"
     script = (
         f"mount --bind {d}/snapper /etc/snapper && "
         f"mount --bind {d}/default-snapper /etc/default/snapper && "
-        "mount -t tmpfs tmpfs /run/dbus && "
-        f"exec dbus-daemon --system --nofork --nopidfile --address=unix:path={socket_path}"
+        f"mount --bind {d}/run-dbus /run/dbus && "
+        "exec dbus-daemon --system --nofork --nopidfile"
     )
     proc = subprocess.Popen(
-        ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-         "sh", "-c", script],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         for _ in range(100):

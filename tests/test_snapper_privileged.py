@@ -27,7 +27,11 @@ from transactional_update.snapper import Backend
 
 pytestmark = pytest.mark.privileged
 
-NASTY = "he said \"hi\"\n$HOME; rm -rf / `x` 'q' <x>&amp; \t tab  \n\n trailing  \n-d --x é"
+# Shell syntax, XML syntax, whitespace, option look-alikes, snapper's D-Bus escapes, UTF-8.
+NASTY = (
+    "he said \"hi\"\n$HOME; rm -rf / `x` 'q' <x>&amp; \t tab  \n\n trailing  \n"
+    "-d --x é \\x41 back\\slash ü"
+)
 
 
 def snapper_list(root: Path) -> dict[int, dict[str, Any]]:
@@ -206,7 +210,11 @@ def test_backends_and_read_info_agree(managed_system: Any, system_bus: Any) -> N
     root = Path(managed_system.root)
     with sn.DBusSnapper(root) as dbus:
         number = dbus.create_snapshot(
-            1, read_only=True, description=NASTY, cleanup="number", userdata={"a": "b"}
+            1,
+            read_only=True,
+            description=NASTY,
+            cleanup="number",
+            userdata={"a": "b", "ü": "é \\x41"},
         )
         try:
             cli = sn.CliSnapper(root)
@@ -238,9 +246,10 @@ def test_connect_auto_without_bus(
     assert isinstance(sn.connect(Path(managed_system.root)), sn.CliSnapper)
 
 
-def test_dbus_root_without_config(managed_system: Any, system_bus: Any) -> None:
+def test_dbus_root_without_config(managed_system: Any, system_bus: Any, tmp_path: Path) -> None:
+    # snapperd has a config for managed_system.root only.
     with pytest.raises(NotManagedError, match="SUBVOLUME"):
-        sn.DBusSnapper(Path(managed_system.top))
+        sn.DBusSnapper(tmp_path)
 
 
 def test_cli_unknown_config(managed_system: Any) -> None:

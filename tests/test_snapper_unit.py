@@ -74,7 +74,7 @@ INFO_XML_2 = """<?xml version="1.0"?>
 DBUS_SNAPSHOT_2: tuple[Any, ...] = (2, 0, 0, 1795669444, 0, "test x", "number", {"a": "b"})
 DBUS_SNAPSHOT_0: tuple[Any, ...] = (0, 0, 0, -1, 0, "current", "", {})
 
-NASTY = "he said \"hi\"\n$HOME; rm -rf / `x` 'q' <x>&amp; \t tab  \n\n trailing  \n"
+NASTY = "he said \"hi\"\n$HOME; rm -rf / `x` 'q' <x>&amp; \t tab  \n\n trailing  \n\\x41 é ü"
 
 
 def users(uid: int) -> str:
@@ -303,6 +303,35 @@ def test_snapshot_from_dbus_current_and_post() -> None:
     assert post.user == "alice"
     with pytest.raises(SystemError_):
         sn.snapshot_from_dbus((5, 7, 0, 0, 0, "", "", {}), users)
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ('plain ASCII; $x "q"\n', 'plain ASCII; $x "q"\n'),
+        ("é", "\\xc3\\xa9"),
+        ("back\\slash", "back\\\\slash"),
+        ("日\\", "\\xe6\\x97\\xa5\\\\"),
+        ("\\x41", "\\\\x41"),
+    ],
+)
+def test_dbus_escaping(text: str, escaped: str) -> None:
+    assert sn.dbus_escape(text) == escaped
+    assert sn.dbus_unescape(escaped) == text
+
+
+def test_dbus_unescape_reply_as_snapperd_sends_it() -> None:
+    # GetSnapshot reply from snapperd 0.10.4 for a description "x é" with userdata ü=1
+    body = ((5, 0, 0, 1795669444, 0, "x \\xc3\\xa9", "", {"\\xc3\\xbc": "1"}),)
+    snap = sn.snapshot_from_dbus(sn.dbus_unescape_value(body)[0], users)
+    assert snap.description == "x é"
+    assert snap.userdata == {"ü": "1"}
+
+
+def test_dbus_escape_value_keeps_types() -> None:
+    args = ("root", 1, True, "é", {"k": "ü"}, [3, 4])
+    escaped = ("root", 1, True, "\\xc3\\xa9", {"k": "\\xc3\\xbc"}, [3, 4])
+    assert sn.dbus_escape_value(args) == escaped
 
 
 def test_select_config() -> None:
@@ -686,6 +715,18 @@ def test_cli_delete_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 # DBusSnapper with a fake snapperd
 
 
+def _strict_unescape(value: Any) -> Any:
+    if isinstance(value, str):
+        if re.search(r"\\(?!x[0-9a-f]{2})", value.replace("\\\\", "")):
+            raise LookupError("error.dbus.marshalling")
+        return sn.dbus_unescape(value)
+    if isinstance(value, dict):
+        return {_strict_unescape(k): _strict_unescape(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_strict_unescape(v) for v in value)
+    return value
+
+
 class FakeSnapperd:
     """A jeepney-connection double that behaves like snapperd 0.10.4 for one config."""
 
@@ -713,15 +754,16 @@ class FakeSnapperd:
 
     def send_and_get_reply(self, msg: Any, *, timeout: float | None = None) -> Any:
         member = msg.header.fields[jeepney.HeaderFields.member]
-        body = tuple(msg.body)
-        self.calls.append((member, body))
         try:
+            # snapper unescapes every string it receives and escapes every string it sends
+            body = tuple(_strict_unescape(msg.body))
+            self.calls.append((member, body))
             signature, result = self.handlers[member](body)
         except LookupError as exc:
             return jeepney.new_error(
                 msg, str(exc.args[0]), "s", ("org.freedesktop.DBus.Error.Failed",)
             )
-        return jeepney.new_method_return(msg, signature, result)
+        return jeepney.new_method_return(msg, signature, sn.dbus_escape_value(result))
 
     def _config(self, name: str) -> None:
         if name != "root":

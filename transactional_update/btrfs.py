@@ -1,7 +1,8 @@
 """btrfs operations through libbtrfsutil (the ``btrfsutil`` module).
 
 Snapper owns snapshot numbers and metadata; btrfs itself owns the two facts snapper 0.10.4 cannot
-change: which subvolume boots next (the *default subvolume*) and the read-only flag.  Everything here
+change: which subvolume boots next (the *default subvolume*) and the read-only flag.
+Everything here
 takes paths on the managed filesystem; no function mounts or unmounts anything.
 """
 
@@ -31,12 +32,16 @@ def _lib() -> Any:
     return btrfsutil
 
 
-def _fail(action: str, path: Path | str, exc: Exception) -> SystemError_:
+def _fail(action: str, path: Path | str, exc: Exception) -> NoSpaceError | SystemError_:
     err = getattr(exc, "errno", None)
     if err == errno.ENOSPC:
-        return NoSpaceError(f"{action} {path}: no space left on the btrfs filesystem",
-                            "free space (transactional-update cleanup), then retry")
-    return SystemError_(f"{action} {path}: {exc}", "check the btrfs filesystem (btrfs check, dmesg)")
+        return NoSpaceError(
+            f"{action} {path}: no space left on the btrfs filesystem",
+            "free space (transactional-update cleanup), then retry",
+        )
+    return SystemError_(
+        f"{action} {path}: {exc}", "check the btrfs filesystem (btrfs check, dmesg)"
+    )
 
 
 def is_btrfs(path: Path) -> bool:
@@ -53,7 +58,7 @@ def is_btrfs(path: Path) -> bool:
         buf = _StatFs()
         if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
             return False
-        return (buf.f_type & 0xFFFFFFFF) == BTRFS_SUPER_MAGIC
+        return bool((buf.f_type & 0xFFFFFFFF) == BTRFS_SUPER_MAGIC)
     except OSError:
         return False
 

@@ -26,17 +26,51 @@ class Op:
     path: str  # absolute inside the snapshot
 
 
+_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    " ": " ",
+    "\\": "\\",
+}
+
+
+def _path_field(line: str, start: int) -> str:
+    """The escaped path starting at *start* (btrfs-progs escapes blanks, controls as ``\\NNN``)."""
+    out = []
+    i = start
+    while i < len(line) and line[i] != " ":
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line):
+            nxt = line[i + 1]
+            if nxt.isdigit() and i + 3 < len(line):
+                out.append(chr(int(line[i + 1 : i + 4], 8)))
+                i += 4
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def parse_dump(text: str) -> list[Op]:
     """Operations from ``btrfs receive --dump`` output, header and time stamps dropped."""
     ops = []
     for line in text.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) < 2 or fields[0] in _IGNORED:
+        op, _, rest = line.partition(" ")
+        if not rest or op in _IGNORED:
             continue
-        path = fields[1]
+        path = _path_field(line, len(line) - len(rest.lstrip(" ")))
         # Paths are relative to the received subvolume: ./snapshot/etc/x -> /etc/x
-        rel = path.split("/", 2)[2] if path.count("/") >= 2 else ""
-        ops.append(Op(fields[0], "/" + rel.replace("\\ ", " ")))
+        parts = path.split("/", 2)
+        ops.append(Op(op, "/" + (parts[2] if len(parts) > 2 else "")))
     return ops
 
 
@@ -56,11 +90,16 @@ def read_only(subvolume: Path) -> Iterator[None]:
 def operations(parent: Path, child: Path) -> list[Op]:
     """The operations between read-only *parent* and *child* (made read-only meanwhile)."""
     if not btrfs.is_read_only(parent):
-        raise SystemError_(f"cannot compare with {parent}: it is not read-only",
-                           "snapshots of a read-only root can be compared; this one is writable")
+        raise SystemError_(
+            f"cannot compare with {parent}: it is not read-only",
+            "snapshots of a read-only root can be compared; this one is writable",
+        )
     with read_only(child):
-        dump = pipeline(["btrfs", "send", "-q", "--no-data", "-p", str(parent), str(child)],
-                        ["btrfs", "receive", "--dump"], what=f"btrfs send {child}")
+        dump = pipeline(
+            ["btrfs", "send", "-q", "--no-data", "-p", str(parent), str(child)],
+            ["btrfs", "receive", "--dump"],
+            what=f"btrfs send {child}",
+        )
     return parse_dump(dump)
 
 

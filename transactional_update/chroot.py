@@ -19,6 +19,7 @@ unit-tested without privileges.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -51,7 +52,18 @@ PR_SET_PDEATHSIG = 1
 # Debian's invoke-rc.d and deb-systemd-invoke ask this script before starting a service; exit 101
 # means "forbidden", which keeps package scripts from starting daemons inside the snapshot.
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
-POLICY_RC_D_TEXT = "#!/bin/sh\n# transactional-update: no services start inside a snapshot\nexit 101\n"
+POLICY_RC_D_TEXT = (
+    "#!/bin/sh\n# transactional-update: no services start inside a snapshot\nexit 101\n"
+)
+
+# The shell's rc file: the user's usual ones first (they may set PS1), then a prompt that says
+# where the admin is, as openSUSE's tool does.
+SHELL_RC = "/run/transactional-update/bashrc"
+SHELL_RC_TEXT = """\
+[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc
+[ -f ~/.bashrc ] && . ~/.bashrc
+PS1='transactional update \\w# '
+"""
 
 # State that package managers share between snapshots although it lives under a separate /var:
 # downloaded packages, logs and repository metadata (not the package databases themselves).
@@ -76,6 +88,7 @@ class Kind(StrEnum):
     SHADOW = "shadow"  # a tmpfs over a directory the booted system mounts from elsewhere
     LINK = "link"  # a symlink created inside a shadow tmpfs
     FILE = "file"  # a file with the given text bound over the target (created if missing)
+    TEXT = "text"  # a file with the given text written inside one of our tmpfs mounts
 
 
 @dataclass(frozen=True)
@@ -158,10 +171,13 @@ def plan_mounts(
     if resolv_conf is not None:
         plan.append(Mount(Kind.FILE, "/etc/resolv.conf", resolv_conf, read_only=True))
     plan.append(Mount(Kind.FILE, POLICY_RC_D, POLICY_RC_D_TEXT, read_only=True))
+    plan.append(Mount(Kind.TEXT, SHELL_RC, SHELL_RC_TEXT))
     return plan
 
 
-def command_env(host_env: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def command_env(
+    host_env: Mapping[str, str], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment of a command in the snapshot: minimal, marked, services kept down."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -197,10 +213,17 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def _mount(
+    source: str, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     _check(
-        _c().mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                   ctypes.c_ulong(flags), data.encode() if data else None),
+        _c().mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
         f"mount {source} on {target}",
     )
 
@@ -251,12 +274,18 @@ class _Holder:
         _mount("none", "/", None, MS_REC | MS_PRIVATE)
         for m in self.plan:
             target = self.host(m.target)
+            if m.kind is Kind.TEXT:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(m.source, encoding="utf-8")
+                continue
             if m.kind is Kind.LINK:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(m.source, target)
                 self.scaffold.add(m.target)
                 continue
-            is_dir = m.kind is not Kind.FILE and not (m.kind is Kind.BIND and Path(m.source).is_file())
+            is_dir = m.kind is not Kind.FILE and not (
+                m.kind is Kind.BIND and Path(m.source).is_file()
+            )
             self.ensure(target, is_dir)
             self.scaffold.update(str(p) for p in PurePosixPath(m.target).parents)
             self.scaffold.add(m.target)
@@ -267,9 +296,11 @@ class _Holder:
                 if m.kind is Kind.SHADOW:
                     self.shadows.append(m.target)
                 elif m.target == "/tmp":
-                    os.chmod(target, 0o1777)
+                    os.chmod(target, 0o1777)  # noqa: S103 - /tmp is world-writable and sticky
             elif m.kind in (Kind.BIND, Kind.RBIND):
-                _mount(m.source, str(target), None, MS_BIND | (MS_REC if m.kind is Kind.RBIND else 0))
+                _mount(
+                    m.source, str(target), None, MS_BIND | (MS_REC if m.kind is Kind.RBIND else 0)
+                )
             elif m.kind is Kind.FILE:
                 text_dir = self.host("/run/transactional-update")
                 text_dir.mkdir(exist_ok=True)
@@ -287,7 +318,9 @@ class _Holder:
             base = self.host(shadow)
             for dirpath, dirnames, filenames in os.walk(base):
                 rel_dir = "/" + str(Path(dirpath).relative_to(self.fork_dir))
-                for name in sorted(filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]):
+                for name in sorted(
+                    filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]
+                ):
                     rel = f"{rel_dir}/{name}"
                     if rel not in self.scaffold:
                         found.append(rel)
@@ -300,10 +333,8 @@ class _Holder:
         return sorted(found)
 
     def teardown(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)  # every process left in our PID namespace
-        except ProcessLookupError:
-            pass
         while True:
             try:
                 os.waitpid(-1, 0)
@@ -312,10 +343,8 @@ class _Holder:
         for target in reversed(self.mounted):
             _umount(target)
         for path in reversed(self.created):
-            try:
+            with contextlib.suppress(OSError):
                 path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
-            except OSError:
-                pass
 
     def run(self, request: dict[str, Any], fds: list[int]) -> int:
         pid = os.fork()
@@ -323,14 +352,26 @@ class _Holder:
             try:
                 for i, fd in enumerate(fds[:3]):
                     os.dup2(fd, i)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                            signal.SIGTSTP, signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE):
+                for sig in (
+                    signal.SIGINT,
+                    signal.SIGTERM,
+                    signal.SIGHUP,
+                    signal.SIGQUIT,
+                    signal.SIGTSTP,
+                    signal.SIGTTOU,
+                    signal.SIGTTIN,
+                    signal.SIGPIPE,
+                ):
                     signal.signal(sig, signal.SIG_DFL)
                 os.chroot(self.fork_dir)
                 os.chdir(request.get("cwd", "/"))
                 os.execvpe(request["argv"][0], request["argv"], request["env"])
             except OSError as exc:
-                os.write(2, f"transactional-update: cannot run {request['argv'][0]}: {exc.strerror}\n".encode())
+                os.write(
+                    2,
+                    f"transactional-update: cannot run {request['argv'][0]}: "
+                    f"{exc.strerror}\n".encode(),
+                )
                 os._exit(127)
             os._exit(127)
         for fd in fds:
@@ -339,7 +380,9 @@ class _Holder:
             done, status = os.waitpid(pid, 0)
             if done == pid:
                 break
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        return (
+            os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        )
 
     def serve(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTOU):
@@ -369,10 +412,8 @@ class _Holder:
         self.teardown()
 
     def _send(self, message: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.send(json.dumps(message).encode())
-        except OSError:
-            pass
 
 
 def _holder_main(sock: socket.socket, fork_dir: Path, plan: list[Mount], tool_pid: int) -> None:
@@ -381,10 +422,8 @@ def _holder_main(sock: socket.socket, fork_dir: Path, plan: list[Mount], tool_pi
     keep = {0, 1, 2, sock.fileno()}
     for fd in os.listdir("/proc/self/fd"):
         if int(fd) not in keep:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(int(fd))  # the transaction lock and bus connections stay with the tool
-            except OSError:
-                pass
     _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID), "unshare")
     pid = os.fork()
     if pid == 0:
@@ -409,8 +448,9 @@ class ChrootSession:
         self.open()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if t is None:
             self.close()
         else:
@@ -435,24 +475,39 @@ class ChrootSession:
         reply = self._recv()
         if "error" in reply:
             self.kill()
-            raise SystemError_(f"cannot prepare the chroot of {self.fork_dir}: {reply['error']}",
-                               "check the kernel log (dmesg) and that the snapshot is intact")
+            raise SystemError_(
+                f"cannot prepare the chroot of {self.fork_dir}: {reply['error']}",
+                "check the kernel log (dmesg) and that the snapshot is intact",
+            )
 
     def _recv(self) -> dict[str, Any]:
         assert self.sock is not None
         data = self.sock.recv(1 << 20)
         if not data:
-            raise SystemError_("the chroot holder process died unexpectedly",
-                               "see the kernel log (dmesg); rerun with --debug")
+            raise SystemError_(
+                "the chroot holder process died unexpectedly",
+                "see the kernel log (dmesg); rerun with --debug",
+            )
         result: dict[str, Any] = json.loads(data)
         return result
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str], *, cwd: str = "/",
-            stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> RunResult:
+    def run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: str = "/",
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> RunResult:
         """Run *argv* chrooted into the snapshot; returns its exit code (128+N for signal N)."""
         assert self.sock is not None
-        fds = [0 if stdin is None else stdin, 1 if stdout is None else stdout,
-               2 if stderr is None else stderr]
+        fds = [
+            0 if stdin is None else stdin,
+            1 if stdout is None else stdout,
+            2 if stderr is None else stderr,
+        ]
         start = time.monotonic()
         request = {"op": "run", "argv": list(argv), "env": dict(env), "cwd": cwd}
         socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
@@ -471,18 +526,14 @@ class ChrootSession:
     def kill(self) -> None:
         """Tear down at once: the holder's death kills every process in the namespace."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._reap()
 
     def _reap(self) -> None:
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
             self.pid = None
         if self.sock is not None:
             self.sock.close()

@@ -41,10 +41,12 @@ class CleanupResult:
 def _upper(value: str, key: str, where: str) -> int:
     # snapper allows ranges "2-10"; the upper bound is what it keeps while space allows.
     try:
-        return int(value.split("-")[-1])
+        return int(value.rsplit("-", maxsplit=1)[-1])
     except ValueError:
-        raise ConfigError(f"{where}: {key}={value!r} is not a number or range",
-                          f'set {key} to a number like "10" or a range like "2-10"') from None
+        raise ConfigError(
+            f"{where}: {key}={value!r} is not a number or range",
+            f'set {key} to a number like "10" or a range like "2-10"',
+        ) from None
 
 
 def read_limits(root: Path, config: str) -> NumberLimits:
@@ -58,14 +60,16 @@ def read_limits(root: Path, config: str) -> NumberLimits:
     where = f"/etc/snapper/configs/{config}"
     return NumberLimits(
         limit=_upper(values.get("NUMBER_LIMIT", "50"), "NUMBER_LIMIT", where),
-        limit_important=_upper(values.get("NUMBER_LIMIT_IMPORTANT", "10"),
-                               "NUMBER_LIMIT_IMPORTANT", where),
+        limit_important=_upper(
+            values.get("NUMBER_LIMIT_IMPORTANT", "10"), "NUMBER_LIMIT_IMPORTANT", where
+        ),
         min_age=_upper(values.get("NUMBER_MIN_AGE", "1800"), "NUMBER_MIN_AGE", where),
     )
 
 
-def number_candidates(snaps: list[Snapshot], protected: set[int], limits: NumberLimits,
-                      now: datetime) -> list[int]:
+def number_candidates(
+    snaps: list[Snapshot], protected: set[int], limits: NumberLimits, now: datetime
+) -> list[int]:
     """Snapshots the number algorithm removes, oldest first (pure: unit-tested)."""
     doomed = []
     kept = kept_important = 0
@@ -94,15 +98,19 @@ def cleanup(ctx: Context) -> CleanupResult:
         protected = {n for n in (managed.booted(), managed.default()) if n is not None}
         snaps = ctx.snapper.list_snapshots()
         # We hold the lock, so an in-progress mark can only belong to a transaction that died.
-        result.stale = [s.number for s in snaps
-                        if IN_PROGRESS in s.userdata and s.number not in protected]
+        result.stale = [
+            s.number for s in snaps if IN_PROGRESS in s.userdata and s.number not in protected
+        ]
         limits = read_limits(ctx.root, ctx.config.snapper_config)
         rest = [s for s in snaps if s.number not in result.stale]
         result.number = number_candidates(rest, protected, limits, datetime.now(UTC))
         doomed = result.stale + result.number
         if doomed:
-            ids = {btrfs.subvolume_id(managed.snapshot_dir(n)) for n in doomed
-                   if btrfs.is_subvolume(managed.snapshot_dir(n))}
+            ids = {
+                btrfs.subvolume_id(managed.snapshot_dir(n))
+                for n in doomed
+                if btrfs.is_subvolume(managed.snapshot_dir(n))
+            }
             ctx.snapper.delete_snapshots(doomed)
             btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
         for n in result.stale:

@@ -100,43 +100,73 @@ def parse_continue(value: str | None) -> int | None:
 
 
 @click.group(chain=True, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(path_type=Path), default=Path("/"), show_default=True,
-              help="Manage the system mounted at PATH (like snapper --root).")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Manage the system mounted at PATH (like snapper --root).",
+)
 @click.option("-v", "--verbose", count=True, help="More output; -vv shows every command.")
 @click.option("--debug", is_flag=True, help="Show debug output and tracebacks.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.option("-n", "--non-interactive", is_flag=True, help="Never ask (default for run).")
 @click.option("-i", "--interactive", is_flag=True, help="Let package managers ask.")
-@click.option("-c", "--continue", "continue_", metavar="[N]",
-              help="Build on the pending default snapshot, or on snapshot N.")
-@click.option("-d", "--drop-if-no-change", is_flag=True,
-              help="Leave no snapshot when the transaction changed no file.")
-@click.option("-k", "--keep", is_flag=True,
-              help="Keep a failed snapshot for inspection (never as default).")
+@click.option(
+    "-c",
+    "--continue",
+    "continue_",
+    metavar="[N]",
+    help="Build on the pending default snapshot, or on snapshot N.",
+)
+@click.option(
+    "-d",
+    "--drop-if-no-change",
+    is_flag=True,
+    help="Leave no snapshot when the transaction changed no file.",
+)
+@click.option(
+    "-k", "--keep", is_flag=True, help="Keep a failed snapshot for inspection (never as default)."
+)
 @click.option("--description", metavar="TEXT", help="Description of the new snapshot.")
 @click.option("--json", "json_out", is_flag=True, help="Machine-readable output (status, list).")
 @click.version_option(package_name="transactional-update")
 @click.pass_context
-def cli(ctx: click.Context, root: Path, verbose: int, debug: bool, quiet: bool,
-        non_interactive: bool, interactive: bool, continue_: str | None, drop_if_no_change: bool,
-        keep: bool, description: str | None, json_out: bool) -> None:
+def cli(
+    ctx: click.Context,
+    root: Path,
+    verbose: int,
+    debug: bool,
+    quiet: bool,
+    non_interactive: bool,
+    interactive: bool,
+    continue_: str | None,
+    drop_if_no_change: bool,
+    keep: bool,
+    description: str | None,
+    json_out: bool,
+) -> None:
     """Change a btrfs root atomically: every change goes to a new snapshot that boots next."""
     from transactional_update import log as logmod
 
     logmod.setup(2 if debug else verbose, quiet)
-    ctx.obj = State(root.absolute(), json_out, {
-        "continue_from": parse_continue(continue_),
-        "drop_if_no_change": drop_if_no_change,
-        "keep": keep,
-        "description": description,
-        "interactive": interactive and not non_interactive,
-        "debug": debug,
-    })
+    ctx.obj = State(
+        root.absolute(),
+        json_out,
+        {
+            "continue_from": parse_continue(continue_),
+            "drop_if_no_change": drop_if_no_change,
+            "keep": keep,
+            "description": description,
+            "interactive": interactive and not non_interactive,
+            "debug": debug,
+        },
+    )
 
 
 @cli.result_callback()
 @click.pass_obj
-def run_steps(state: State, steps: list[Step], **_: Any) -> None:
+def run_steps(state: State, /, steps: list[Step], **_: Any) -> None:
     for s in steps:
         code = s(state)
         if code != 0:
@@ -156,8 +186,11 @@ def run_cmd(command: tuple[str, ...]) -> Step:
         with tx:
             rc = tx.run(list(command))
             if rc != 0:
-                raise CommandFailed(f"command exited with {rc}: {command[0]}",
-                                    "the snapshot was discarded; the default is unchanged", code=rc)
+                raise CommandFailed(
+                    f"command exited with {rc}: {command[0]}",
+                    "the snapshot was discarded; the default is unchanged",
+                    code=rc,
+                )
         return report(state, tx.result)
 
     return step
@@ -168,20 +201,30 @@ def shell_cmd() -> Step:
     """Open an interactive shell in a new snapshot; exit 0 keeps the change, non-zero discards."""
 
     def step(state: State) -> int:
+        from transactional_update.chroot import SHELL_RC
         from transactional_update.errors import CommandFailed
         from transactional_update.transaction import Transaction, default_description
 
         tx = Transaction(state.ctx, state.options(default_description("shell")))
         with tx:
-            click.echo(f"Shell in snapshot {tx.number} (from {tx.result.base}). "
-                       "`exit 0` keeps the changes; `exit 1` (any non-zero) discards them.",
-                       err=True)
-            shell = "/bin/bash" if (tx.ctx.managed.snapshot_dir(tx.number or 0) / "bin/bash"
-                                    ).exists() else "/bin/sh"
-            rc = tx.run([shell, "-i"], {"PS1": r"transactional update \w# "})
+            click.echo(
+                f"Shell in snapshot {tx.number} (from {tx.result.base}). "
+                "`exit 0` keeps the changes; `exit 1` (any non-zero) discards them.",
+                err=True,
+            )
+            shell = (
+                "/bin/bash"
+                if (tx.ctx.managed.snapshot_dir(tx.number or 0) / "bin/bash").exists()
+                else "/bin/sh"
+            )
+            argv = [shell, "--rcfile", SHELL_RC, "-i"] if shell == "/bin/bash" else [shell, "-i"]
+            rc = tx.run(argv, {"PS1": r"transactional update \w# "})
             if rc != 0:
-                raise CommandFailed(f"shell exited with {rc}",
-                                    "the snapshot was discarded; the default is unchanged", code=rc)
+                raise CommandFailed(
+                    f"shell exited with {rc}",
+                    "the snapshot was discarded; the default is unchanged",
+                    code=rc,
+                )
         return report(state, tx.result)
 
     return step
@@ -230,10 +273,14 @@ def rollback_cmd(target: str | None) -> Step:
 
         res = rollback(state.ctx, parse_target(target))
         if state.json:
-            click.echo(json.dumps({"default": res.number, "previous_default": res.previous_default}))
+            click.echo(
+                json.dumps({"default": res.number, "previous_default": res.previous_default})
+            )
         else:
-            click.echo(f"snapshot {res.number} is the default now (was {res.previous_default}); "
-                       "reboot to use it")
+            click.echo(
+                f"snapshot {res.number} is the default now (was {res.previous_default}); "
+                "reboot to use it"
+            )
         return 0
 
     return step
@@ -250,9 +297,14 @@ def cleanup_cmd() -> Step:
         if state.json:
             click.echo(json.dumps({"stale": res.stale, "number": res.number}))
         else:
-            click.echo(f"removed {len(res.stale)} interrupted and {len(res.number)} old snapshot(s)"
-                       + (f": {' '.join(map(str, res.stale + res.number))}" if res.stale or res.number
-                          else ""))
+            click.echo(
+                f"removed {len(res.stale)} interrupted and {len(res.number)} old snapshot(s)"
+                + (
+                    f": {' '.join(map(str, res.stale + res.number))}"
+                    if res.stale or res.number
+                    else ""
+                )
+            )
         return 0
 
     return step
@@ -260,13 +312,21 @@ def cleanup_cmd() -> Step:
 
 def report(state: State, result: Any) -> int:
     if state.json:
-        click.echo(json.dumps({
-            "snapshot": result.number, "base": result.base, "dropped": result.dropped,
-            "previous_default": result.previous_default,
-            "shadowed_writes": result.shadowed_writes,
-            "commands": [{"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
-                         for c in result.commands],
-        }))
+        click.echo(
+            json.dumps(
+                {
+                    "snapshot": result.number,
+                    "base": result.base,
+                    "dropped": result.dropped,
+                    "previous_default": result.previous_default,
+                    "shadowed_writes": result.shadowed_writes,
+                    "commands": [
+                        {"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
+                        for c in result.commands
+                    ],
+                }
+            )
+        )
     elif result.dropped:
         click.echo("nothing changed; no snapshot was kept")
     else:

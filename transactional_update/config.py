@@ -80,8 +80,9 @@ def _enum(kind: type[E], value: str, where: str, key: str) -> E:
         return kind(value)
     except ValueError:
         choices = ", ".join(m.value for m in kind)
-        raise ConfigError(f"{where}: {key}={value!r} is not one of: {choices}",
-                          f"set {key} to one of: {choices}") from None
+        raise ConfigError(
+            f"{where}: {key}={value!r} is not one of: {choices}", f"set {key} to one of: {choices}"
+        ) from None
 
 
 def build(values: dict[str, tuple[str, str]]) -> Config:
@@ -93,13 +94,17 @@ def build(values: dict[str, tuple[str, str]]) -> Config:
             for d in dirs:
                 p = PurePosixPath(d)
                 if not p.is_absolute() or ".." in p.parts or p == PurePosixPath("/"):
-                    raise ConfigError(f"{where}: BINDDIRS entry {d!r} is not an absolute directory",
-                                      'list absolute paths below /, e.g. BINDDIRS="/opt /srv"')
+                    raise ConfigError(
+                        f"{where}: BINDDIRS entry {d!r} is not an absolute directory",
+                        'list absolute paths below /, e.g. BINDDIRS="/opt /srv"',
+                    )
             kwargs["bind_dirs"] = dirs
         elif key == "SNAPPER_CONFIG":
             if not value or "/" in value:
-                raise ConfigError(f"{where}: SNAPPER_CONFIG={value!r} is not a config name",
-                                  "name a file in /etc/snapper/configs, usually root")
+                raise ConfigError(
+                    f"{where}: SNAPPER_CONFIG={value!r} is not a config name",
+                    "name a file in /etc/snapper/configs, usually root",
+                )
             kwargs["snapper_config"] = value
         elif key == "SNAPPER_BACKEND":
             kwargs["snapper_backend"] = _enum(Backend, value, where, key)
@@ -111,8 +116,10 @@ def build(values: dict[str, tuple[str, str]]) -> Config:
             try:
                 kwargs["lock_wait"] = float(value)
             except ValueError:
-                raise ConfigError(f"{where}: LOCK_WAIT={value!r} is not a number of seconds",
-                                  "set LOCK_WAIT=0 to refuse at once") from None
+                raise ConfigError(
+                    f"{where}: LOCK_WAIT={value!r} is not a number of seconds",
+                    "set LOCK_WAIT=0 to refuse at once",
+                ) from None
         else:
             log.warning("%s: unknown setting %s ignored", where, key)
     return Config(**kwargs)  # type: ignore[arg-type]
@@ -129,6 +136,8 @@ def load(root: Path) -> Config:
             except FileNotFoundError:
                 continue
             except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"cannot read {f}: {exc}", "fix the file's permissions or encoding") from exc
+                raise ConfigError(
+                    f"cannot read {f}: {exc}", "fix the file's permissions or encoding"
+                ) from exc
             values.update(parse(text, "/" + rel if f == path else "/" + str(f.relative_to(root))))
     return build(values)

@@ -22,7 +22,9 @@ class Context:
     def snapper(self) -> Snapper:
         # Connected on first use: status and --help never pay for a bus connection.
         if self._snapper is None:
-            self._snapper = connect(self.root, self.config.snapper_config, self.config.snapper_backend)
+            self._snapper = connect(
+                self.root, self.config.snapper_config, self.config.snapper_backend
+            )
         return self._snapper
 
 

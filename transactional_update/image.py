@@ -62,7 +62,10 @@ def info_xml(number: int, description: str, date: datetime | None = None) -> str
 
 
 def fstab(uuid: str) -> str:
-    lines = [f"UUID={uuid} / btrfs ro 0 0", f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots 0 0"]
+    lines = [
+        f"UUID={uuid} / btrfs ro 0 0",
+        f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots 0 0",
+    ]
     lines += [f"UUID={uuid} /{d} btrfs subvol=/@/{d} 0 0" for d in DATA_SUBVOLUMES]
     return "\n".join(lines) + "\n"
 
@@ -79,8 +82,10 @@ def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
     (top / "@/.snapshots/1").mkdir()
     snap = top / "@/.snapshots/1/snapshot"
     btrfs.create_subvolume(snap)
-    run(["tar", "-x", "-p", "--xattrs", "--numeric-owner", "-C", str(snap), "-f", str(rootfs_tar)],
-        what="unpack the root filesystem")
+    run(
+        ["tar", "-x", "-p", "--xattrs", "--numeric-owner", "-C", str(snap), "-f", str(rootfs_tar)],
+        what="unpack the root filesystem",
+    )
     # The package database belongs to the snapshot; the rest of /var is shared data.
     if (snap / "var/lib/dpkg").is_dir() and not (snap / "var/lib/dpkg").is_symlink():
         (snap / DPKG_DB).parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +106,9 @@ def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
     (snap / "etc/default").mkdir(exist_ok=True)
     (snap / "etc/default/snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
     (snap / "etc/fstab").write_text(fstab(uuid), encoding="utf-8")
-    (top / "@/.snapshots/1/info.xml").write_text(info_xml(1, "first root filesystem"), encoding="utf-8")
+    (top / "@/.snapshots/1/info.xml").write_text(
+        info_xml(1, "first root filesystem"), encoding="utf-8"
+    )
     btrfs.set_read_only(snap, True)
     btrfs.set_default(snap)
     return snap

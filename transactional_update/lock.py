@@ -1,7 +1,8 @@
 """The transaction lock: one transaction per snapshot store at a time.
 
 The lock is ``flock(2)`` on ``/.snapshots/.transactional-update.lock`` of the managed root, so it
-guards exactly what a transaction changes, also when two invocations reach the same filesystem through
+guards exactly what a transaction changes, also when two invocations reach the same filesystem
+through
 different ``--root`` paths.  flock dies with its holder, so a stale file from a killed process never
 blocks; the file is opened with ``O_NOFOLLOW`` and must be a regular root-owned file, so a symlink
 planted there cannot redirect our write.
@@ -42,15 +43,21 @@ class Lock:
             fd = os.open(self.path, flags, 0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise LockedError(f"lock file {self.path} is a symbolic link; refusing to follow it",
-                                  f"remove {self.path} (nothing legitimate creates a link there)") from exc
-            raise SystemError_(f"cannot open lock file {self.path}: {exc.strerror}",
-                               "check that /.snapshots is writable") from exc
+                raise LockedError(
+                    f"lock file {self.path} is a symbolic link; refusing to follow it",
+                    f"remove {self.path} (nothing legitimate creates a link there)",
+                ) from exc
+            raise SystemError_(
+                f"cannot open lock file {self.path}: {exc.strerror}",
+                "check that /.snapshots is writable",
+            ) from exc
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_nlink != 1:
             os.close(fd)
-            raise LockedError(f"lock file {self.path} is not a plain root-owned file",
-                              f"remove {self.path} and retry")
+            raise LockedError(
+                f"lock file {self.path} is not a plain root-owned file",
+                f"remove {self.path} and retry",
+            )
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -97,6 +104,7 @@ class Lock:
         self.acquire()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

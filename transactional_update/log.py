@@ -42,9 +42,7 @@ def attach_file(root: Path) -> None:
     except OSError:
         log.debug("cannot write %s; logging to stderr only", path)
         return
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s"))
     handler.setLevel(logging.INFO)
     log.addHandler(handler)
 

@@ -1,7 +1,8 @@
 """Joining paths under a root without escaping it.
 
 A managed root may contain absolute symlinks (``/var/lib/dpkg -> /usr/share/...``) that must be read
-relative to that root, never to the host.  :func:`resolve_under` walks a path component by component,
+relative to that root, never to the host.  :func:`resolve_under` walks a path component by
+component,
 following symlinks as if the root were ``/``, and never leaves it.
 """
 

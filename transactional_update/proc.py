@@ -60,8 +60,9 @@ def pipeline(first: Sequence[str], second: Sequence[str], *, what: str) -> str:
     log.debug("run: %s | %s", shlex.join(first), shlex.join(second))
     producer = subprocess.Popen(list(first), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert producer.stdout is not None and producer.stderr is not None
-    consumer = subprocess.run(list(second), stdin=producer.stdout, capture_output=True, text=True,
-                              check=False)
+    consumer = subprocess.run(
+        list(second), stdin=producer.stdout, capture_output=True, text=True, check=False
+    )
     producer.stdout.close()
     err = producer.stderr.read().decode(errors="replace").strip()
     if producer.wait() != 0 or consumer.returncode != 0:

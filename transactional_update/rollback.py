@@ -31,8 +31,10 @@ def parse_target(text: str | None) -> int | str | None:
     if text is None or text == "last":
         return text
     if not text.isdigit():
-        raise UsageError(f"rollback target {text!r} is not a snapshot number or 'last'",
-                         "pass a number from `transactional-update list`, or 'last'")
+        raise UsageError(
+            f"rollback target {text!r} is not a snapshot number or 'last'",
+            "pass a number from `transactional-update list`, or 'last'",
+        )
     return int(text)
 
 
@@ -44,11 +46,16 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
             number = managed.booted()
             assert number is not None
         elif target == "last":
-            candidates = [n for n in state.last_working(ctx.root)
-                          if n != default and managed.snapshot_dir(n).is_dir()]
+            candidates = [
+                n
+                for n in state.last_working(ctx.root)
+                if n != default and managed.snapshot_dir(n).is_dir()
+            ]
             if not candidates:
-                raise SnapshotError("no last working snapshot is recorded that differs from the "
-                                    "default", "name the snapshot: transactional-update rollback N")
+                raise SnapshotError(
+                    "no last working snapshot is recorded that differs from the default",
+                    "name the snapshot: transactional-update rollback N",
+                )
             number = candidates[0]
         else:
             assert isinstance(target, int)
@@ -56,8 +63,10 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         path = managed.require_snapshot_dir(number)
         info = ctx.snapper.get_snapshot(number)
         if IN_PROGRESS in info.userdata:
-            raise SnapshotError(f"snapshot {number} is an unfinished transaction",
-                                "it may be half-changed; pick a finished snapshot")
+            raise SnapshotError(
+                f"snapshot {number} is an unfinished transaction",
+                "it may be half-changed; pick a finished snapshot",
+            )
         btrfs.set_default(path)
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
         return RollbackResult(number, default)

@@ -1,7 +1,8 @@
 """The state file ``/var/lib/misc/transactional-update.state`` (under /var, so rollbacks keep it).
 
 Same name and format as openSUSE's: shell assignments.  ``LAST_WORKING_SNAPSHOTS`` lists snapshots
-known to have run this system, newest first: each transaction records the snapshot it was started on.
+known to have run this system, newest first: each transaction records the snapshot it was
+started on.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ def get_status(managed: ManagedRoot) -> Status:
             info = _info(managed.root, int(note.group(1)))
             if info is not None and IN_PROGRESS in info.userdata:
                 stale = info.number
-    infos = {n: i for n in {booted, default, stale} if (i := _info(managed.root, n)) is not None}
+    infos = {
+        n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
+    }
     return Status(booted, default, pending, running, stale, infos)
 
 
@@ -98,8 +100,10 @@ def status_text(st: Status) -> str:
     if st.running:
         lines.append(f"running:  a transaction ({st.running})")
     if st.stale is not None:
-        lines.append(f"stale:    snapshot {st.stale} was left by an interrupted transaction; "
-                     "remove it with: transactional-update cleanup")
+        lines.append(
+            f"stale:    snapshot {st.stale} was left by an interrupted transaction; "
+            "remove it with: transactional-update cleanup"
+        )
     return "\n".join(lines)
 
 
@@ -114,13 +118,18 @@ def marks(s: Snapshot, booted: int | None, default: int | None) -> str:
     return m
 
 
-def list_json(snaps: list[Snapshot], booted: int | None, default: int | None) -> list[dict[str, Any]]:
+def list_json(
+    snaps: list[Snapshot], booted: int | None, default: int | None
+) -> list[dict[str, Any]]:
     out = []
     for s in snaps:
         d = snapshot_json(s)
         assert d is not None
-        d.update(booted=s.number == booted, default=s.number == default,
-                 in_progress=IN_PROGRESS in s.userdata)
+        d.update(
+            booted=s.number == booted,
+            default=s.number == default,
+            in_progress=IN_PROGRESS in s.userdata,
+        )
         out.append(d)
     return out
 

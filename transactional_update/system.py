@@ -1,6 +1,7 @@
 """The managed system: its root, snapshot store, and which snapshots are booted, default, pending.
 
-Booted and default are read from btrfs, not from snapper: the booted snapshot is the subvolume mounted
+Booted and default are read from btrfs, not from snapper: the booted snapshot is the subvolume
+mounted
 at the root, the default is what the next boot mounts.  Both are snapper snapshots
 ``.snapshots/N/snapshot``; a default that is not one (a plain subvolume) is reported as foreign.
 """
@@ -45,30 +46,41 @@ class ManagedRoot:
     def require_snapshot_dir(self, number: int) -> Path:
         """The subvolume of snapshot *number*; refuses numbers that are not root snapshots here."""
         if number <= 0:
-            raise SnapshotError(f"snapshot {number} is not a root snapshot",
-                                "pick a number from: transactional-update list")
+            raise SnapshotError(
+                f"snapshot {number} is not a root snapshot",
+                "pick a number from: transactional-update list",
+            )
         path = self.snapshot_dir(number)
         if not btrfs.is_subvolume(path):
-            raise SnapshotError(f"snapshot {number} does not exist",
-                                "pick a number from: transactional-update list")
+            raise SnapshotError(
+                f"snapshot {number} does not exist", "pick a number from: transactional-update list"
+            )
         if not (self.snapshots_dir / str(number) / "info.xml").is_file():
-            raise SnapshotError(f"snapshot {number} is not managed by snapper (no info.xml)",
-                                "only snapper's snapshots can be used; see: transactional-update list")
+            raise SnapshotError(
+                f"snapshot {number} is not managed by snapper (no info.xml)",
+                "only snapper's snapshots can be used; see: transactional-update list",
+            )
         return path
 
 
 def open_root(root: Path, snapper_config: str = "root") -> ManagedRoot:
     """Check that *root* is a system this tool can manage and describe it."""
     if not root.is_dir():
-        raise NotManagedError(f"root {root} is not a directory", "pass the mounted system with --root PATH")
+        raise NotManagedError(
+            f"root {root} is not a directory", "pass the mounted system with --root PATH"
+        )
     btrfs.require_btrfs(root)
     snapshots = root / ".snapshots"
     if not snapshots.is_dir() or not btrfs.is_subvolume(snapshots):
-        raise NotManagedError(f"{snapshots} is not a btrfs subvolume",
-                              "create the snapper layout first (snapper create-config, or create-system)")
+        raise NotManagedError(
+            f"{snapshots} is not a btrfs subvolume",
+            "create the snapper layout first (snapper create-config, or create-system)",
+        )
     if not (root / "etc/snapper/configs" / snapper_config).is_file():
-        raise NotManagedError(f"no snapper config {snapper_config!r} in {root}/etc/snapper/configs",
-                              "create it with: snapper -c root create-config /")
+        raise NotManagedError(
+            f"no snapper config {snapper_config!r} in {root}/etc/snapper/configs",
+            "create it with: snapper -c root create-config /",
+        )
     managed = ManagedRoot(root=root, snapper_config=snapper_config)
     if managed.booted() is None:
         raise NotManagedError(

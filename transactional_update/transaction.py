@@ -1,4 +1,4 @@
-"""One transaction: fork a snapshot, change it in a chroot, make it the default only if all went well.
+"""One transaction: fork a snapshot, change it in a chroot, make it the default if all went well.
 
 The promise: the booted snapshot and the default subvolume are never half-changed.  The fork is the
 only thing a transaction writes until the single atomic step that makes it the default; any failure,
@@ -58,8 +58,10 @@ class Result:
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}",
-                      "the snapshot was discarded; the default is unchanged")
+    raise Interrupted(
+        f"interrupted by {signal.Signals(signum).name}",
+        "the snapshot was discarded; the default is unchanged",
+    )
 
 
 class Transaction:
@@ -78,8 +80,10 @@ class Transaction:
 
     def __enter__(self) -> Transaction:
         if os.environ.get("TRANSACTIONAL_UPDATE") == "true":
-            raise UsageError("transactional-update cannot run inside a transaction",
-                             "leave the transactional-update shell first")
+            raise UsageError(
+                "transactional-update cannot run inside a transaction",
+                "leave the transactional-update shell first",
+            )
         self._trap_signals()
         try:
             self.lock.acquire()
@@ -100,8 +104,9 @@ class Transaction:
         self.result.commands.append(Ran(list(argv), res.returncode, res.duration))
         return res.returncode
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if e is None:
                 try:
@@ -125,21 +130,30 @@ class Transaction:
         if want is None:
             base = booted
             if default is not None and default != booted:
-                log.warning("snapshot %d (not booted yet) is the pending default; this transaction "
-                            "starts from the booted snapshot %d and supersedes it "
-                            "(use --continue to build on %d instead)", default, booted, default)
+                log.warning(
+                    "snapshot %d (not booted yet) is the pending default; this transaction "
+                    "starts from the booted snapshot %d and supersedes it "
+                    "(use --continue to build on %d instead)",
+                    default,
+                    booted,
+                    default,
+                )
         elif want == CONTINUE_DEFAULT:
             if default is None:
-                raise SnapshotError("the default subvolume is not a snapper snapshot",
-                                    "pass the snapshot to continue from: --continue N")
+                raise SnapshotError(
+                    "the default subvolume is not a snapper snapshot",
+                    "pass the snapshot to continue from: --continue N",
+                )
             base = default
         else:
             base = want
         managed.require_snapshot_dir(base)
         info = self.ctx.snapper.get_snapshot(base)
         if IN_PROGRESS in info.userdata:
-            raise SnapshotError(f"snapshot {base} is an unfinished transaction",
-                                "continue from a finished snapshot; remove it with: cleanup")
+            raise SnapshotError(
+                f"snapshot {base} is an unfinished transaction",
+                "continue from a finished snapshot; remove it with: cleanup",
+            )
         self.result.base = base
         return base
 
@@ -169,11 +183,16 @@ class Transaction:
         self.session = None
         self.result.shadowed_writes = report.shadowed_writes
         for path in report.shadowed_writes:
-            log.warning("written outside the snapshot, discarded: %s "
-                        "(a separate subvolume on the running system)", path)
+            log.warning(
+                "written outside the snapshot, discarded: %s "
+                "(a separate subvolume on the running system)",
+                path,
+            )
         fork_dir, base = managed.snapshot_dir(self.number), self.result.base
         assert base is not None
-        if self.opts.drop_if_no_change and not changes.changed(managed.snapshot_dir(base), fork_dir):
+        if self.opts.drop_if_no_change and not changes.changed(
+            managed.snapshot_dir(base), fork_dir
+        ):
             log.info("nothing changed; dropping snapshot %d", self.number)
             self._delete()
             self.result.dropped = True
@@ -197,21 +216,34 @@ class Transaction:
             self.session = None
         if self.number is None:
             return
-        reason = exc.message if isinstance(exc, TUError) else (
-            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+        reason = (
+            exc.message
+            if isinstance(exc, TUError)
+            else (
+                "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}"
+            )
+        )
         if self.opts.keep:
             try:
                 info = self.ctx.snapper.get_snapshot(self.number)
                 userdata = {k: v for k, v in info.userdata.items() if k != IN_PROGRESS}
                 userdata[FAILED] = reason.replace(",", ";").replace("=", ":")
                 self.ctx.snapper.set_snapshot(self.number, userdata=userdata)
-                log.warning("transaction failed (%s); snapshot %d kept for inspection, "
-                            "not the default", reason, self.number)
+                log.warning(
+                    "transaction failed (%s); snapshot %d kept for inspection, not the default",
+                    reason,
+                    self.number,
+                )
                 return
             except TUError as err:
                 log.error("cannot mark snapshot %d as failed: %s; deleting it", self.number, err)
-        log.warning("transaction failed (%s); snapshot %d discarded, the default is unchanged",
-                    reason, self.number)
+        log.warning(
+            "transaction failed (%s); snapshot %d discarded, the default is unchanged",
+            reason,
+            self.number,
+        )
         self._delete()
 
     def _delete(self) -> None:
@@ -224,8 +256,9 @@ class Transaction:
         try:
             self.ctx.snapper.delete_snapshots([self.number])
         except TUError as err:
-            log.error("snapper could not delete snapshot %d (%s); `cleanup` will retry",
-                      self.number, err)
+            log.error(
+                "snapper could not delete snapshot %d (%s); `cleanup` will retry", self.number, err
+            )
             return
         if subvol is not None:
             # btrfs frees a deleted subvolume's space later; a disk-full abort must leave room
@@ -247,4 +280,3 @@ class Transaction:
 def default_description(kind: str, argv: Sequence[str] = ()) -> str:
     text = f"{kind}: {shlex.join(argv)}" if argv else kind
     return text if len(text) <= 200 else text[:197] + "..."
-

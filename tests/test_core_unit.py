@@ -1,0 +1,209 @@
+"""Pure logic of the core: mount plans, configuration, argv handling, cleanup choice, paths."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from transactional_update import changes, chroot, config, state
+from transactional_update.cleanup import NumberLimits, number_candidates
+from transactional_update.cli import normalize_continue
+from transactional_update.errors import ConfigError, UsageError
+from transactional_update.paths import resolve_under
+from transactional_update.rollback import parse_target
+from transactional_update.snapper import Snapshot, SnapshotType
+from transactional_update.system import snapshot_number
+
+ROOT = PurePosixPath("/mnt/sys")
+MOUNTS = [
+    "/",
+    "/mnt/sys",
+    "/mnt/sys/.snapshots",
+    "/mnt/sys/var",
+    "/mnt/sys/home",
+    "/mnt/sys/root",
+    "/mnt/sys/opt",
+    "/mnt/sys/srv",
+    "/mnt/sys/usr/local",
+    "/mnt/sys/boot/grub",
+    "/mnt/sys/boot/efi",
+    "/mnt/sys/var/lib/docker",
+]
+
+
+def test_plan_shadows_data_subvolumes_and_binds_shared_state() -> None:
+    plan = chroot.plan_mounts(
+        ROOT,
+        MOUNTS,
+        ["/opt"],
+        existing=["/opt", "/root", "/var/cache", "/var/log", "/var/lib/apt/lists"],
+        var_links={"/var/lib/dpkg": "../../usr/share/dpkg/database"},
+        resolv_conf="nameserver 127.0.0.1\n",
+    )
+    got = [
+        (m.kind.value, m.target, m.source)
+        for m in plan
+        if m.kind not in (chroot.Kind.FILE, chroot.Kind.TEXT)
+    ]
+    assert got == [
+        ("proc", "/proc", ""),
+        ("rbind", "/sys", "/sys"),
+        ("rbind", "/dev", "/dev"),
+        ("tmpfs", "/run", ""),
+        ("tmpfs", "/tmp", ""),
+        ("bind", "/.snapshots", "/mnt/sys/.snapshots"),
+        ("shadow", "/home", ""),
+        ("shadow", "/srv", ""),
+        ("shadow", "/usr/local", ""),
+        ("shadow", "/var", ""),
+        ("link", "/var/lib/dpkg", "../../usr/share/dpkg/database"),
+        ("bind", "/boot/efi", "/mnt/sys/boot/efi"),
+        ("bind", "/boot/grub", "/mnt/sys/boot/grub"),
+        ("bind", "/opt", "/mnt/sys/opt"),
+        ("bind", "/root", "/mnt/sys/root"),
+        ("bind", "/var/cache", "/mnt/sys/var/cache"),
+        ("bind", "/var/log", "/mnt/sys/var/log"),
+        ("bind", "/var/lib/apt/lists", "/mnt/sys/var/lib/apt/lists"),
+    ]
+    files = [(m.target, m.read_only) for m in plan if m.kind is chroot.Kind.FILE]
+    assert files == [("/etc/resolv.conf", True), ("/usr/sbin/policy-rc.d", True)]
+    assert plan[-1].kind is chroot.Kind.TEXT and plan[-1].target == chroot.SHELL_RC
+
+
+def test_plan_for_the_host_root_ignores_api_filesystems() -> None:
+    plan = chroot.plan_mounts(
+        PurePosixPath("/"), ["/", "/proc", "/sys", "/dev/pts", "/run/user/0", "/tmp", "/var"], []
+    )
+    assert [m.target for m in plan if m.kind is chroot.Kind.SHADOW] == ["/var"]
+
+
+def test_mountinfo_decodes_escapes() -> None:
+    line = "36 35 0:32 / /mnt/with\\040space rw,relatime shared:1 - btrfs /dev/loop0 rw\n"
+    assert chroot.parse_mountinfo(line) == ["/mnt/with space"]
+
+
+def test_command_env_marks_the_transaction_and_drops_the_rest() -> None:
+    env = chroot.command_env({"TERM": "xterm", "SECRET": "x", "LANG": "de_DE.UTF-8"})
+    assert env["TRANSACTIONAL_UPDATE"] == "true"
+    assert env["SYSTEMD_OFFLINE"] == "1"
+    assert env["TERM"] == "xterm" and env["LANG"] == "de_DE.UTF-8"
+    assert "SECRET" not in env
+
+
+def test_resolve_under_keeps_symlinks_inside_the_root(tmp_path: Path) -> None:
+    (tmp_path / "usr/share/db").mkdir(parents=True)
+    (tmp_path / "var/lib").mkdir(parents=True)
+    (tmp_path / "var/lib/dpkg").symlink_to("../../usr/share/db")
+    (tmp_path / "evil").symlink_to("/etc")
+    (tmp_path / "up").symlink_to("../../../../..")
+    assert resolve_under(tmp_path, "/var/lib/dpkg/status") == tmp_path / "usr/share/db/status"
+    assert resolve_under(tmp_path, "/evil/passwd") == tmp_path / "etc/passwd"
+    assert resolve_under(tmp_path, "/up/etc") == tmp_path / "etc"
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(OSError, match="too many levels"):
+        resolve_under(tmp_path, "/loop")
+
+
+def test_config_parses_layers_and_rejects_bad_values(tmp_path: Path) -> None:
+    (tmp_path / "usr/etc").mkdir(parents=True)
+    (tmp_path / "etc/transactional-update.conf.d").mkdir(parents=True)
+    (tmp_path / "usr/etc/transactional-update.conf").write_text('BINDDIRS="/opt /srv"\n')
+    (tmp_path / "etc/transactional-update.conf.d/10-x.conf").write_text("REBOOT_METHOD=kexec\n")
+    (tmp_path / "etc/transactional-update.conf").write_text("# comment\nSNAPPER_BACKEND=cli\n")
+    cfg = config.load(tmp_path)
+    assert cfg.bind_dirs == ("/opt", "/srv")
+    assert cfg.reboot_method is config.RebootMethod.KEXEC
+    assert cfg.snapper_backend.value == "cli"
+    (tmp_path / "etc/transactional-update.conf").write_text("REBOOT_METHOD=sometimes\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(tmp_path)
+    assert err.value.message == (
+        "/etc/transactional-update.conf:1: REBOOT_METHOD='sometimes' is not one of: "
+        "auto, systemd, kexec, kured, notify, none"
+    )
+    assert err.value.exit_code == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("BINDDIRS=opt\n", "BINDDIRS entry 'opt' is not an absolute directory"),
+        ("BINDDIRS=/../etc\n", "BINDDIRS entry '/../etc' is not an absolute directory"),
+        ("just words\n", "expected KEY=VALUE"),
+        ('X="unterminated\n', "No closing quotation"),
+        ("LOCK_WAIT=soon\n", "LOCK_WAIT='soon' is not a number of seconds"),
+    ],
+)
+def test_config_errors_name_file_and_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^f:1: ") as err:
+        config.build(config.parse(text, "f"))
+    assert message in err.value.message
+
+
+def test_continue_takes_a_number_only_when_one_follows() -> None:
+    assert normalize_continue(["-c", "run", "--", "-c", "5"]) == [
+        "--continue=default",
+        "run",
+        "--",
+        "-c",
+        "5",
+    ]
+    assert normalize_continue(["--continue", "7", "shell"]) == ["--continue=7", "shell"]
+    assert normalize_continue(["-c"]) == ["--continue=default"]
+
+
+def test_rollback_target_parsing() -> None:
+    assert parse_target(None) is None
+    assert parse_target("last") == "last"
+    assert parse_target("12") == 12
+    with pytest.raises(UsageError, match="'x1' is not a snapshot number or 'last'"):
+        parse_target("x1")
+
+
+def test_snapshot_number_from_subvolume_path() -> None:
+    assert snapshot_number("@/.snapshots/12/snapshot") == 12
+    assert snapshot_number(".snapshots/3/snapshot") == 3
+    assert snapshot_number("@") is None
+    assert snapshot_number("@/.snapshots/3/snapshot/x") is None
+
+
+def _snap(n: int, cleanup: str = "number", userdata: dict[str, str] | None = None) -> Snapshot:
+    date = datetime(2026, 1, 1, tzinfo=UTC) - timedelta(hours=10)
+    return Snapshot(n, SnapshotType.SINGLE, None, date, "root", f"s{n}", cleanup, userdata or {})
+
+
+def test_number_cleanup_keeps_limits_and_protected() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    snaps = [_snap(1, cleanup=""), *(_snap(n) for n in range(2, 9))]
+    snaps.append(_snap(9, userdata={"important": "yes"}))
+    snaps.append(_snap(10, userdata={"transactional-update-in-progress": "yes"}))
+    limits = NumberLimits(limit=2, limit_important=1, min_age=0)
+    # 8 is newest plain; 7 is kept by the limit; 3 is protected (booted); 9 is important.
+    assert number_candidates(snaps, {3}, limits, now) == [2, 4, 5, 6]
+    young = NumberLimits(limit=2, limit_important=1, min_age=11 * 3600)
+    assert number_candidates(snaps, {3}, young, now) == []
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    state.record_working(tmp_path, 3)
+    state.record_working(tmp_path, 5)
+    state.record_working(tmp_path, 3)
+    assert state.last_working(tmp_path) == [3, 5]
+    assert (tmp_path / state.STATE_FILE).read_text() == "LAST_WORKING_SNAPSHOTS='3 5'\n"
+
+
+def test_send_dump_parsing_ignores_times() -> None:
+    dump = (
+        "snapshot        ./snapshot   uuid=a transid=10 parent_uuid=b parent_transid=8\n"
+        "utimes          ./snapshot/bin   atime=x mtime=y ctime=z\n"
+        "mkdir           ./snapshot/o10203-10-0\n"
+        "rename          ./snapshot/o10203-10-0          dest=./snapshot/etc/x\n"
+        "unlink          ./snapshot/etc/with\\ space\n"
+    )
+    assert changes.parse_dump(dump) == [
+        changes.Op("mkdir", "/o10203-10-0"),
+        changes.Op("rename", "/o10203-10-0"),
+        changes.Op("unlink", "/etc/with space"),
+    ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Bus, System
+from tests.helpers import Bus, System, sweep_stale
 from tests.helpers import managed_system as _managed_system
 from tests.helpers import system_bus as _system_bus
 
@@ -21,6 +22,22 @@ def _privileged_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"needs {tool} (run ./tu-dev test, which installs it)"
     return None
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, kill) would end pytest without fixture teardown and leak loop
+    # devices and mounts; as KeyboardInterrupt, pytest still runs every finalizer.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _privileged_reason() is None:
+        for image in sweep_stale():
+            print(f"removed a stale test system left by a killed run: {image}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -119,9 +119,39 @@ def _unmount_below(path: Path) -> None:
     sh("umount", "-R", "-l", str(path), check=False)
 
 
+IN_USE = ".tu-test-in-use"  # flocked while a test system lives; a dead owner frees it
+
+
+def sweep_stale() -> list[str]:
+    """Remove test systems whose owner died without cleaning up (e.g. a killed test run).
+
+    A system is stale when its image's directory has the in-use file and nobody holds its flock,
+    so systems of concurrently running tests are never touched.
+    """
+    swept = []
+    listing = json.loads(sh("losetup", "-J", "-l", check=False).stdout or '{"loopdevices": []}')
+    for dev in listing.get("loopdevices", []):
+        backing = Path(dev.get("back-file") or "")
+        marker = backing.parent / IN_USE
+        if backing.name != "disk.img" or not marker.exists():
+            continue
+        with open(marker) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            _unmount_below(backing.parent)
+            _detach(dev["name"])
+            backing.unlink(missing_ok=True)
+            swept.append(str(backing))
+    return swept
+
+
 @contextmanager
 def managed_system(workdir: Path, size: str = "3G") -> Iterator[System]:
     """Build, mount and finally remove a managed system (also when the test fails)."""
+    in_use = open(workdir / IN_USE, "w")  # noqa: SIM115 - held for the system's whole life
+    fcntl.flock(in_use, fcntl.LOCK_EX)
     img = workdir / "disk.img"
     sh("truncate", "-s", size, str(img))
     device = sh("losetup", "--show", "-f", str(img)).stdout.strip()
@@ -136,6 +166,7 @@ def managed_system(workdir: Path, size: str = "3G") -> Iterator[System]:
         _unmount_below(workdir)
         _detach(device)
         img.unlink(missing_ok=True)
+        in_use.close()
 
 
 @dataclass

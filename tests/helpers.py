@@ -23,30 +23,13 @@ from typing import Any
 
 from transactional_update import btrfs, image
 
-CACHE = Path(os.environ.get("TU_TEST_CACHE", "/var/cache/transactional-update-tests"))
+CACHE = Path(os.environ.get("TU_TEST_CACHE", str(image.ROOTFS_CACHE)))
 REPO = Path(__file__).resolve().parent.parent
 
 
-def suite() -> str:
-    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"') or "bookworm"
-    return "bookworm"
-
-
 def rootfs_tar() -> Path:
-    """A minimal Debian root as a tarball, built once with mmdebstrap and cached."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tar = CACHE / f"debian-{suite()}-minbase.tar"
-    with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test runs build it once
-        if not tar.exists():
-            tmp = tar.with_suffix(".tmp.tar")
-            subprocess.run(
-                ["mmdebstrap", "--quiet", "--variant=minbase", suite(), str(tmp)], check=True
-            )
-            tmp.rename(tar)
-    return tar
+    """The minimal Debian root the tests install, built once and cached."""
+    return image.cached_rootfs(CACHE)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:

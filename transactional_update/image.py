@@ -114,6 +114,36 @@ def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
     return snap
 
 
+ROOTFS_CACHE = Path("/var/cache/transactional-update")
+
+
+def host_suite() -> str:
+    """The Debian suite of the running system (bookworm, trixie, ...)."""
+    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"') or "bookworm"
+    return "bookworm"
+
+
+def cached_rootfs(cache: Path = ROOTFS_CACHE, suite: str | None = None) -> Path:
+    """A minimal Debian root as a tarball: built once with mmdebstrap, then reused."""
+    import fcntl
+
+    suite = suite or host_suite()
+    cache.mkdir(parents=True, exist_ok=True)
+    tar = cache / f"debian-{suite}-minbase.tar"
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders wait and reuse the result
+        if not tar.exists():
+            tmp = tar.with_name(tar.name + ".tmp")
+            run(
+                ["mmdebstrap", "--quiet", "--variant=minbase", suite, str(tmp)],
+                what="build the minimal Debian root (mmdebstrap)",
+            )
+            tmp.rename(tar)
+    return tar
+
+
 def make_filesystem(device: str, label: str = "tu-root") -> str:
     """mkfs.btrfs on *device*; returns the filesystem UUID."""
     run(["mkfs.btrfs", "-q", "-f", "-L", label, device], what="mkfs.btrfs")

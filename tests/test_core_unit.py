@@ -207,3 +207,13 @@ def test_send_dump_parsing_ignores_times() -> None:
         changes.Op("rename", "/o10203-10-0"),
         changes.Op("unlink", "/etc/with space"),
     ]
+
+
+def test_quick_queries_are_only_plain_status_and_list() -> None:
+    from transactional_update.entry import parse_query
+
+    assert parse_query(["status"]) == (Path("/"), False, "status")
+    assert parse_query(["--root", "/mnt", "--json", "list"]) == (Path("/mnt"), True, "list")
+    assert parse_query(["--root=/mnt", "status"]) == (Path("/mnt"), False, "status")
+    for argv in (["status", "list"], ["-v", "status"], ["cleanup", "status"], ["--root"], []):
+        assert parse_query(argv) is None

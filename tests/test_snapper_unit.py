@@ -618,16 +618,24 @@ class FakeRun:
         return subprocess.CompletedProcess(list(argv), rc, out, err)
 
 
+def _write_info_2(root: Path) -> None:
+    (root / ".snapshots/2").mkdir(parents=True, exist_ok=True)
+    (root / ".snapshots/2/info.xml").write_text(INFO_XML_2)
+
+
 def _cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeRun) -> sn.CliSnapper:
     monkeypatch.setattr(proc, "run", fake)
     return sn.CliSnapper(_managed_root(tmp_path))
 
 
 def test_cli_list_and_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeRun((0, CLI_LIST_JSON, ""), (0, CLI_LIST_JSON, ""), (0, CLI_LIST_JSON, ""))
+    fake = FakeRun((0, CLI_LIST_JSON, ""))
     client = _cli(tmp_path, monkeypatch, fake)
     assert [s.number for s in client.list_snapshots()] == [1, 2, 3, 4]
+    # get_snapshot reads info.xml, as `snapper --no-dbus` itself does: no further process.
+    _write_info_2(tmp_path)
     assert client.get_snapshot(2).userdata == {"a": "b"}
+    assert len(fake.calls) == 1
     with pytest.raises(SnapshotError, match="snapshot 9 does not exist"):
         client.get_snapshot(9)
 
@@ -661,11 +669,12 @@ def test_cli_create_validates_before_running(
 def test_cli_set_snapshot_replaces_userdata(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = FakeRun((0, CLI_LIST_JSON, ""), (0, "", ""))
+    fake = FakeRun((0, "", ""))
     client = _cli(tmp_path, monkeypatch, fake)
+    _write_info_2(tmp_path)
     client.set_snapshot(2, userdata={"c": "d"})
     modify = [*sn.cli_base(tmp_path, "root"), "modify", "--userdata", "a=,c=d", "2"]
-    assert fake.calls[1] == modify
+    assert fake.calls == [modify]
 
 
 def test_cli_set_snapshot_description_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -897,3 +906,48 @@ def test_protocol_is_satisfied(tmp_path: Path) -> None:
 
     assert accepts(sn.CliSnapper(_managed_root(tmp_path))) == "root"
     assert accepts(_dbus()) == "root"
+
+
+@pytest.mark.parametrize(
+    "description",
+    [NASTY, "", "plain", "a & b < c > d", "&amp; literally", "<tag> in text", "multi\nline\n"],
+)
+def test_fast_info_reader_agrees_with_elementtree(description: str) -> None:
+    from xml.sax.saxutils import escape
+
+    text = INFO_XML_2.replace(
+        "<description>test x</description>", (f"<description>{escape(description)}</description>")
+    )
+    fast = sn._parse_flat_info(text, lambda uid: "root")
+    assert fast is not None
+    assert fast.description == description
+    slow = sn.parse_info_xml(
+        text.replace("<snapshot>", "<snapshot><!-- force -->"), lambda u: "root"
+    )
+    assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        INFO_XML_2.replace("<snapshot>", '<snapshot x="1">'),
+        INFO_XML_2.replace("test x", "<![CDATA[x]]>"),
+        INFO_XML_2.replace("test x", "&unknown;"),
+        INFO_XML_2.replace("<num>2</num>", "<num>2</num><num>3</num>"),
+        INFO_XML_2.replace("2026-11-26 05:04:04", "yesterday"),
+    ],
+)
+def test_fast_info_reader_declines_unusual_files(text: str) -> None:
+    assert sn._parse_flat_info(text, lambda uid: "root") is None
+
+
+def test_read_all_info_skips_broken_and_missing(tmp_path: Path) -> None:
+    for n in (2, 3, 5):
+        (tmp_path / f".snapshots/{n}/snapshot").mkdir(parents=True)
+    (tmp_path / ".snapshots/2/info.xml").write_text(INFO_XML_2)
+    (tmp_path / ".snapshots/3/info.xml").write_text("not xml")
+    (tmp_path / ".snapshots/4").mkdir()
+    (tmp_path / ".snapshots/4/info.xml").write_text(INFO_XML_2.replace(">2<", ">4<"))
+    (tmp_path / ".snapshots/5/info.xml").write_text(INFO_XML_2.replace("<num>2", "<num>6"))
+    # 3 unreadable, 4 has no subvolume, 5 describes another number: snapper skips all three.
+    assert [s.number for s in sn.read_all_info(tmp_path)] == [2]

@@ -228,3 +228,19 @@ def test_no_leaked_mounts_after_transactions(managed_system: System) -> None:
     after = Path("/proc/self/mountinfo").read_text().count(str(managed_system.root))
     assert before == after
     assert sh("findmnt", "-rn", "-o", "TARGET").stdout.count(".snapshots/2/snapshot") == 0
+
+
+def test_quick_and_full_paths_agree_with_snapper(system: System) -> None:
+    import json
+
+    assert system.tu("--description", 'a "b" & c', "run", "--", "true").returncode == 0
+    for args in (["status"], ["--json", "status"], ["list"], ["--json", "list"]):
+        quick = system.tu(*args)
+        full = system.tu("-v", *args)  # any other option takes the click path
+        assert quick.returncode == full.returncode == 0
+        assert quick.stdout == full.stdout, args
+    ours = json.loads(system.tu("--json", "list").stdout)
+    theirs = system.snapper_list()
+    assert [(s["number"], s["description"], s["cleanup"]) for s in ours] == [
+        (s["number"], s["description"], s["cleanup"]) for s in theirs
+    ]

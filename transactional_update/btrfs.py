@@ -48,13 +48,12 @@ def is_btrfs(path: Path) -> bool:
     """Whether *path* lies on a btrfs filesystem (statfs magic, no subprocess)."""
     try:
         import ctypes
-        import ctypes.util
 
         # os.statvfs has no f_type; statfs(2) through libc is the cheap, exact check.
         class _StatFs(ctypes.Structure):
             _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_long * 15)]
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would spawn ldconfig
         buf = _StatFs()
         if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
             return False

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -203,7 +202,7 @@ _libc: Any = None
 def _c() -> Any:
     global _libc  # noqa: PLW0603 - one CDLL handle per process
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would spawn ldconfig
     return _libc
 
 

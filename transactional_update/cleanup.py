@@ -51,13 +51,22 @@ def _upper(value: str, key: str, where: str) -> int:
 
 def read_limits(root: Path, config: str) -> NumberLimits:
     path = root / "etc/snapper/configs" / config
+    where = f"/etc/snapper/configs/{config}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {where}: {exc}", "fix the file's permissions or encoding"
+        ) from exc
     values = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        words = shlex.split(line, comments=True)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise ConfigError(f"{where}:{lineno}: {exc}", "fix the quoting of that line") from exc
         if len(words) == 1 and "=" in words[0]:
             k, _, v = words[0].partition("=")
             values[k] = v
-    where = f"/etc/snapper/configs/{config}"
     return NumberLimits(
         limit=_upper(values.get("NUMBER_LIMIT", "50"), "NUMBER_LIMIT", where),
         limit_important=_upper(

@@ -88,7 +88,7 @@ def normalize_continue(argv: Sequence[str]) -> list[str]:
 
 
 def parse_continue(value: str | None) -> int | None:
-    from transactional_update.transaction import CONTINUE_DEFAULT
+    from transactional_update.system import CONTINUE_DEFAULT
 
     if value is None:
         return None
@@ -235,10 +235,9 @@ def status_cmd() -> Step:
     """Show the booted, default and pending snapshots and any running transaction."""
 
     def step(state: State) -> int:
-        from transactional_update.status import get_status, status_json, status_text
+        from transactional_update.status import show_status
 
-        st = get_status(state.ctx.managed)
-        click.echo(json.dumps(status_json(st), indent=2) if state.json else status_text(st))
+        click.echo(show_status(state.ctx.managed, state.json))
         return 0
 
     return step
@@ -249,15 +248,9 @@ def list_cmd() -> Step:
     """List snapshots with number, date, description and boot marks."""
 
     def step(state: State) -> int:
-        from transactional_update.status import list_json, list_text
+        from transactional_update.status import show_list
 
-        managed = state.ctx.managed
-        snaps = state.ctx.snapper.list_snapshots()
-        booted, default = managed.booted(), managed.default()
-        if state.json:
-            click.echo(json.dumps(list_json(snaps, booted, default), indent=2))
-        else:
-            click.echo(list_text(snaps, booted, default))
+        click.echo(show_list(state.ctx.managed, state.json))
         return 0
 
     return step
@@ -351,15 +344,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("error: interrupted; the default snapshot is unchanged", err=True)
         sys.exit(130)
     except Exception as exc:
-        from transactional_update.errors import TUError
+        from transactional_update.errors import report
 
         if debug:
             raise
-        if isinstance(exc, TUError):
-            click.echo(f"error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
-            sys.exit(exc.exit_code)
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
-        click.echo("hint: rerun with --debug for the traceback and report it", err=True)
-        sys.exit(1)
+        sys.exit(report(exc))

@@ -8,6 +8,7 @@ tool does: ``/usr/etc/transactional-update.conf`` (distribution defaults), then
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 from dataclasses import dataclass
 from enum import StrEnum
@@ -114,12 +115,17 @@ def build(values: dict[str, tuple[str, str]]) -> Config:
             kwargs["update_method"] = _enum(UpdateMethod, value, where, key)
         elif key == "LOCK_WAIT":
             try:
-                kwargs["lock_wait"] = float(value)
+                wait = float(value)
             except ValueError:
+                wait = math.nan
+            # "nan" would never time out (every comparison with it is false) and "inf" never
+            # ends either: a nightly job would hang behind a stuck transaction.
+            if not math.isfinite(wait) or wait < 0:
                 raise ConfigError(
                     f"{where}: LOCK_WAIT={value!r} is not a number of seconds",
                     "set LOCK_WAIT=0 to refuse at once",
-                ) from None
+                )
+            kwargs["lock_wait"] = wait
         else:
             log.warning("%s: unknown setting %s ignored", where, key)
     return Config(**kwargs)  # type: ignore[arg-type]

@@ -79,3 +79,17 @@ class CommandFailed(TUError):
 
 class Interrupted(TUError):
     code = ExitCode.INTERRUPTED
+
+
+def report(exc: BaseException) -> int:
+    """Print *exc* as ``error:``/``hint:`` lines on stderr; returns the exit code to use."""
+    import sys
+
+    if isinstance(exc, TUError):
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+    print("hint: rerun with --debug for the traceback and report it", file=sys.stderr)
+    return int(ExitCode.FAILED)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from transactional_update.errors import NoSpaceError, SystemError_
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ def run(
 
     *what* is a short human description ("create snapshot") used in the error message.
     """
+    import subprocess  # here, not at the top: the read-only queries never spawn anything
+
     cmdline = shlex.join(argv)
     log.debug("run: %s", cmdline)
     try:
@@ -57,6 +62,8 @@ def run(
 
 def pipeline(first: Sequence[str], second: Sequence[str], *, what: str) -> str:
     """Run ``first | second`` and return *second*'s output; either failing raises."""
+    import subprocess
+
     log.debug("run: %s | %s", shlex.join(first), shlex.join(second))
     producer = subprocess.Popen(list(first), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert producer.stdout is not None and producer.stderr is not None

@@ -3,7 +3,8 @@
 Without N the booted snapshot becomes the default again (dropping a pending change, as openSUSE's
 tool does); ``last`` picks the newest snapshot known to have run this system
 (``LAST_WORKING_SNAPSHOTS``).  Refused: numbers that do not exist, snapper's ``0`` (the live
-system), unfinished transactions and snapshots snapper does not manage.
+system), unfinished transactions, failed ones kept with ``--keep`` (which never become the
+default) and snapshots snapper does not manage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from transactional_update import btrfs, state
 from transactional_update.context import Context
 from transactional_update.errors import SnapshotError, UsageError
 from transactional_update.lock import Lock
-from transactional_update.system import IN_PROGRESS
+from transactional_update.system import FAILED, IN_PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,11 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         if IN_PROGRESS in info.userdata:
             raise SnapshotError(
                 f"snapshot {number} is an unfinished transaction",
+                "it may be half-changed; pick a finished snapshot",
+            )
+        if FAILED in info.userdata:
+            raise SnapshotError(
+                f"snapshot {number} is a failed transaction kept for inspection",
                 "it may be half-changed; pick a finished snapshot",
             )
         btrfs.set_default(path)

@@ -33,13 +33,13 @@ itself loses data silently in a few cases (see :func:`check_text` and :func:`che
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib
 import json
 import logging
 import os
 import pwd
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -359,11 +359,75 @@ def _pre_number(snapshot_type: SnapshotType, value: int | None) -> int | None:
 # info.xml
 
 
+# snapper (libxml2) writes info.xml as flat elements with escaped text and no attributes,
+# comments or CDATA; such a file is read with one regex, ~10x faster than building a tree, which
+# is what keeps `list` with 1,000 snapshots faster than `snapper list`.  Anything else goes to
+# ElementTree, so both readers always agree.
+_FLAT_FIELD = re.compile(r"<(\w+)>([^<]*)</\1>|<(\w+)\s*/>")
+_NOT_FLAT = re.compile(
+    r"<!|<\?(?!xml )|<\w+\s+[^>/]|&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);)"
+)
+_DATE_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)")
+
+
+def _date_fields(m: re.Match[str]) -> tuple[int, int, int, int, int, int]:
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    return y, mo, d, h, mi, s
+
+
+def _parse_flat_info(text: str, user_name: Callable[[int], str]) -> Snapshot | None:
+    """The fast reader; None when the text is not the plain form snapper writes."""
+    if _NOT_FLAT.search(text) or "<snapshot>" not in text:
+        return None
+    fields: dict[str, str] = {}
+    userdata: dict[str, str] = {}
+    key: str | None = None
+    for m in _FLAT_FIELD.finditer(text):
+        name, value = (m.group(1), html.unescape(m.group(2))) if m.group(1) else (m.group(3), "")
+        if name == "key":
+            key = value
+        elif name == "value":
+            if key:
+                userdata[key] = value
+            key = None
+        elif name in fields:
+            return None  # a repeated element: let the full parser decide
+        else:
+            fields[name] = value
+    date = _DATE_RE.fullmatch(fields.get("date", "").strip())
+    try:
+        snapshot_type = SnapshotType(fields["type"].strip())
+        number = int(fields["num"])
+        uid = int(fields.get("uid", "0"))
+        pre = int(fields.get("pre_num", "0"))
+    except (KeyError, ValueError):
+        return None
+    if date is None:
+        return None
+    return Snapshot(
+        number=number,
+        type=snapshot_type,
+        pre_number=_pre_number(snapshot_type, pre),
+        date=datetime(*_date_fields(date), tzinfo=UTC),
+        user=user_name(uid),
+        description=fields.get("description", ""),
+        cleanup=fields.get("cleanup", ""),
+        userdata=userdata,
+    )
+
+
 def parse_info_xml(text: str | bytes, user_name: Callable[[int], str]) -> Snapshot:
     """A :class:`Snapshot` from the text of snapper's ``info.xml``; ValueError if malformed."""
+    decoded = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    fast = _parse_flat_info(decoded, user_name)
+    if fast is not None:
+        return fast
     try:
         # info.xml lives under ROOT/.snapshots and is written only by root (snapper); expat
         # resolves no external entities, so a plain parse is safe here.
+        # Only unusual files get here (see _parse_flat_info), so the import is paid rarely.
+        import xml.etree.ElementTree as ET
+
         element = ET.fromstring(text)  # noqa: S314
     except ET.ParseError as exc:
         raise ValueError(f"not XML: {exc}") from exc
@@ -441,6 +505,36 @@ def read_info(
             f"inspect {path}; snapper ignores such a snapshot",
         )
     return snapshot
+
+
+def read_all_info(root: Path) -> list[Snapshot]:
+    """Every snapshot of the system at *root* from its info.xml, by number, as snapper lists them.
+
+    This is what ``snapper --no-dbus list`` itself reads; snapshots whose info.xml is missing or
+    unreadable, or whose subvolume is gone, are skipped as snapper skips them.  Plain string
+    paths and one passwd table keep 1,000 snapshots well under what ``snapper list`` takes.
+    """
+    names = UserNames(root)
+    store = os.path.join(root, SNAPSHOTS_DIR)
+    found = []
+    try:
+        entries = os.listdir(store)
+    except OSError as exc:
+        raise NotManagedError(f"cannot read {store}: {exc.strerror}", "run as root") from exc
+    for name in entries:
+        if not name.isdigit() or name == "0":
+            continue
+        base = f"{store}/{name}"
+        try:
+            with open(f"{base}/info.xml", "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+            snap = _parse_flat_info(text, names) or parse_info_xml(text, names)
+        except (OSError, ValueError):
+            continue
+        if snap.number == int(name) and os.path.isdir(f"{base}/snapshot"):
+            found.append(snap)
+    found.sort(key=lambda s: s.number)
+    return found
 
 
 # --------------------------------------------------------------------------------------------

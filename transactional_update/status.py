@@ -6,6 +6,7 @@ snapper's ``info.xml`` plus the lock file, so it stays fast with thousands of sn
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from transactional_update.errors import TUError
 from transactional_update.lock import Lock
-from transactional_update.snapper import Snapshot, read_info
+from transactional_update.snapper import Snapshot, read_all_info, read_info
 from transactional_update.system import IN_PROGRESS, ManagedRoot
 
 _SNAPSHOT_NOTE = re.compile(r"snapshot (\d+)")
@@ -54,6 +55,20 @@ def get_status(managed: ManagedRoot) -> Status:
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
     }
     return Status(booted, default, pending, running, stale, infos)
+
+
+def show_status(managed: ManagedRoot, as_json: bool) -> str:
+    st = get_status(managed)
+    return json.dumps(status_json(st), indent=2) if as_json else status_text(st)
+
+
+def show_list(managed: ManagedRoot, as_json: bool) -> str:
+    """Every snapshot, read from snapper's info.xml as ``snapper --no-dbus list`` does."""
+    snaps = read_all_info(managed.root)
+    booted, default = managed.booted(), managed.default()
+    if as_json:
+        return json.dumps(list_json(snaps, booted, default), indent=2)
+    return list_text(snaps, booted, default)
 
 
 def snapshot_json(s: Snapshot | None) -> dict[str, Any] | None:

@@ -17,6 +17,8 @@ from transactional_update.errors import NotManagedError, SnapshotError
 
 _SNAPSHOT_RE = re.compile(r"(?:^|/)\.snapshots/(\d+)/snapshot$")
 IN_PROGRESS = "transactional-update-in-progress"
+FAILED = "transactional-update-failed"  # a failed transaction's snapshot kept with --keep
+CONTINUE_DEFAULT = -1  # --continue without a number: build on the pending default
 
 
 def snapshot_number(subvol_path: str) -> int | None:

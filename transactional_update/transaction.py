@@ -24,11 +24,10 @@ from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
 from transactional_update.lock import Lock
 from transactional_update.log import step
-from transactional_update.system import IN_PROGRESS
+from transactional_update.system import CONTINUE_DEFAULT, IN_PROGRESS
 
 log = logging.getLogger(__name__)
 
-CONTINUE_DEFAULT = -1  # --continue without a number: build on the pending default
 FAILED = "transactional-update-failed"
 
 
@@ -200,9 +199,7 @@ class Transaction:
         booted = managed.booted()
         if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
             btrfs.set_read_only(fork_dir, True)
-        info = self.ctx.snapper.get_snapshot(self.number)
-        userdata = {k: v for k, v in info.userdata.items() if k != IN_PROGRESS}
-        self.ctx.snapper.set_snapshot(self.number, userdata=userdata)
+        self.ctx.snapper.set_snapshot(self.number, userdata={})  # drops only our in-progress mark
         # The commit point: one atomic btrfs operation decides what boots next.
         btrfs.set_default(fork_dir)
         if booted is not None:
@@ -227,10 +224,9 @@ class Transaction:
         )
         if self.opts.keep:
             try:
-                info = self.ctx.snapper.get_snapshot(self.number)
-                userdata = {k: v for k, v in info.userdata.items() if k != IN_PROGRESS}
-                userdata[FAILED] = reason.replace(",", ";").replace("=", ":")
-                self.ctx.snapper.set_snapshot(self.number, userdata=userdata)
+                # snapper forbids "," and "=" in userdata values
+                failed = {FAILED: reason.replace(",", ";").replace("=", ":")}
+                self.ctx.snapper.set_snapshot(self.number, userdata=failed)
                 log.warning(
                     "transaction failed (%s); snapshot %d kept for inspection, not the default",
                     reason,

@@ -1,0 +1,691 @@
+#!/usr/bin/env python3
+"""Whole-process timings of transactional-update against the commands it competes with.
+
+Run as root from the repository root::
+
+    .venv/bin/python bench/bench.py [--repeat 15] [--warmup 1] [--snapshots 1000] [--json]
+
+Every row times complete processes (``time.perf_counter()`` around ``subprocess.run``), on a real
+managed system: a sparse btrfs image on a loop device built by :func:`tests.helpers.managed_system`,
+with snapperd on a private system bus from :func:`tests.helpers.system_bus` for the D-Bus rows.
+The rows of one table are measured round-robin (one run of each row, then the next round), so a
+slow moment of the machine hits every row alike; each row's baseline is measured in the same run.
+
+It is a report, not a test: targets print PASS or MISS, and the exit code is 0 whenever the
+measurements could be taken (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from xml.sax.saxutils import escape
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import btrfsutil  # noqa: E402
+
+from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
+from transactional_update import btrfs  # noqa: E402
+from transactional_update.snapper import DBusSnapper  # noqa: E402
+
+BASE_SNAPSHOT = 1
+IN_PROGRESS = "transactional-update-in-progress"
+# Environment that would change what a row measures; every row starts from the host's
+# environment without these, and a row adds back what it needs.
+CLEARED_ENV = (
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "TU_SNAPPER_BACKEND",
+    "TRANSACTIONAL_UPDATE",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPYCACHEPREFIX",
+)
+# How measured Python processes treat bytecode, added to every row's environment (see
+# bytecode_env): by default they get a bytecode cache of their own, as an installed tool has.
+PY_ENV: dict[str, str] = {}
+
+
+class BenchError(Exception):
+    """A measured command failed: the row is reported as an error, the others go on."""
+
+
+# --------------------------------------------------------------------------------------------
+# Running and timing
+
+
+def run(
+    argv: Sequence[str | Path], env: Mapping[str, str] | None = None, timeout: float = 600
+) -> bytes:
+    """Run *argv* to completion (output captured, as bytes); BenchError unless it exits 0."""
+    args = [str(a) for a in argv]
+    proc = subprocess.run(args, capture_output=True, env=env, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise BenchError(
+            f"{shlex.join(args)} exited {proc.returncode}: {err[-1] if err else '(no message)'}"
+        )
+    return proc.stdout
+
+
+def base_env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in CLEARED_ENV}, **PY_ENV}
+
+
+def bytecode_env(workdir: Path, cache: bool) -> dict[str, str]:
+    """An installed tool runs from .pyc files; a checkout under PYTHONDONTWRITEBYTECODE=1
+    compiles every module of the tool on every start (~20 ms here).  The cache goes to the work
+    directory (PYTHONPYCACHEPREFIX), so the repository gets no __pycache__ from the benchmark; the
+    warm-up round fills it."""
+    if not cache:
+        return {"PYTHONDONTWRITEBYTECODE": "1"}
+    return {"PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
+
+
+def p90(samples: Sequence[float]) -> float:
+    if len(samples) < 2:
+        return max(samples)
+    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
+
+
+@dataclass
+class Row:
+    """One measured thing: a timed action, and an untimed reset that runs after each call."""
+
+    key: str
+    label: str
+    section: str
+    action: Callable[[], object]
+    reset: Callable[[], None] | None = None
+    samples: list[float] = field(default_factory=list)  # milliseconds
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    @property
+    def p90(self) -> float | None:
+        return p90(self.samples) if self.samples else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "section": self.section,
+            "runs": len(self.samples),
+            "median_ms": _round(self.median),
+            "p90_ms": _round(self.p90),
+            "min_ms": _round(min(self.samples)) if self.samples else None,
+            "max_ms": _round(max(self.samples)) if self.samples else None,
+            "samples_ms": [round(s, 2) for s in self.samples],
+            "error": self.error,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def measure(rows: Sequence[Row], repeat: int, warmup: int) -> None:
+    """Time every row *warmup* + *repeat* times, round-robin; keep the last *repeat* timings."""
+    for i in range(warmup + repeat):
+        progress(f"  round {i + 1}/{warmup + repeat}" + (" (warm-up)" if i < warmup else ""))
+        for row in rows:
+            if row.error is not None:
+                continue
+            try:
+                start = time.perf_counter()
+                row.action()
+                elapsed = (time.perf_counter() - start) * 1000.0
+                if i >= warmup:
+                    row.samples.append(elapsed)
+            except (BenchError, subprocess.TimeoutExpired) as exc:
+                row.error = str(exc)
+                progress(f"  {row.label}: FAILED: {exc}")
+            finally:
+                if row.reset is not None:
+                    row.reset()  # a failing reset leaves an unknown state: that one is fatal
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The system under test
+
+
+class Bench:
+    def __init__(self, system: System, tu: Path) -> None:
+        self.system = system
+        self.root = system.root
+        self.tu = tu
+        self.snapshots = system.root / ".snapshots"
+        self.dbus: DBusSnapper | None = None  # our own client of the bench's snapperd
+        self.bus_address = ""
+
+    # -- environments of our tool
+
+    def tu_env(self, backend: str) -> dict[str, str]:
+        env = {**base_env(), "TU_SNAPPER_BACKEND": backend}
+        if backend == "dbus":
+            env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus_address
+        return env
+
+    @contextmanager
+    def bus(self) -> Iterator[Bus]:
+        """snapperd on a private system bus (started fresh: snapperd caches the snapshot list)."""
+        with system_bus(self.system) as bus:
+            self.bus_address = bus.address
+            saved = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address  # jeepney reads it on connect
+            try:
+                self.dbus = DBusSnapper(self.root)
+            finally:
+                if saved is None:
+                    del os.environ["DBUS_SYSTEM_BUS_ADDRESS"]
+                else:
+                    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = saved
+            try:
+                yield bus
+            finally:
+                self.dbus.close()
+                self.dbus = None
+                self.bus_address = ""
+
+    # -- snapshot bookkeeping (never timed)
+
+    def numbers(self) -> list[int]:
+        return sorted(int(p.name) for p in self.snapshots.iterdir() if p.name.isdigit())
+
+    def next_number(self) -> int:
+        return max(self.numbers()) + 1
+
+    def reset_transactions(self) -> None:
+        """Undo a transaction: snapshot 1 is the default again and the only snapshot.
+
+        Snapshots that snapperd created are deleted through it, so that its cached list stays
+        true; the others (made by ``snapper --no-dbus`` or btrfs) on disk.  Then wait for btrfs'
+        cleaner, so that no run pays for the previous run's deletion.
+        """
+        btrfs.set_default(self.system.snapshot(BASE_SNAPSHOT))
+        extra = [n for n in self.numbers() if n != BASE_SNAPSHOT]
+        if not extra:
+            return
+        known = {s.number for s in self.dbus.list_snapshots()} if self.dbus else set()
+        ids: set[int] = set()
+        for n in extra:
+            subvol = self.system.snapshot(n)
+            if btrfs.is_subvolume(subvol):
+                ids.add(btrfs.subvolume_id(subvol))
+            if n in known and self.dbus is not None:
+                self.dbus.delete_snapshots([n])
+            else:
+                if btrfs.is_subvolume(subvol):
+                    btrfs.delete_subvolume(subvol)
+                shutil.rmtree(self.snapshots / str(n))
+        if not btrfs.wait_cleaned(self.root, ids, timeout=60):
+            raise RuntimeError(f"btrfs did not clean deleted snapshots {sorted(ids)} in 60 s")
+
+    def fill(self, count: int) -> None:
+        """Snapshots 1..*count* in snapper's real layout, fast: btrfs snapshots + info.xml."""
+        start = datetime(2024, 1, 1, tzinfo=UTC)
+        source = self.system.snapshot(BASE_SNAPSHOT)
+        begun = time.perf_counter()
+        for n in range(self.next_number(), count + 1):
+            (self.snapshots / str(n)).mkdir()
+            btrfsutil.create_snapshot(source, self.system.snapshot(n), read_only=True)
+            (self.snapshots / str(n) / "info.xml").write_text(
+                info_xml(n, f"run: apt-get install -y package-{n}", start + timedelta(hours=n)),
+                encoding="utf-8",
+            )
+            if n % 250 == 0:
+                progress(f"  {n} snapshots ({time.perf_counter() - begun:.1f} s)")
+        btrfs.sync(self.root)
+        listed = self.snapper_count()
+        if listed != count:
+            raise RuntimeError(f"snapper --no-dbus list shows {listed} snapshots, wanted {count}")
+        progress(f"  snapper --no-dbus list shows {listed} snapshots")
+
+    def snapper_count(self) -> int:
+        out = run(["snapper", "--no-dbus", "--root", self.root, "--jsonout", "list"], base_env())
+        entries = next(iter(json.loads(out).values()))
+        return sum(1 for e in entries if e["number"] != 0)
+
+    # -- the timed actions
+
+    def raw_sequence(self) -> None:
+        """What the commit costs at the least: the three btrfs commands."""
+        n = self.next_number()
+        (self.snapshots / str(n)).mkdir()
+        snap = self.system.snapshot(n)
+        run(["btrfs", "subvolume", "snapshot", self.system.snapshot(BASE_SNAPSHOT), snap])
+        run(["btrfs", "property", "set", "-ts", snap, "ro", "true"])
+        run(["btrfs", "subvolume", "set-default", snap])
+
+    def peer_sequence(self) -> None:
+        """The processes a C++ peer runs for ``run true``: snapper, chroot, snapper, btrfs."""
+        snapper = ["snapper", "--no-dbus", "--root", str(self.root)]
+        out = run(
+            [
+                *snapper,
+                "create",
+                "--from",
+                str(BASE_SNAPSHOT),
+                "--read-write",
+                "--print-number",
+                "--description",
+                "run: true",
+                "--cleanup-algorithm",
+                "number",
+                "--userdata",
+                f"{IN_PROGRESS}=yes",
+            ]
+        )
+        n = int(out.split()[-1])
+        snap = self.system.snapshot(n)
+        run(["chroot", snap, "true"])
+        run([*snapper, "modify", "--userdata", f"{IN_PROGRESS}=", str(n)])
+        run(["btrfs", "property", "set", "-ts", snap, "ro", "true"])
+        run(["btrfs", "subvolume", "set-default", snap])
+
+    def tu_run_true(self, backend: str) -> Callable[[], None]:
+        def action() -> None:
+            before = self.numbers()
+            out = run([self.tu, "--root", self.root, "run", "true"], self.tu_env(backend))
+            if not out.decode().startswith("snapshot ") or self.numbers() == before:
+                raise BenchError(f"run true made no snapshot: {out.decode().strip()!r}")
+
+        return action
+
+    def tu_cmd(self, backend: str | None, *args: str) -> Callable[[], bytes]:
+        env = self.tu_env(backend) if backend else base_env()
+        argv = [str(self.tu), "--root", str(self.root), *args]
+        return lambda: run(argv, env)
+
+
+def info_xml(number: int, description: str, date: datetime) -> str:
+    """snapper's info.xml for a snapshot our tool committed (like image.info_xml, with cleanup)."""
+    return (
+        '<?xml version="1.0"?>\n<snapshot>\n  <type>single</type>\n'
+        f"  <num>{number}</num>\n  <date>{date.strftime('%Y-%m-%d %H:%M:%S')}</date>\n"
+        f"  <description>{escape(description)}</description>\n"
+        "  <cleanup>number</cleanup>\n</snapshot>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass(frozen=True)
+class Target:
+    row: str
+    baseline: str | None  # None: *limit* is in milliseconds
+    limit: float
+    text: str
+
+
+TARGETS = (
+    Target("tu_run_cli", "peer_tx", 1.0, "no-op transaction [cli] <= 1.0x peer sequence"),
+    Target("tu_run_dbus", "peer_tx", 1.0, "no-op transaction [dbus] <= 1.0x peer sequence"),
+    Target("tu_status_cli", "snapper_list", 0.5, "status [cli] <= 0.5x snapper list"),
+    Target("tu_status_dbus", "snapper_list", 0.5, "status [dbus] <= 0.5x snapper list"),
+    Target(
+        "tu_list_json_cli",
+        "snapper_list_json",
+        1.0,
+        "list --json [cli] <= 1.0x snapper --jsonout list",
+    ),
+    Target(
+        "tu_list_json_dbus",
+        "snapper_list_json",
+        1.0,
+        "list --json [dbus] <= 1.0x snapper --jsonout list",
+    ),
+    Target("tu_help", None, 60.0, "--help <= 60 ms"),
+)
+# Printed for context, without a target: (row, baseline, text).
+CONTEXT = (
+    ("tu_run_cli", "raw_tx", "run true [cli] vs raw btrfs sequence"),
+    ("tu_run_dbus", "raw_tx", "run true [dbus] vs raw btrfs sequence"),
+    ("peer_tx", "raw_tx", "peer sequence vs raw btrfs sequence"),
+    ("tu_help", "python_bare", "--help vs bare Python start"),
+    ("tu_help", "python_click", "--help vs Python + import click"),
+)
+
+
+def startup_rows(tu: Path) -> list[Row]:
+    env = base_env()
+    py = sys.executable
+    return [
+        Row(
+            "python_bare",
+            "python -c pass (bare venv Python)",
+            "start-up",
+            lambda: run([py, "-c", "pass"], env),
+        ),
+        Row(
+            "python_click",
+            "python -c 'import click'",
+            "start-up",
+            lambda: run([py, "-c", "import click"], env),
+        ),
+        Row("tu_help", "transactional-update --help", "start-up", lambda: run([tu, "--help"], env)),
+    ]
+
+
+def transaction_rows(b: Bench) -> list[Row]:
+    s = "no-op transaction, fresh image (snapshot 1 only)"
+    reset = b.reset_transactions
+    return [
+        Row(
+            "raw_tx",
+            "raw: btrfs snapshot + property set ro + set-default",
+            s,
+            b.raw_sequence,
+            reset,
+        ),
+        Row(
+            "peer_tx",
+            "peer: snapper create/modify + chroot true + btrfs ro/default",
+            s,
+            b.peer_sequence,
+            reset,
+        ),
+        Row(
+            "tu_run_cli",
+            "transactional-update run true  [TU_SNAPPER_BACKEND=cli]",
+            s,
+            b.tu_run_true("cli"),
+            reset,
+        ),
+        Row(
+            "tu_run_dbus",
+            "transactional-update run true  [TU_SNAPPER_BACKEND=dbus]",
+            s,
+            b.tu_run_true("dbus"),
+            reset,
+        ),
+    ]
+
+
+def listing_rows(b: Bench, count: int) -> list[Row]:
+    s = f"status and list, {count} snapshots"
+    env = base_env()
+    snapper = ["snapper", "--no-dbus", "--root", str(b.root)]
+    return [
+        Row("snapper_list", "snapper --no-dbus list", s, lambda: run([*snapper, "list"], env)),
+        Row(
+            "snapper_list_json",
+            "snapper --no-dbus --jsonout list",
+            s,
+            lambda: run([*snapper, "--jsonout", "list"], env),
+        ),
+        Row("tu_status_cli", "transactional-update status  [cli]", s, b.tu_cmd("cli", "status")),
+        Row("tu_status_dbus", "transactional-update status  [dbus]", s, b.tu_cmd("dbus", "status")),
+        Row(
+            "tu_list_json_cli",
+            "transactional-update --json list  [cli]",
+            s,
+            b.tu_cmd("cli", "--json", "list"),
+        ),
+        Row(
+            "tu_list_json_dbus",
+            "transactional-update --json list  [dbus]",
+            s,
+            b.tu_cmd("dbus", "--json", "list"),
+        ),
+    ]
+
+
+def check_list_output(b: Bench, count: int) -> None:
+    """Untimed: our list shows all the snapshots through both backends."""
+    for backend in ("cli", "dbus"):
+        try:
+            shown = json.loads(b.tu_cmd(backend, "--json", "list")())
+        except BenchError as exc:
+            progress(f"  list --json [{backend}] failed: {exc}")
+            continue
+        if len(shown) != count:
+            progress(
+                f"  WARNING: list --json [{backend}] shows {len(shown)} snapshots, not {count}"
+            )
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
+    tu = Path(args.tu)
+    rows: list[Row] = []
+    workdir = Path(tempfile.mkdtemp(prefix="tu-bench-", dir=args.tmpdir))
+    try:
+        PY_ENV.clear()
+        PY_ENV.update(bytecode_env(workdir, not args.no_bytecode_cache))
+        progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
+        startup = startup_rows(tu)
+        measure(startup, args.repeat, args.warmup)
+        rows += startup
+
+        progress(f"building a managed system in {workdir}")
+        with managed_system(workdir, size=args.image_size) as system:
+            b = Bench(system, tu)
+            progress(f"no-op transactions on {system.device}")
+            with b.bus():
+                tx = transaction_rows(b)
+                measure(tx, args.repeat, args.warmup)
+            rows += tx
+            if b.numbers() != [BASE_SNAPSHOT]:
+                raise RuntimeError(f"snapshots left after the transactions: {b.numbers()}")
+            progress(f"creating {args.snapshots} snapshots")
+            b.fill(args.snapshots)
+            with b.bus():  # started now: snapperd caches the list it first reads
+                check_list_output(b, args.snapshots)
+                listing = listing_rows(b, args.snapshots)
+                measure(listing, args.repeat, args.warmup)
+            rows += listing
+    finally:
+        remove_workdir(workdir)
+    return {r.key: r for r in rows}
+
+
+def remove_workdir(workdir: Path) -> None:
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    left = [m for m in mounts if m == str(workdir) or m.startswith(f"{workdir}/")]
+    if left:  # never rm -r through a mount
+        progress(f"WARNING: still mounted, not removing {workdir}: {left}")
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+
+
+def verdicts(rows: Mapping[str, Row]) -> list[dict[str, Any]]:
+    out = []
+    for t in TARGETS:
+        row = rows.get(t.row)
+        base = rows.get(t.baseline) if t.baseline else None
+        value = row.median if row else None
+        if t.baseline is None:
+            ratio = value / t.limit if value is not None else None
+            base_ms = None
+        else:
+            base_ms = base.median if base else None
+            ratio = value / base_ms if value is not None and base_ms else None
+        against_target = ratio if t.baseline is None or ratio is None else ratio / t.limit
+        out.append(
+            {
+                "target": t.text,
+                "row": t.row,
+                "baseline": t.baseline,
+                "median_ms": value,
+                "baseline_median_ms": base_ms,
+                "ratio": None if t.baseline is None else ratio,
+                "limit": t.limit,
+                "limit_unit": "ms" if t.baseline is None else "x",
+                "of_target": against_target,  # ratio / limit (or ms / limit): <= 1 passes
+                "pass": None if against_target is None else against_target <= 1.0,
+            }
+        )
+    return out
+
+
+def machine() -> dict[str, str]:
+    try:
+        snapper = run(["snapper", "--version"]).decode().splitlines()[0]
+    except (BenchError, OSError):
+        snapper = "?"
+    return {
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "snapper": snapper,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.1f}{unit}"
+
+
+def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
+    m = machine()
+    print(
+        f"transactional-update benchmark, {m['date']}: Linux {m['kernel']}, {m['cpus']} CPUs, "
+        f"Python {m['python']}, {m['snapper']}"
+    )
+    cache = "off (PYTHONDONTWRITEBYTECODE=1)" if args.no_bytecode_cache else "on"
+    print(
+        f"whole processes, {args.repeat} runs per row after {args.warmup} warm-up, "
+        f"round-robin; Python bytecode cache {cache}; times in ms"
+    )
+    width = max(len(r.label) for r in rows.values()) + 2
+    section = None
+    for row in rows.values():
+        if row.section != section:
+            section = row.section
+            print(f"\n{section:<{width}}{'median':>9}{'p90':>9}{'min':>9}")
+        if row.error:
+            print(f"  {row.label:<{width - 2}}  ERROR: {row.error}")
+            continue
+        lo = min(row.samples) if row.samples else None
+        print(f"  {row.label:<{width - 2}}{fmt(row.median):>9}{fmt(row.p90):>9}{fmt(lo):>9}")
+
+    print(
+        f"\n{'target (ratio of medians)':<52}{'ours':>10}{'baseline':>10}{'ratio':>8}"
+        f"{'target':>10}{'of target':>11}"
+    )
+    for v in verdicts(rows):
+        unit = v["limit_unit"]
+        limit = f"{v['limit']:.0f} ms" if unit == "ms" else f"{v['limit']:.2f}x"
+        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.2f}x"
+        verdict = {True: "PASS", False: "MISS", None: "n/a"}[v["pass"]]
+        of = "-" if v["of_target"] is None else f"{v['of_target']:.2f}"
+        print(
+            f"  {v['target']:<50}{fmt(v['median_ms']):>10}{fmt(v['baseline_median_ms']):>10}"
+            f"{ratio:>8}{limit:>10}{of:>11}  {verdict}"
+        )
+    print("\ncontext (ratio of medians, no target)")
+    for key, base, text in CONTEXT:
+        a, b = rows.get(key), rows.get(base)
+        if a and b and a.median is not None and b.median:
+            print(f"  {text:<50}{a.median:>10.1f}{b.median:>10.1f}{a.median / b.median:>7.2f}x")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # Turn SIGTERM/SIGHUP into the same unwinding as Ctrl-C, so every cleanup runs; a second
+    # signal must not cut that cleanup short.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--repeat", type=int, default=15, help="timed runs per row (default 15)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument(
+        "--snapshots",
+        type=int,
+        default=1000,
+        help="snapshots for the status/list rows (default 1000)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--tu",
+        default=str(Path(sys.executable).parent / "transactional-update"),
+        help="the CLI to measure (default: the venv's console script)",
+    )
+    p.add_argument("--image-size", default="3G", help="size of the sparse loop image")
+    p.add_argument("--tmpdir", default=None, help="where the work directory goes")
+    p.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="measured Python processes compile from source (PYTHONDONTWRITEBYTECODE=1)"
+        " instead of using a bytecode cache in the work directory",
+    )
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0 or args.snapshots < 2:
+        p.error("--repeat >= 1, --warmup >= 0 and --snapshots >= 2 please")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (loop devices, btrfs, mounts, snapperd)", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    try:
+        rows = run_benchmark(args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "repeat": args.repeat,
+                    "warmup": args.warmup,
+                    "bytecode_cache": not args.no_bytecode_cache,
+                    "snapshots": args.snapshots,
+                    "rows": [r.as_json() for r in rows.values()],
+                    "targets": [
+                        {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()}
+                        for t in verdicts(rows)
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print_table(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

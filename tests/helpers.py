@@ -218,3 +218,32 @@ def system_bus(system: System) -> Iterator[Bus]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def make_deb(
+    workdir: Path,
+    name: str,
+    version: str,
+    postinst: str | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
+    """A tiny real .deb (/usr/share/NAME/version and *files*), optionally with a postinst."""
+    tree = workdir / f"{name}-{version}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    for path, text in (files or {}).items():
+        (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path.lstrip("/")).write_text(text)
+        (tree / path.lstrip("/")).chmod(0o755)
+    (tree / f"usr/share/{name}").mkdir(parents=True)
+    (tree / f"usr/share/{name}/version").write_text(f"{version}\n")
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: tests <tests@example.invalid>\nDescription: test package\n"
+    )
+    if postinst is not None:
+        script = tree / "DEBIAN/postinst"
+        script.write_text(f"#!/bin/sh\n{postinst}\n")
+        script.chmod(0o755)
+    deb = workdir / f"{name}_{version}_all.deb"
+    sh("dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb))
+    return deb

@@ -38,7 +38,7 @@ def test_plan_shadows_data_subvolumes_and_binds_shared_state() -> None:
         ROOT,
         MOUNTS,
         ["/opt"],
-        existing=["/opt", "/root", "/var/cache", "/var/log", "/var/lib/apt/lists"],
+        existing=["/opt", "/root", "/var/cache", "/var/log", "/var/lib/apt"],
         var_links={"/var/lib/dpkg": "../../usr/share/dpkg/database"},
         resolv_conf="nameserver 127.0.0.1\n",
     )
@@ -65,7 +65,7 @@ def test_plan_shadows_data_subvolumes_and_binds_shared_state() -> None:
         ("bind", "/root", "/mnt/sys/root"),
         ("bind", "/var/cache", "/mnt/sys/var/cache"),
         ("bind", "/var/log", "/mnt/sys/var/log"),
-        ("bind", "/var/lib/apt/lists", "/mnt/sys/var/lib/apt/lists"),
+        ("bind", "/var/lib/apt", "/mnt/sys/var/lib/apt"),
     ]
     files = [(m.target, m.read_only) for m in plan if m.kind is chroot.Kind.FILE]
     assert files == [("/etc/resolv.conf", True), ("/usr/sbin/policy-rc.d", True)]

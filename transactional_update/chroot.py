@@ -69,7 +69,7 @@ PS1='transactional update \\w# '
 SHARED_VAR = (
     "/var/cache",
     "/var/log",
-    "/var/lib/apt/lists",
+    "/var/lib/apt",  # lists and extended_states (auto-install marks)
     "/var/lib/zypp",
     "/var/lib/ca-certificates",
 )

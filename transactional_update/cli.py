@@ -230,6 +230,80 @@ def shell_cmd() -> Step:
     return step
 
 
+def package_step(action: str, names: Sequence[str] = ()) -> Step:
+    def step(state: State) -> int:
+        from transactional_update import packages
+        from transactional_update.transaction import Transaction
+
+        request = packages.Request(
+            packages.Action(action), packages.split_packages(names), state.opts["interactive"]
+        )
+        manager = packages.detect(state.ctx.root)
+        packages.check_database(state.ctx.root, manager)
+        packages.plan(manager, request)  # refuse bad requests before any snapshot exists
+        tx = Transaction(state.ctx, state.options(packages.describe(request)))
+        with tx:
+            packages.execute(tx, manager, request)
+        return report(state, tx.result)
+
+    return step
+
+
+@cli.command("up")
+def up_cmd() -> Step:
+    """Update all packages in a new snapshot."""
+    return package_step("up")
+
+
+@cli.command("dup")
+def dup_cmd() -> Step:
+    """Distribution upgrade in a new snapshot."""
+    return package_step("dup")
+
+
+@cli.command("patch")
+def patch_cmd() -> Step:
+    """Install patches in a new snapshot (zypper, dnf --security; apt has none)."""
+    return package_step("patch")
+
+
+PKG_ACTIONS = {
+    "install": "install",
+    "in": "install",
+    "remove": "remove",
+    "rm": "remove",
+    "update": "update",
+    "up": "update",
+}
+
+
+@cli.command("pkg", context_settings={"ignore_unknown_options": True})
+@click.argument("action", type=click.Choice(sorted(PKG_ACTIONS)), metavar="install|remove|update")
+@click.argument("names", nargs=-1, type=click.UNPROCESSED)
+def pkg_cmd(action: str, names: tuple[str, ...]) -> Step:
+    """Install, remove or update the named packages in a new snapshot."""
+    return package_step(PKG_ACTIONS[action], names)
+
+
+@cli.command("reboot")
+def reboot_cmd() -> Step:
+    """Reboot into the new default snapshot (only the running system, not a --root)."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import UsageError
+        from transactional_update.proc import run
+
+        if state.root != Path("/"):
+            raise UsageError(
+                f"not rebooting: {state.root} is not the running system",
+                "boot the system mounted there to use its new default snapshot",
+            )
+        run(["systemctl", "reboot"], what="reboot")
+        return 0
+
+    return step
+
+
 @cli.command("status")
 def status_cmd() -> Step:
     """Show the booted, default and pending snapshots and any running transaction."""

@@ -139,7 +139,8 @@ def load(root: Path) -> Config:
         for f in files:
             try:
                 text = f.read_text(encoding="utf-8")
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
+                # Missing, or a parent is a file (--root names a file; open_root says so).
                 continue
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(

@@ -81,7 +81,7 @@ def open_root(root: Path, snapper_config: str = "root") -> ManagedRoot:
     if not (root / "etc/snapper/configs" / snapper_config).is_file():
         raise NotManagedError(
             f"no snapper config {snapper_config!r} in {root}/etc/snapper/configs",
-            "create it with: snapper -c root create-config /",
+            f"create it with: snapper -c {snapper_config} create-config /",
         )
     managed = ManagedRoot(root=root, snapper_config=snapper_config)
     if managed.booted() is None:

@@ -1,0 +1,117 @@
+"""Package operations with the real apt/dpkg inside the snapshot's chroot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import System, make_deb, sh
+
+pytestmark = pytest.mark.privileged
+
+
+INIT_SCRIPT = """#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          tu-service
+# Required-Start:
+# Required-Stop:
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: test service
+### END INIT INFO
+[ "$1" = start ] && touch /etc/tu-service-started
+exit 0
+"""
+
+
+def _dpkg_version(system: System, n: int, package: str) -> str | None:
+    db = system.snapshot(n) / "usr/share/dpkg/database"
+    r = sh("dpkg-query", f"--admindir={db}", "-W", "-f=${Status} ${Version}", package, check=False)
+    if r.returncode != 0 or not r.stdout.startswith("install ok installed"):
+        return None
+    return r.stdout.split()[-1]
+
+
+def _stage(system: System, deb: Path) -> str:
+    """Put *deb* where the chroot sees it (/var/cache is shared); returns its chroot path."""
+    target = system.root / "var/cache/tu-test"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(deb, target)
+    return f"/var/cache/tu-test/{deb.name}"
+
+
+def test_pkg_install_and_remove_with_apt(system: System, tmp_path: Path) -> None:
+    deb = _stage(system, make_deb(tmp_path, "tu-hello", "1.0"))
+    r = system.tu("pkg", "install", deb)
+    assert r.returncode == 0, r.stderr
+    new = system.default_number()
+    assert _dpkg_version(system, new, "tu-hello") == "1.0"
+    assert (system.snapshot(new) / "usr/share/tu-hello/version").read_text() == "1.0\n"
+    assert _dpkg_version(system, 1, "tu-hello") is None  # the booted snapshot is untouched
+    entry = next(s for s in system.snapper_list() if s["number"] == new)
+    assert entry["description"] == f"pkg install {deb}"
+    # No warning about writes to shadowed /var: apt's state is bound from the live system.
+    assert "written outside the snapshot" not in r.stderr
+    r = system.tu("--continue", "pkg", "remove", "tu-hello")
+    assert r.returncode == 0, r.stderr
+    assert _dpkg_version(system, system.default_number(), "tu-hello") is None
+
+
+def test_failing_maintainer_script_discards(managed_system: System, tmp_path: Path) -> None:
+    deb = _stage(managed_system, make_deb(tmp_path, "tu-broken", "1.0", postinst="exit 1"))
+    r = managed_system.tu("pkg", "install", deb)
+    assert r.returncode == 1
+    assert "error: apt-get install " in r.stderr and "failed (exit 100)" in r.stderr
+    assert managed_system.numbers() == [1] and managed_system.default_number() == 1
+
+
+def test_services_do_not_start_from_package_scripts(managed_system: System, tmp_path: Path) -> None:
+    deb = _stage(
+        managed_system,
+        make_deb(
+            tmp_path,
+            "tu-service",
+            "1.0",
+            postinst="update-rc.d tu-service defaults; invoke-rc.d tu-service start",
+            files={"/etc/init.d/tu-service": INIT_SCRIPT},
+        ),
+    )
+    r = managed_system.tu("pkg", "install", deb)
+    assert r.returncode == 0, r.stderr
+    assert "policy-rc.d denied execution of start" in r.stdout + r.stderr
+    new = managed_system.snapshot(managed_system.default_number())
+    assert (new / "etc/init.d/tu-service").exists()
+    assert not (new / "etc/tu-service-started").exists()
+
+
+def test_patch_on_apt_is_refused_before_any_snapshot(managed_system: System) -> None:
+    r = managed_system.tu("patch")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "error: apt has no patches",
+        "hint: use `transactional-update up` to install updates",
+    ]
+    assert managed_system.numbers() == [1]
+
+
+def test_database_outside_the_snapshot_is_refused(managed_system: System) -> None:
+    # The layout that breaks rollbacks: the dpkg database in the shared /var subvolume.
+    link = managed_system.root / "var/lib/dpkg"
+    link.unlink()
+    shutil.copytree(managed_system.root / "usr/share/dpkg/database", link, symlinks=True)
+    r = managed_system.tu("pkg", "install", "anything")
+    assert r.returncode == 3
+    assert r.stderr.splitlines()[0].startswith("error: the apt package database /var/lib/dpkg (")
+    assert "is outside the root snapshot, on another subvolume" in r.stderr
+    assert "hint: move it into the snapshot: /usr/share/dpkg/database" in r.stderr
+    assert managed_system.numbers() == [1]
+
+
+def test_reboot_refuses_a_system_mounted_elsewhere(managed_system: System) -> None:
+    r = managed_system.tu("reboot")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == (
+        f"error: not rebooting: {managed_system.root} is not the running system"
+    )

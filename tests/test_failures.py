@@ -112,18 +112,19 @@ def test_kill_9_mid_command_leaves_default_intact_and_cleanup_recovers(system: S
     assert (system.snapshot(system.default_number()) / "etc/after").exists()
 
 
-def test_sigterm_mid_command_discards_at_once(managed_system: System) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_mid_command_discards_at_once(managed_system: System, sig: signal.Signals) -> None:
     tool = _start(managed_system, "run", "--", "sh", "-c", f"touch /etc/started; sleep {SLEEP}")
     _wait_for(lambda: _started_fork(managed_system) is not None)
     fork = _started_fork(managed_system)
-    tool.send_signal(signal.SIGTERM)
+    tool.send_signal(sig)
     _out, err = tool.communicate(timeout=60)
     assert tool.returncode == 130
     assert err.splitlines()[-2:] == [
-        "error: interrupted by SIGTERM",
+        f"error: interrupted by {sig.name}",
         "hint: the snapshot was discarded; the default is unchanged",
     ]
-    assert f"transaction failed (interrupted by SIGTERM); snapshot {fork} discarded" in err
+    assert f"transaction failed (interrupted by {sig.name}); snapshot {fork} discarded" in err
     _wait_for(_gone(f"sleep {SLEEP}"), timeout=10)
     assert managed_system.numbers() == [1]
     assert managed_system.default_number() == 1

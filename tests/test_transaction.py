@@ -36,6 +36,9 @@ def test_run_commits_and_moves_the_default(system: System) -> None:
     assert not (entry["userdata"] or {}).get("transactional-update-in-progress")
     # The booted root is read-only, so the new one is too.
     assert btrfs.is_read_only(system.snapshot(new))
+    # The managed root's log records it.
+    log = (system.root / "var/log/transactional-update.log").read_text()
+    assert f"snapshot {new} is the new default; reboot to use it" in log
     assert "Traceback" not in r.stderr
 
 

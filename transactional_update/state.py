@@ -7,9 +7,12 @@ started on.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "var/lib/misc/transactional-update.state"
 KEEP = 10
@@ -33,10 +36,12 @@ def render(values: dict[str, str]) -> str:
 
 
 def load(root: Path) -> dict[str, str]:
+    """The state file's assignments; a missing, unreadable or garbled file reads as empty."""
     try:
-        return parse((root / STATE_FILE).read_text(encoding="utf-8"))
+        data = (root / STATE_FILE).read_bytes()
     except OSError:
         return {}
+    return parse(data.decode("utf-8", errors="replace"))
 
 
 def save(root: Path, values: dict[str, str]) -> None:
@@ -44,19 +49,38 @@ def save(root: Path, values: dict[str, str]) -> None:
     path = root / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render(values))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(render(values))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def last_working(root: Path) -> list[int]:
     return [int(n) for n in load(root).get("LAST_WORKING_SNAPSHOTS", "").split() if n.isdigit()]
 
 
-def record_working(root: Path, number: int) -> None:
+def record_working(root: Path, number: int) -> bool:
+    """Put *number* first in ``LAST_WORKING_SNAPSHOTS``; False (and a warning) if it cannot.
+
+    Called after a transaction's commit point: the new default is already set, so a full or
+    broken /var must not turn a committed transaction into a reported failure.
+    """
     values = load(root)
     numbers = [number] + [n for n in last_working(root) if n != number]
     values["LAST_WORKING_SNAPSHOTS"] = " ".join(str(n) for n in numbers[:KEEP])
-    save(root, values)
+    try:
+        save(root, values)
+    except OSError as exc:
+        log.warning(
+            "cannot record snapshot %d as working in /%s (%s); `rollback last` will not know it",
+            number,
+            STATE_FILE,
+            exc.strerror or exc,
+        )
+        return False
+    return True

@@ -263,7 +263,7 @@ class Transaction:
         self.number = None
 
     def _trap_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, _raise_interrupted)
 
     def _finish(self) -> None:

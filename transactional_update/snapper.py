@@ -757,7 +757,25 @@ def _jeepney() -> tuple[ModuleType, ModuleType]:
     return importlib.import_module("jeepney"), importlib.import_module("jeepney.io.blocking")
 
 
-class DBusSnapper:
+class _Closing:
+    """``with client:`` closes the client; shared by both backends."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class DBusSnapper(_Closing):
     """:class:`Snapper` over snapperd's D-Bus API; keeps one connection until :meth:`close`."""
 
     backend = Backend.DBUS
@@ -820,17 +838,6 @@ class DBusSnapper:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _call(
         self,
@@ -1130,7 +1137,7 @@ def _join(numbers: Iterable[int]) -> str:
 # CLI backend
 
 
-class CliSnapper:
+class CliSnapper(_Closing):
     """:class:`Snapper` by running ``snapper --no-dbus --root ROOT -c CONFIG``."""
 
     backend = Backend.CLI
@@ -1149,17 +1156,6 @@ class CliSnapper:
 
     def close(self) -> None:
         """Nothing to release; here so that both backends can be used the same way."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _run(self, argv: Sequence[str], *, what: str, illegal: str = "") -> str:
         env = {**os.environ, "LC_ALL": CLI_LOCALE}

@@ -357,10 +357,6 @@ def test_traceback_only_with_debug(managed_system: System) -> None:
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.main re-raises under --debug: exit 1 instead of the documented code, no error line",
-)
 def test_debug_keeps_the_exit_code_and_the_error_line(managed_system: System) -> None:
     r = managed_system.tu("--debug", "rollback", "99")
     assert "Traceback (most recent call last):" in r.stderr
@@ -371,9 +367,6 @@ def test_debug_keeps_the_exit_code_and_the_error_line(managed_system: System) ->
     ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="cli.main prints click's 'Usage: ... Error: ...' block, not error:/hint:"
-)
 def test_usage_errors_are_one_error_and_one_hint_line(managed_system: System) -> None:
     for args in (["run"], ["frobnicate"], ["--continue=abc", "run", "--", "true"]):
         lines = managed_system.tu(*args).stderr.splitlines()
@@ -381,10 +374,6 @@ def test_usage_errors_are_one_error_and_one_hint_line(managed_system: System) ->
         assert lines[0].startswith("error: ") and lines[1].startswith("hint: "), (args, lines)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.rollback_cmd parses the target inside the step: earlier steps of the chain run",
-)
 def test_bad_rollback_target_stops_the_chain_before_anything_runs(managed_system: System) -> None:
     system = managed_system
     stale = sh(

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import btrfsutil
 import pytest
 
 from tests.helpers import System, sh
@@ -396,10 +397,6 @@ def test_status_reports_a_stale_fork_until_cleanup(system: System) -> None:
     assert json.loads(system.tu("--json", "status").stdout)["stale_in_progress"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lock.Lock.acquire/release truncate the lock file: the dead transaction's note is lost",
-)
 def test_status_keeps_reporting_a_stale_fork_after_other_commands(
     managed_system: System,
 ) -> None:
@@ -411,3 +408,27 @@ def test_status_keeps_reporting_a_stale_fork_after_other_commands(
     assert system.tu("rollback").returncode == 0
     assert fork in system.numbers()
     assert json.loads(system.tu("--json", "status").stdout)["stale_in_progress"] == fork
+
+
+def test_status_and_rollback_with_a_default_that_is_no_snapshot(managed_system: System) -> None:
+    system = managed_system
+    # Someone ran `btrfs subvolume set-default`: the next boot mounts "@", not a snapshot.
+    at = btrfsutil.subvolume_info(system.root / ".snapshots").parent_id  # "@" holds the store
+    sh("btrfs", "subvolume", "set-default", str(at), str(system.root))
+    assert system.default() == "@"
+    st = json.loads(system.tu("--json", "status").stdout)
+    assert (st["default"], st["pending"], st["foreign_default"]) == (None, None, "@")
+    text = system.tu("status").stdout.splitlines()
+    assert text[1:3] == [
+        "default:  -",
+        "pending:  the next boot mounts @, which is not a snapper snapshot; make the booted "
+        "snapshot the default with: transactional-update rollback",
+    ]
+    sh("btrfs", "subvolume", "set-default", "5", str(system.root))
+    assert json.loads(system.tu("--json", "status").stdout)["foreign_default"] == "<FS_TREE>"
+    r = system.tu("rollback")
+    assert r.returncode == 0, r.stderr
+    assert system.default() == "@/.snapshots/1/snapshot"
+    st = json.loads(system.tu("--json", "status").stdout)
+    assert (st["default"]["number"], st["foreign_default"]) == (1, None)
+    assert "pending:  none" in system.tu("status").stdout

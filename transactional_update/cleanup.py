@@ -2,9 +2,11 @@
 
 Never touched: the booted snapshot, the default (which is the pending one when they differ), and
 snapshot 0.  Runs under the transaction lock, so no live transaction's fork can be taken.  The
-number algorithm follows snapper's: of the snapshots with cleanup ``number``, keep the newest
-NUMBER_LIMIT (and NUMBER_LIMIT_IMPORTANT of those marked ``important=yes``), younger than
-NUMBER_MIN_AGE seconds are kept too.
+number algorithm reads snapper's settings: of the snapshots with cleanup ``number``, keep the
+newest NUMBER_LIMIT (and NUMBER_LIMIT_IMPORTANT of those marked ``important=yes``); younger than
+NUMBER_MIN_AGE seconds are kept too.  It differs from snapper's own in one way, on purpose:
+the protected snapshots do not use up places in the limit (snapper counts them and then spares
+them), so the admin always keeps NUMBER_LIMIT rollback targets besides the booted and default.
 """
 
 from __future__ import annotations

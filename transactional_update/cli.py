@@ -334,20 +334,23 @@ def list_cmd() -> Step:
 @click.argument("target", required=False, metavar="[N|last]")
 def rollback_cmd(target: str | None) -> Step:
     """Make snapshot N (or the last working one, or the booted one) boot next."""
+    from transactional_update.rollback import parse_target
+
+    # Checked while the chain is parsed, so `cleanup rollback abc` runs nothing.
+    parsed = parse_target(target)
 
     def step(state: State) -> int:
-        from transactional_update.rollback import parse_target, rollback
+        from transactional_update.rollback import rollback
 
-        res = rollback(state.ctx, parse_target(target))
+        res = rollback(state.ctx, parsed)
         if state.json:
             click.echo(
                 json.dumps({"default": res.number, "previous_default": res.previous_default})
             )
         else:
-            click.echo(
-                f"snapshot {res.number} is the default now (was {res.previous_default}); "
-                "reboot to use it"
-            )
+            prev = res.previous_default
+            was = "a subvolume that is not a snapshot" if prev is None else str(prev)
+            click.echo(f"snapshot {res.number} is the default now (was {was}); reboot to use it")
         return 0
 
     return step
@@ -409,7 +412,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        # One error line and one hint, like every other error, instead of click's usage block.
+        ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+        path = ctx.command_path if ctx is not None else "transactional-update"
+        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"hint: see: {path} --help", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
@@ -421,5 +428,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from transactional_update.errors import report
 
         if debug:
-            raise
+            import traceback
+
+            traceback.print_exc()
         sys.exit(report(exc))

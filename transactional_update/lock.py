@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -21,6 +22,18 @@ from types import TracebackType
 from transactional_update.errors import LockedError, SystemError_
 
 LOCK_NAME = ".transactional-update.lock"
+_NOTE = re.compile(r"^(?:stale |snapshot )(\d+)$")
+
+
+def stale_notes(text: str) -> list[str]:
+    """``stale N`` lines for every fork a dead holder noted (``snapshot N`` or ``stale N``)."""
+    numbers = dict.fromkeys(m.group(1) for x in text.splitlines() if (m := _NOTE.match(x.strip())))
+    return [f"stale {n}\n" for n in list(numbers)[-20:]]
+
+
+def noted_forks(text: str) -> list[int]:
+    """Every fork number the lock file mentions, newest note last."""
+    return [int(m.group(1)) for x in text.splitlines() if (m := _NOTE.match(x.strip()))]
 
 
 class Lock:
@@ -28,14 +41,18 @@ class Lock:
         self.path = snapshots_dir / LOCK_NAME
         self.wait = wait
         self.fd: int | None = None
+        self._stale: list[str] = []
+
+    def read(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
 
     def holder(self) -> str:
         """What the lock file says about the transaction holding it (pid, start, snapshot)."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "unknown"
-        return ", ".join(line.strip() for line in text.splitlines() if line.strip()) or "unknown"
+        lines = [x.strip() for x in self.read().splitlines() if x.strip()]
+        return ", ".join(x for x in lines if not x.startswith("stale ")) or "unknown"
 
     def acquire(self) -> None:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -71,8 +88,12 @@ class Lock:
                         "wait for it to finish; check with: transactional-update status",
                     ) from None
                 time.sleep(0.1)
+        # Whatever the file still says was written by a holder that died: its fork may still
+        # exist, so its number is kept as "stale N" for status until cleanup has run.
+        self._stale = stale_notes(os.pread(fd, 65536, 0).decode(errors="replace"))
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, "".join([f"pid {os.getpid()} since {started}\n", *self._stale]).encode())
         self.fd = fd
 
     def note(self, text: str) -> None:
@@ -97,6 +118,7 @@ class Lock:
     def release(self) -> None:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, "".join(self._stale).encode(), 0)
             os.close(self.fd)  # closing drops the flock; the file stays (unlinking would race)
             self.fd = None
 

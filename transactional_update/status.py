@@ -7,17 +7,14 @@ snapper's ``info.xml`` plus the lock file, so it stays fast with thousands of sn
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transactional_update.errors import TUError
-from transactional_update.lock import Lock
+from transactional_update.lock import Lock, noted_forks
 from transactional_update.snapper import Snapshot, read_all_info, read_info
-from transactional_update.system import IN_PROGRESS, ManagedRoot
-
-_SNAPSHOT_NOTE = re.compile(r"snapshot (\d+)")
+from transactional_update.system import IN_PROGRESS, ManagedRoot, snapshot_number
 
 
 @dataclass(frozen=True)
@@ -28,6 +25,8 @@ class Status:
     running: str | None  # the lock holder while a transaction runs
     stale: int | None  # fork of a transaction that died (the lock is free but the note remains)
     snapshots: dict[int, Snapshot]
+    # The default subvolume's path when it is no snapper snapshot (the next boot mounts it).
+    foreign_default: str | None = None
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -40,21 +39,29 @@ def _info(root: Path, number: int | None) -> Snapshot | None:
 
 
 def get_status(managed: ManagedRoot) -> Status:
-    booted, default = managed.booted(), managed.default()
+    booted, default_path = managed.booted(), managed.default_subvolume()
+    default = snapshot_number(default_path)
+    foreign = _subvolume_name(default_path) if default is None else None
     pending = default if default is not None and default != booted else None
     lock = Lock(managed.snapshots_dir)
     running = lock.holder() if lock.is_held() else None
+    notes = lock.read()
+    if running is not None:  # the live holder's own fork is not stale; older dead ones may be
+        notes = "\n".join(x for x in notes.splitlines() if x.startswith("stale "))
     stale = None
-    if running is None:
-        note = _SNAPSHOT_NOTE.search(lock.holder())
-        if note:
-            info = _info(managed.root, int(note.group(1)))
-            if info is not None and IN_PROGRESS in info.userdata:
-                stale = info.number
+    for number in reversed(noted_forks(notes)):
+        info = _info(managed.root, number)
+        if info is not None and IN_PROGRESS in info.userdata:
+            stale = number
+            break
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
     }
-    return Status(booted, default, pending, running, stale, infos)
+    return Status(booted, default, pending, running, stale, infos, foreign)
+
+
+def _subvolume_name(path: str) -> str:
+    return path or "<FS_TREE>"  # the top level, named as btrfs-progs does
 
 
 def show_status(managed: ManagedRoot, as_json: bool) -> str:
@@ -94,6 +101,7 @@ def status_json(st: Status) -> dict[str, Any]:
         "reboot_needed": st.pending is not None,
         "running": st.running,
         "stale_in_progress": st.stale,
+        "foreign_default": st.foreign_default,
     }
 
 
@@ -110,6 +118,11 @@ def status_text(st: Status) -> str:
     lines = [_line("booted:", st.booted, st.snapshots), _line("default:", st.default, st.snapshots)]
     if st.pending is not None:
         lines.append(f"pending:  snapshot {st.pending} boots next; reboot to use it")
+    elif st.foreign_default is not None:
+        lines.append(
+            f"pending:  the next boot mounts {st.foreign_default}, which is not a snapper "
+            "snapshot; make the booted snapshot the default with: transactional-update rollback"
+        )
     else:
         lines.append("pending:  none")
     if st.running:

@@ -42,8 +42,12 @@ class ManagedRoot:
     def booted(self) -> int | None:
         return snapshot_number(btrfs.subvolume_path(self.root))
 
+    def default_subvolume(self) -> str:
+        """The default subvolume's path from the top level (``""`` for the top level itself)."""
+        return btrfs.subvolume_path(self.root, btrfs.get_default(self.root))
+
     def default(self) -> int | None:
-        return snapshot_number(btrfs.subvolume_path(self.root, btrfs.get_default(self.root)))
+        return snapshot_number(self.default_subvolume())
 
     def require_snapshot_dir(self, number: int) -> Path:
         """The subvolume of snapshot *number*; refuses numbers that are not root snapshots here."""

@@ -24,11 +24,9 @@ from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
 from transactional_update.lock import Lock
 from transactional_update.log import step
-from transactional_update.system import CONTINUE_DEFAULT, IN_PROGRESS
+from transactional_update.system import CONTINUE_DEFAULT, FAILED, IN_PROGRESS
 
 log = logging.getLogger(__name__)
-
-FAILED = "transactional-update-failed"
 
 
 @dataclass(frozen=True)
@@ -200,10 +198,10 @@ class Transaction:
         if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
             btrfs.set_read_only(fork_dir, True)
         self.ctx.snapper.set_snapshot(self.number, userdata={})  # drops only our in-progress mark
+        if booted is not None:  # before the commit point: nothing may fail after it
+            state.record_working(self.ctx.root, booted)
         # The commit point: one atomic btrfs operation decides what boots next.
         btrfs.set_default(fork_dir)
-        if booted is not None:
-            state.record_working(self.ctx.root, booted)
         self.result.number = self.number
         log.info("snapshot %d is the new default; reboot to use it", self.number)
 

@@ -1,0 +1,198 @@
+"""What each snapshot holds: one changelog entry per transaction.
+
+An entry records what ran (commands, exit codes, durations; an interactive shell as such), who ran
+it (also through sudo), when, from which base snapshot, with which tool version, and what changed:
+packages (from the package databases of base and snapshot) and files (from btrfs itself).
+
+Entries live in ``/var/lib/transactional-update/changelog/N.json`` of the managed root: ``/var``
+is shared by all snapshots, so a rollback cannot lose them (snapper's own ``.snapshots/N`` would
+be wrong: snapper's delete leaves a directory behind that holds files it does not know).  An entry
+whose snapshot is gone is pruned by :func:`prune`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transactional_update import __version__
+
+STORE = "var/lib/transactional-update/changelog"
+
+
+@dataclass(frozen=True)
+class Who:
+    uid: int
+    user: str
+    sudo_user: str | None = None  # the admin behind sudo
+    login_user: str | None = None  # the audit login user (survives su and sudo)
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    exit: int
+    seconds: float
+    interactive: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    snapshot: int
+    base: int
+    created: str  # ISO 8601, UTC
+    tool_version: str
+    who: Who
+    description: str
+    commands: list[Command]
+    packages: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    files_error: str | None = None  # why files could not be compared (e.g. writable base)
+    shadowed_writes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return summarize(self.packages, self.files, self.files_error)
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def who(environ: dict[str, str] | None = None) -> Who:
+    """The invoking user: real uid, the sudo caller, and the kernel's audit login uid."""
+    env = os.environ if environ is None else environ
+    uid = os.getuid()
+    login = None
+    try:
+        loginuid = int(Path("/proc/self/loginuid").read_text().strip())
+        if loginuid != 0xFFFFFFFF:  # (uid_t)-1: no login session (a service, CI)
+            login = _name(loginuid)
+    except (OSError, ValueError):
+        pass
+    return Who(uid=uid, user=_name(uid), sudo_user=env.get("SUDO_USER") or None, login_user=login)
+
+
+def summarize(
+    packages: list[dict[str, Any]], files: list[dict[str, Any]], error: str | None
+) -> str:
+    """``+1 pkg, ~2 pkgs, 12 files`` — the one line shown in snapper list and boot menus."""
+    parts = []
+    for kind, sign in (("added", "+"), ("removed", "-"), ("upgraded", "↑"), ("downgraded", "↓")):
+        n = sum(1 for p in packages if p.get("kind") == kind)
+        if n:
+            parts.append(f"{sign}{n} pkg{'s' if n > 1 else ''}")
+    if error is None:
+        parts.append(f"{len(files)} file{'s' if len(files) != 1 else ''}")
+    return ", ".join(parts) if parts else "no changes"
+
+
+def entry_path(root: Path, number: int) -> Path:
+    return root / STORE / f"{number}.json"
+
+
+def save(root: Path, entry: Entry) -> None:
+    """Write atomically and durably: the entry exists completely or not at all."""
+    path = entry_path(root, entry.snapshot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(asdict(entry), f, indent=1, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(root: Path, number: int) -> Entry | None:
+    try:
+        data = json.loads(entry_path(root, number).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return from_json(data)
+
+
+def from_json(data: dict[str, Any]) -> Entry:
+    return Entry(
+        snapshot=int(data["snapshot"]),
+        base=int(data["base"]),
+        created=str(data["created"]),
+        tool_version=str(data["tool_version"]),
+        who=Who(**data["who"]),
+        description=str(data["description"]),
+        commands=[Command(**c) for c in data["commands"]],
+        packages=list(data.get("packages", [])),
+        files=list(data.get("files", [])),
+        files_error=data.get("files_error"),
+        shadowed_writes=list(data.get("shadowed_writes", [])),
+    )
+
+
+def prune(root: Path) -> list[int]:
+    """Delete entries whose snapshot no longer exists; returns their numbers."""
+    store = root / STORE
+    gone = []
+    try:
+        names = os.listdir(store)
+    except OSError:
+        return []
+    for name in names:
+        stem = name.removesuffix(".json")
+        if stem.isdigit() and not (root / ".snapshots" / stem / "snapshot").is_dir():
+            (store / name).unlink(missing_ok=True)
+            gone.append(int(stem))
+    return sorted(gone)
+
+
+def new_entry(
+    snapshot: int,
+    base: int,
+    description: str,
+    commands: list[Command],
+    shadowed_writes: list[str],
+) -> Entry:
+    return Entry(
+        snapshot=snapshot,
+        base=base,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        tool_version=__version__,
+        who=who(),
+        description=description,
+        commands=commands,
+        shadowed_writes=shadowed_writes,
+    )
+
+
+def render(entry: Entry) -> str:
+    """The entry as text for ``log``/``changelog``."""
+    w = entry.who
+    by = w.user + (f" (sudo by {w.sudo_user})" if w.sudo_user else "")
+    if w.login_user and w.login_user not in (w.user, w.sudo_user):
+        by += f" (login {w.login_user})"
+    lines = [
+        f"snapshot {entry.snapshot} (from {entry.base}) · {entry.summary()}",
+        f"  description: {entry.description}",
+        f"  when: {entry.created}   who: {by}   tool: transactional-update {entry.tool_version}",
+    ]
+    for c in entry.commands:
+        what = "interactive shell" if c.interactive else " ".join(c.argv)
+        lines.append(f"  ran: {what}  (exit {c.exit}, {c.seconds:.1f} s)")
+    for p in entry.packages:
+        if p["kind"] == "added":
+            lines.append(f"  + {p['name']} {p['new']}")
+        elif p["kind"] == "removed":
+            lines.append(f"  - {p['name']} {p['old']}")
+        else:
+            lines.append(f"  ~ {p['name']} {p['old']} -> {p['new']} ({p['kind']})")
+    if entry.files_error:
+        lines.append(f"  files: not compared ({entry.files_error})")
+    marks = {"added": "A", "modified": "M", "deleted": "D"}
+    lines += [f"  {marks.get(f['kind'], '?')} {f['path']}" for f in entry.files]
+    lines += [f"  discarded (outside the snapshot): {p}" for p in entry.shadowed_writes]
+    return "\n".join(lines)

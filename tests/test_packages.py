@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -51,7 +53,13 @@ def test_pkg_install_and_remove_with_apt(system: System, tmp_path: Path) -> None
     assert (system.snapshot(new) / "usr/share/tu-hello/version").read_text() == "1.0\n"
     assert _dpkg_version(system, 1, "tu-hello") is None  # the booted snapshot is untouched
     entry = next(s for s in system.snapper_list() if s["number"] == new)
-    assert entry["description"] == f"pkg install {deb}"
+    assert re.fullmatch(rf"pkg install {re.escape(deb)} · \+1 pkg, \d+ files", entry["description"])
+    assert entry["userdata"]["tu-pkgs-added"] == "1"
+    log = json.loads(system.tu("--json", "changelog", str(new)).stdout)
+    assert log["packages"] == [{"name": "tu-hello", "kind": "added", "old": None, "new": "1.0"}]
+    assert {"path": "/usr/share/tu-hello/version", "kind": "added", "dir": False} in log["files"]
+    assert log["commands"][0]["argv"] == ["apt-get", "-y", "install", deb]
+    assert log["commands"][0]["exit"] == 0 and log["base"] == 1
     # No warning about writes to shadowed /var: apt's state is bound from the live system.
     assert "written outside the snapshot" not in r.stderr
     r = system.tu("--continue", "pkg", "remove", "tu-hello")

@@ -371,7 +371,7 @@ def test_cleanup_then_run_in_one_chain(system: System) -> None:
     assert system.default() == "@/.snapshots/2/snapshot"
     assert (system.snapshot(2) / "etc/x").exists()
     entry = system.snapper_list()[-1]
-    assert entry["description"] == "run: touch /etc/x"
+    assert entry["description"] == "run: touch /etc/x · 1 file"
     assert not (entry["userdata"] or {}).get(IN_PROGRESS)
 
 

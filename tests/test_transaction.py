@@ -31,7 +31,8 @@ def test_run_commits_and_moves_the_default(system: System) -> None:
     assert btrfs.subvolume_path(system.root) == "@/.snapshots/1/snapshot"
     # snapper sees it, with our description, and without the in-progress mark.
     entry = next(s for s in system.snapper_list() if s["number"] == new)
-    assert entry["description"] == "run: sh -c 'echo hello > /etc/hello'"
+    assert entry["description"] == "run: sh -c 'echo hello > /etc/hello' · 1 file"
+    assert entry["userdata"] == {"tu-files": "1"}
     assert entry["cleanup"] == "number"
     assert not (entry["userdata"] or {}).get("transactional-update-in-progress")
     # The booted root is read-only, so the new one is too.
@@ -185,7 +186,7 @@ def test_shell_exit_0_commits(system: System) -> None:
     assert new == 2
     assert (system.snapshot(new) / "etc/shell-file").read_text() == "from-shell\n"
     entry = next(s for s in system.snapper_list() if s["number"] == new)
-    assert entry["description"] == "shell"
+    assert entry["description"] == "shell · 1 file"
 
 
 def test_shell_exit_1_discards(managed_system: System) -> None:
@@ -210,7 +211,7 @@ def test_status_and_list_json(system: System) -> None:
         (2, False, True),
     ]
     text = system.tu("status").stdout
-    assert "pending:  snapshot 2 boots next; reboot to use it" in text
+    assert "pending:  snapshot 2 boots next (no changes); reboot to use it" in text
 
 
 def test_lock_file_symlink_is_refused(managed_system: System, tmp_path: Path) -> None:

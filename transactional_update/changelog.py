@@ -89,9 +89,21 @@ def summarize(
         n = sum(1 for p in packages if p.get("kind") == kind)
         if n:
             parts.append(f"{sign}{n} pkg{'s' if n > 1 else ''}")
-    if error is None:
+    if error is not None:
+        parts.append("files not compared")
+    elif files:
         parts.append(f"{len(files)} file{'s' if len(files) != 1 else ''}")
     return ", ".join(parts) if parts else "no changes"
+
+
+def userdata(entry: Entry) -> dict[str, str]:
+    """Key facts for snapper's userdata (no ``,`` or ``=``: snapper forbids them in values)."""
+    facts = {"tu-files": str(len(entry.files)) if entry.files_error is None else "unknown"}
+    kinds = [p["kind"] for p in entry.packages]
+    for kind in ("added", "removed", "upgraded", "downgraded"):
+        if kinds.count(kind):
+            facts[f"tu-pkgs-{kind}"] = str(kinds.count(kind))
+    return facts
 
 
 def entry_path(root: Path, number: int) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from transactional_update import btrfs
+from transactional_update import btrfs, changelog
 from transactional_update.context import Context
 from transactional_update.errors import ConfigError
 from transactional_update.lock import Lock
@@ -124,6 +124,8 @@ def cleanup(ctx: Context) -> CleanupResult:
             }
             ctx.snapper.delete_snapshots(doomed)
             btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
+        # Changelog entries go with their snapshots (also those snapper's own cleanup removed).
+        changelog.prune(ctx.root)
         for n in result.stale:
             log.info("cleanup: removed snapshot %d left by an interrupted transaction", n)
         for n in result.number:

@@ -60,6 +60,7 @@ class State:
 
         return Options(
             description=self.opts["description"] or description,
+            summarize=self.opts["description"] is None,
             continue_from=self.opts["continue_from"],
             keep=self.opts["keep"],
             drop_if_no_change=self.opts["drop_if_no_change"],
@@ -218,7 +219,7 @@ def shell_cmd() -> Step:
                 else "/bin/sh"
             )
             argv = [shell, "--rcfile", SHELL_RC, "-i"] if shell == "/bin/bash" else [shell, "-i"]
-            rc = tx.run(argv, {"PS1": r"transactional update \w# "})
+            rc = tx.run(argv, {"PS1": r"transactional update \w# "}, interactive=True)
             if rc != 0:
                 raise CommandFailed(
                     f"shell exited with {rc}",
@@ -325,6 +326,50 @@ def list_cmd() -> Step:
         from transactional_update.status import show_list
 
         click.echo(show_list(state.ctx.managed, state.json))
+        return 0
+
+    return step
+
+
+@cli.command("log")
+@click.argument("number", required=False, type=int, metavar="[N]")
+def log_cmd(number: int | None) -> Step:
+    """What each snapshot holds: one line per snapshot, or snapshot N in full."""
+
+    def step(state: State) -> int:
+        from transactional_update.history import show_log
+
+        click.echo(show_log(state.ctx.managed, number, state.json))
+        return 0
+
+    return step
+
+
+@cli.command("changelog")
+@click.argument("number", type=int, metavar="N")
+def changelog_cmd(number: int) -> Step:
+    """Everything recorded about snapshot N: commands, who, when, packages, files."""
+
+    def step(state: State) -> int:
+        from transactional_update.history import show_log
+
+        click.echo(show_log(state.ctx.managed, number, state.json))
+        return 0
+
+    return step
+
+
+@cli.command("diff")
+@click.argument("numbers", nargs=-1, type=int, metavar="[N [M]]")
+def diff_cmd(numbers: tuple[int, ...]) -> Step:
+    """Packages and files between two snapshots (default: booted -> default)."""
+    if len(numbers) > 2:
+        raise click.UsageError("diff takes at most two snapshot numbers")
+
+    def step(state: State) -> int:
+        from transactional_update.history import show_diff
+
+        click.echo(show_diff(state.ctx.managed, numbers, state.json))
         return 0
 
     return step

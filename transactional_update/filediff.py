@@ -1,9 +1,9 @@
 """Files added, modified and deleted between two snapshots, read from btrfs's send stream.
 
-``btrfs send --no-data -p PARENT CHILD | btrfs receive --dump`` lists the operations that would
-turn PARENT into CHILD, in time proportional to the change (see :mod:`changes`).  The stream is
-written for a receiver, not a reader, so :func:`classify` replays its namespace operations on a
-model of the tree to name what changed at which final path:
+``btrfs send --no-data -p PARENT CHILD``, read back with ``btrfs receive --dump``, lists the
+operations that would turn PARENT into CHILD, in time proportional to the change (see
+:mod:`changes`).  The stream is written for a receiver, not a reader, so :func:`classify` replays
+its namespace operations on a model of the tree to name what changed at which final path:
 
 * A new inode is created under a temporary name at the top of the subvolume (``/o257-10-0``) and
   then renamed into place; an entry that has to make way is renamed to such a name too, and a
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -32,7 +33,7 @@ from pathlib import Path
 from transactional_update import btrfs
 from transactional_update.changes import read_only
 from transactional_update.errors import SystemError_
-from transactional_update.proc import pipeline
+from transactional_update.proc import run
 
 
 class FileChangeKind(StrEnum):
@@ -63,8 +64,9 @@ class SendOp:
 # Operations that create a new inode at their path.
 _CREATE = {"mkfile": False, "mkdir": True, "mknod": False, "mkfifo": False, "mksock": False}
 _CREATE_SYMLINK = "symlink"  # its dest= is the link's target, not a path in the snapshot
-# Neither a change nor a path: the stream header and time stamps.
-_IGNORED = {"snapshot", "subvol", "utimes"}
+# The stream header (incremental or full), then what is neither a change nor a path: time stamps.
+_HEADERS = {"snapshot", "subvol"}
+_IGNORED = {*_HEADERS, "utimes"}
 
 _ESCAPES = {
     "a": 0x07,
@@ -85,6 +87,10 @@ def _field(line: str, start: int) -> tuple[str, int]:
     btrfs-progs writes every byte that is not printable ASCII as ``\\NNN`` (so a UTF-8 name comes
     out byte by byte) and escapes blanks and backslashes; the bytes are decoded as file names are.
     """
+    end = line.find(" ", start)
+    end = len(line) if end < 0 else end
+    if "\\" not in line[start:end]:
+        return line[start:end], end  # most paths: printable ASCII, nothing escaped
     out = bytearray()
     i, n = start, len(line)
     while i < n and line[i] != " ":
@@ -127,8 +133,8 @@ def parse_dump(text: str) -> list[SendOp]:
         if not rest or op == "utimes":
             continue
         raw, end = _field(line, len(line) - len(rest.lstrip(" ")))
-        if op in _IGNORED:
-            prefix = raw if op in ("snapshot", "subvol") else prefix
+        if op in _HEADERS:
+            prefix = raw  # the received subvolume, "./NAME": every path starts with it
             continue
         dest = None
         if op in ("rename", "link"):
@@ -298,18 +304,28 @@ def classify(
 
 
 def send_dump(parent: Path, child: Path) -> str:
-    """``btrfs receive --dump`` of the metadata-only stream from read-only *parent* to *child*."""
+    """``btrfs receive --dump`` of the metadata-only stream from read-only *parent* to *child*.
+
+    The stream goes through a private temporary file, not a pipe: ``receive --dump`` exits as soon
+    as it has read the end command, and ``btrfs send``'s last ``splice()`` to the closed pipe then
+    kills it with SIGPIPE although the whole stream was delivered (about one run in five).
+    """
     if not btrfs.is_read_only(parent):
         raise SystemError_(
             f"cannot compare with {parent}: it is not read-only",
             "snapshots of a read-only root can be compared; this one is writable",
         )
-    with read_only(child):
-        return pipeline(
-            ["btrfs", "send", "-q", "--no-data", "-p", str(parent), str(child)],
-            ["btrfs", "receive", "--dump"],
-            what=f"btrfs send {child}",
-        )
+    try:
+        with read_only(child), tempfile.TemporaryDirectory(prefix="tu-send-") as tmp:
+            stream = str(Path(tmp) / "stream")
+            send = ["btrfs", "send", "-q", "--no-data", "-f", stream, "-p", str(parent), str(child)]
+            run(send, what=f"btrfs send {child}")
+            dump = run(["btrfs", "receive", "--dump", "-f", stream], what="btrfs receive --dump")
+    except OSError as exc:  # the temporary file: no space or no /tmp
+        raise SystemError_(
+            f"cannot compare {child} with {parent}: {exc}", "check the space in $TMPDIR"
+        ) from exc
+    return dump.stdout
 
 
 def _is_dir(snapshot: Path, path: str) -> bool | None:
@@ -317,6 +333,11 @@ def _is_dir(snapshot: Path, path: str) -> bool | None:
         return stat.S_ISDIR(os.lstat(snapshot / path.lstrip("/")).st_mode)
     except OSError:
         return None
+
+
+def _with_is_dir(change: FileChange, parent: Path, child: Path) -> FileChange:
+    holder = parent if change.kind is FileChangeKind.DELETED else child
+    return replace(change, is_dir=_is_dir(holder, change.path))
 
 
 def file_changes(parent: Path, child: Path) -> list[FileChange]:
@@ -330,10 +351,4 @@ def file_changes(parent: Path, child: Path) -> list[FileChange]:
         return os.path.lexists(parent / path.lstrip("/"))
 
     changes = classify(parse_dump(send_dump(parent, child)), existed)
-    out = []
-    for c in changes:
-        if c.is_dir is None:
-            holder = parent if c.kind is FileChangeKind.DELETED else child
-            c = replace(c, is_dir=_is_dir(holder, c.path))  # noqa: PLW2901 - filled in place
-        out.append(c)
-    return out
+    return [c if c.is_dir is not None else _with_is_dir(c, parent, child) for c in changes]

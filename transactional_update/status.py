@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transactional_update import changelog
 from transactional_update.errors import TUError
 from transactional_update.lock import Lock, noted_forks
 from transactional_update.snapper import Snapshot, read_all_info, read_info
@@ -27,6 +28,7 @@ class Status:
     snapshots: dict[int, Snapshot]
     # The default subvolume's path when it is no snapper snapshot (the next boot mounts it).
     foreign_default: str | None = None
+    pending_summary: str | None = None  # the pending snapshot's changelog summary
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -57,7 +59,9 @@ def get_status(managed: ManagedRoot) -> Status:
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
     }
-    return Status(booted, default, pending, running, stale, infos, foreign)
+    entry = changelog.load(managed.root, pending) if pending is not None else None
+    summary = entry.summary() if entry is not None else None
+    return Status(booted, default, pending, running, stale, infos, foreign, summary)
 
 
 def _subvolume_name(path: str) -> str:
@@ -98,6 +102,7 @@ def status_json(st: Status) -> dict[str, Any]:
         "booted": snapshot_json(st.snapshots.get(st.booted)) if st.booted else None,
         "default": snapshot_json(st.snapshots.get(st.default)) if st.default else None,
         "pending": st.pending,
+        "pending_summary": st.pending_summary,
         "reboot_needed": st.pending is not None,
         "running": st.running,
         "stale_in_progress": st.stale,
@@ -117,7 +122,8 @@ def _line(label: str, number: int | None, infos: dict[int, Snapshot]) -> str:
 def status_text(st: Status) -> str:
     lines = [_line("booted:", st.booted, st.snapshots), _line("default:", st.default, st.snapshots)]
     if st.pending is not None:
-        lines.append(f"pending:  snapshot {st.pending} boots next; reboot to use it")
+        change = f" ({st.pending_summary})" if st.pending_summary else ""
+        lines.append(f"pending:  snapshot {st.pending} boots next{change}; reboot to use it")
     elif st.foreign_default is not None:
         lines.append(
             f"pending:  the next boot mounts {st.foreign_default}, which is not a snapper "

@@ -14,11 +14,13 @@ import os
 import shlex
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from transactional_update import btrfs, changes, state
+from transactional_update import btrfs, changelog, filediff, pkgdiff, state
+from transactional_update import packages as pkgs
 from transactional_update.chroot import ChrootSession, command_env, plan_for
 from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
@@ -35,6 +37,7 @@ class Options:
     continue_from: int | None = None  # None: the booted snapshot; CONTINUE_DEFAULT; or a number
     keep: bool = False
     drop_if_no_change: bool = False
+    summarize: bool = True  # append the change summary to the description (not to the admin's)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Ran:
     argv: list[str]
     returncode: int
     duration: float
+    interactive: bool = False
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Result:
     base: int | None = None
     previous_default: int | None = None
     dropped: bool = False
+    summary: str = ""
     shadowed_writes: list[str] = field(default_factory=list)
     commands: list[Ran] = field(default_factory=list)
 
@@ -93,12 +98,18 @@ class Transaction:
             raise
         return self
 
-    def run(self, argv: Sequence[str], extra_env: dict[str, str] | None = None) -> int:
+    def run(
+        self,
+        argv: Sequence[str],
+        extra_env: dict[str, str] | None = None,
+        *,
+        interactive: bool = False,
+    ) -> int:
         """Run *argv* in the snapshot with the terminal; returns its exit code."""
         assert self.session is not None
         log.debug("in snapshot %s: %s", self.number, shlex.join(argv))
         res = self.session.run(argv, command_env(os.environ, extra_env))
-        self.result.commands.append(Ran(list(argv), res.returncode, res.duration))
+        self.result.commands.append(Ran(list(argv), res.returncode, res.duration, interactive))
         return res.returncode
 
     def __exit__(
@@ -187,9 +198,8 @@ class Transaction:
             )
         fork_dir, base = managed.snapshot_dir(self.number), self.result.base
         assert base is not None
-        if self.opts.drop_if_no_change and not changes.changed(
-            managed.snapshot_dir(base), fork_dir
-        ):
+        entry = self._record(managed.snapshot_dir(base), fork_dir)
+        if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
             log.info("nothing changed; dropping snapshot %d", self.number)
             self._delete()
             self.result.dropped = True
@@ -197,13 +207,56 @@ class Transaction:
         booted = managed.booted()
         if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
             btrfs.set_read_only(fork_dir, True)
-        self.ctx.snapper.set_snapshot(self.number, userdata={})  # drops only our in-progress mark
+        summary = entry.summary()
+        description = self.opts.description
+        if self.opts.summarize:
+            description = f"{description} · {summary}"
+        # Dropping the userdata drops our in-progress mark; the key facts replace it.
+        self.ctx.snapper.set_snapshot(
+            self.number, description=description, userdata=changelog.userdata(entry)
+        )
+        changelog.save(self.ctx.root, entry)
+        self.result.summary = summary
         if booted is not None:  # before the commit point: nothing may fail after it
             state.record_working(self.ctx.root, booted)
         # The commit point: one atomic btrfs operation decides what boots next.
         btrfs.set_default(fork_dir)
         self.result.number = self.number
         log.info("snapshot %d is the new default; reboot to use it", self.number)
+
+    def _record(self, base_dir: Path, fork_dir: Path) -> changelog.Entry:
+        """The changelog entry: what ran, and what changed according to btrfs and the databases."""
+        assert self.number is not None and self.result.base is not None
+        files: list[dict[str, Any]] = []
+        files_error = None
+        try:
+            files = [
+                {"path": f.path, "kind": str(f.kind), "dir": f.is_dir}
+                for f in filediff.file_changes(base_dir, fork_dir)
+            ]
+        except TUError as err:  # e.g. a writable base cannot be sent
+            files_error = err.message
+        packages: list[dict[str, Any]] = []
+        try:
+            manager = pkgs.detect(fork_dir)
+            packages = [
+                {"name": p.name, "kind": str(p.kind), "old": p.old, "new": p.new}
+                for p in pkgdiff.package_changes(base_dir, fork_dir, manager)
+            ]
+        except TUError as err:
+            log.debug("no package changes recorded: %s", err)
+        commands = [
+            changelog.Command(c.argv, c.returncode, round(c.duration, 3), c.interactive)
+            for c in self.result.commands
+        ]
+        entry = changelog.new_entry(
+            self.number,
+            self.result.base,
+            self.opts.description,
+            commands,
+            self.result.shadowed_writes,
+        )
+        return replace(entry, packages=packages, files=files, files_error=files_error)
 
     def _abort(self, exc: BaseException) -> None:
         if self.session is not None:

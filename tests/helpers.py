@@ -32,8 +32,8 @@ def rootfs_tar() -> Path:
     return image.cached_rootfs(CACHE)
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
+def sh(*argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, cwd=cwd)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from transactional_update import changes, chroot, config, state
+from transactional_update import chroot, config, state
 from transactional_update.cleanup import NumberLimits, number_candidates
 from transactional_update.cli import normalize_continue
 from transactional_update.errors import ConfigError, UsageError
@@ -192,21 +192,6 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     state.record_working(tmp_path, 3)
     assert state.last_working(tmp_path) == [3, 5]
     assert (tmp_path / state.STATE_FILE).read_text() == "LAST_WORKING_SNAPSHOTS='3 5'\n"
-
-
-def test_send_dump_parsing_ignores_times() -> None:
-    dump = (
-        "snapshot        ./snapshot   uuid=a transid=10 parent_uuid=b parent_transid=8\n"
-        "utimes          ./snapshot/bin   atime=x mtime=y ctime=z\n"
-        "mkdir           ./snapshot/o10203-10-0\n"
-        "rename          ./snapshot/o10203-10-0          dest=./snapshot/etc/x\n"
-        "unlink          ./snapshot/etc/with\\ space\n"
-    )
-    assert changes.parse_dump(dump) == [
-        changes.Op("mkdir", "/o10203-10-0"),
-        changes.Op("rename", "/o10203-10-0"),
-        changes.Op("unlink", "/etc/with space"),
-    ]
 
 
 def test_quick_queries_are_only_plain_status_and_list() -> None:

@@ -58,8 +58,12 @@ def test_pkg_install_and_remove_with_apt(system: System, tmp_path: Path) -> None
     log = json.loads(system.tu("--json", "changelog", str(new)).stdout)
     assert log["packages"] == [{"name": "tu-hello", "kind": "added", "old": None, "new": "1.0"}]
     assert {"path": "/usr/share/tu-hello/version", "kind": "added", "dir": False} in log["files"]
-    assert log["commands"][0]["argv"] == ["apt-get", "-y", "install", deb]
-    assert log["commands"][0]["exit"] == 0 and log["base"] == 1
+    assert [c["argv"] for c in log["commands"]] == [
+        ["apt-get", "update"],
+        ["apt-get", "-s", "install", deb],
+        ["apt-get", "-y", "install", deb],
+    ]
+    assert log["commands"][-1]["exit"] == 0 and log["base"] == 1
     # No warning about writes to shadowed /var: apt's state is bound from the live system.
     assert "written outside the snapshot" not in r.stderr
     r = system.tu("--continue", "pkg", "remove", "tu-hello")
@@ -123,3 +127,54 @@ def test_reboot_refuses_a_system_mounted_elsewhere(managed_system: System) -> No
     assert r.stderr.splitlines()[0] == (
         f"error: not rebooting: {managed_system.root} is not the running system"
     )
+
+
+def _local_repo(system: System, debs: list[Path]) -> None:
+    """An offline apt repository under the shared /var/cache, the only source of the system."""
+    repo = system.root / "var/cache/tu-repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy(deb, repo)
+    index = sh("dpkg-scanpackages", "--multiversion", ".", cwd=repo).stdout
+    (repo / "Packages").write_text(index)
+    etc = system.snapshot(1)
+    sh("btrfs", "property", "set", str(etc), "ro", "false")
+    try:
+        (etc / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/var/cache/tu-repo ./\n")
+        for extra in (etc / "etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
+    finally:
+        sh("btrfs", "property", "set", str(etc), "ro", "true")
+
+
+def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    r = s.tu("pkg", "install", "tu-hello")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2]
+    # Already installed / nothing newer: the dry run ends it, no snapshot, no error.
+    for args, message in (
+        (("pkg", "install", "tu-hello"), "apt: already installed"),
+        (("up",), "apt: nothing to update"),
+    ):
+        r = s.tu("--continue", *args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[-1] == f"{message}; no snapshot was kept"
+        assert s.numbers() == [1, 2] and s.default_number() == 2
+    # A newer version in the repository: `up` upgrades and the changelog says 1.0 -> 2.0.
+    _local_repo(s, [make_deb(tmp_path / "v2", "tu-hello", "2.0")])
+    r = s.tu("--continue", "up")
+    assert r.returncode == 0, r.stderr
+    new = s.default_number()
+    assert new == 3 and _dpkg_version(s, new, "tu-hello") == "2.0"
+    log = json.loads(s.tu("--json", "changelog", "3").stdout)
+    assert log["packages"] == [{"name": "tu-hello", "kind": "upgraded", "old": "1.0", "new": "2.0"}]
+    assert [c["argv"][:3] for c in log["commands"]] == [
+        ["apt-get", "update"],
+        ["apt-get", "-s", "upgrade"],
+        ["apt-get", "-y", "upgrade"],
+    ]
+    assert "↑1 pkg" in s.snapper_list()[-1]["description"]

@@ -13,10 +13,13 @@ from transactional_update.packages import Action, Manager, Request
 
 def test_apt_plans() -> None:
     p = packages.plan(Manager.APT, Request(Action.INSTALL, ("hello", "htop")))
+    assert p.prepare == (("apt-get", "update"),)
+    assert p.probe == ("apt-get", "-s", "install", "hello", "htop")
     assert p.commands == (("apt-get", "-y", "install", "hello", "htop"),)
     assert dict(p.env) == {"DEBIAN_FRONTEND": "noninteractive"}
     up = packages.plan(Manager.APT, Request(Action.UP))
-    assert up.commands == (("apt-get", "update"), ("apt-get", "-y", "upgrade"))
+    assert up.prepare == (("apt-get", "update"),)
+    assert up.commands == (("apt-get", "-y", "upgrade"),)
     interactive = packages.plan(Manager.APT, Request(Action.REMOVE, ("x",), interactive=True))
     assert interactive.commands == (("apt-get", "remove", "x"),) and interactive.env == ()
     with pytest.raises(UsageError, match="apt has no patches"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,16 @@ def sync(fs_path: Path) -> None:
         _lib().sync(fs_path)
     except Exception as exc:
         raise _fail("cannot sync", fs_path, exc) from exc
+
+
+@contextmanager
+def read_only(subvolume: Path) -> Iterator[None]:
+    """Make *subvolume* read-only for the duration (btrfs send needs it), restoring its flag."""
+    was = is_read_only(subvolume)
+    if not was:
+        set_read_only(subvolume, True)
+    try:
+        yield
+    finally:
+        if not was:
+            set_read_only(subvolume, False)

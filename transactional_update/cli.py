@@ -443,7 +443,7 @@ def report(state: State, result: Any) -> int:
             )
         )
     elif result.dropped:
-        click.echo("nothing changed; no snapshot was kept")
+        click.echo(f"{result.reason or 'nothing changed'}; no snapshot was kept")
     else:
         click.echo(f"snapshot {result.number} is the new default; reboot to use it")
     return 0

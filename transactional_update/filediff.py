@@ -31,7 +31,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from transactional_update import btrfs
-from transactional_update.changes import read_only
 from transactional_update.errors import SystemError_
 from transactional_update.proc import run
 
@@ -316,7 +315,7 @@ def send_dump(parent: Path, child: Path) -> str:
             "snapshots of a read-only root can be compared; this one is writable",
         )
     try:
-        with read_only(child), tempfile.TemporaryDirectory(prefix="tu-send-") as tmp:
+        with btrfs.read_only(child), tempfile.TemporaryDirectory(prefix="tu-send-") as tmp:
             stream = str(Path(tmp) / "stream")
             send = ["btrfs", "send", "-q", "--no-data", "-f", stream, "-p", str(parent), str(child)]
             run(send, what=f"btrfs send {child}")

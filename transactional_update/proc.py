@@ -58,22 +58,3 @@ def run(
             raise NoSpaceError(message, "free space on the btrfs filesystem, then retry")
         raise SystemError_(message, f"run with --debug to see the full command ({argv[0]})")
     return proc
-
-
-def pipeline(first: Sequence[str], second: Sequence[str], *, what: str) -> str:
-    """Run ``first | second`` and return *second*'s output; either failing raises."""
-    import subprocess
-
-    log.debug("run: %s | %s", shlex.join(first), shlex.join(second))
-    producer = subprocess.Popen(list(first), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert producer.stdout is not None and producer.stderr is not None
-    consumer = subprocess.run(
-        list(second), stdin=producer.stdout, capture_output=True, text=True, check=False
-    )
-    producer.stdout.close()
-    err = producer.stderr.read().decode(errors="replace").strip()
-    if producer.wait() != 0 or consumer.returncode != 0:
-        detail = err or consumer.stderr.strip() or "failed"
-        log.error("command failed: %s | %s: %s", shlex.join(first), shlex.join(second), detail)
-        raise SystemError_(f"{what} failed: {detail}", "check the filesystem (dmesg)")
-    return consumer.stdout

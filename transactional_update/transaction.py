@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import signal
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,9 +55,18 @@ class Result:
     base: int | None = None
     previous_default: int | None = None
     dropped: bool = False
+    reason: str = ""  # why nothing was kept, when dropped
     summary: str = ""
     shadowed_writes: list[str] = field(default_factory=list)
     commands: list[Ran] = field(default_factory=list)
+
+
+class NothingToDo(Exception):
+    """Raised inside a transaction when a dry run finds nothing to change."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -114,8 +124,11 @@ class Transaction:
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> bool:
         try:
+            if isinstance(e, NothingToDo):
+                self._drop(e.reason)
+                return True
             if e is None:
                 try:
                     self._commit()
@@ -126,6 +139,34 @@ class Transaction:
                 self._abort(e)
         finally:
             self._finish()
+        return False
+
+    def capture(
+        self, argv: Sequence[str], extra_env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Run *argv* in the snapshot and return its exit code and output (stdout and stderr)."""
+        assert self.session is not None
+        # A file, not a pipe: the output of a dry run can exceed a pipe's buffer.
+        with tempfile.TemporaryFile() as out:
+            res = self.session.run(
+                argv, command_env(os.environ, extra_env), stdout=out.fileno(), stderr=out.fileno()
+            )
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        log.debug("dry run %s: exit %d", shlex.join(argv), res.returncode)
+        self.result.commands.append(Ran(list(argv), res.returncode, res.duration))
+        return res.returncode, text
+
+    def _drop(self, reason: str) -> None:
+        """End without a snapshot and without an error (nothing to change)."""
+        if self.session is not None:
+            self.session.kill()
+            self.session = None
+        log.info("%s; dropping snapshot %s", reason, self.number)
+        if self.number is not None:
+            self._delete()
+        self.result.dropped = True
+        self.result.reason = reason
 
     # -- the steps' details ----------------------------------------------------------------------
 
@@ -278,6 +319,11 @@ class Transaction:
                 # snapper forbids "," and "=" in userdata values
                 failed = {FAILED: reason.replace(",", ";").replace("=", ":")}
                 self.ctx.snapper.set_snapshot(self.number, userdata=failed)
+                if isinstance(exc, TUError):
+                    exc.hint = (
+                        f"snapshot {self.number} was kept for inspection (--keep); "
+                        "the default is unchanged"
+                    )
                 log.warning(
                     "transaction failed (%s); snapshot %d kept for inspection, not the default",
                     reason,

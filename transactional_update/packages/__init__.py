@@ -37,6 +37,16 @@ class Action(StrEnum):
     UPDATE = "update"  # update the named packages
 
 
+NOTHING = {
+    Action.UP: "nothing to update",
+    Action.DUP: "nothing to upgrade",
+    Action.PATCH: "no patches to install",
+    Action.INSTALL: "already installed",
+    Action.REMOVE: "not installed",
+    Action.UPDATE: "nothing to update",
+}
+
+
 @dataclass(frozen=True)
 class Request:
     action: Action
@@ -46,10 +56,16 @@ class Request:
 
 @dataclass(frozen=True)
 class Plan:
-    """Commands to run in the snapshot, in order, and the environment they need."""
+    """Commands to run in the snapshot, in order, and the environment they need.
+
+    *prepare* runs first (refreshing repository metadata), then the dry run *probe*: when its
+    output says there is nothing to do, the transaction ends without a snapshot.
+    """
 
     commands: tuple[tuple[str, ...], ...]
     env: tuple[tuple[str, str], ...] = ()
+    prepare: tuple[tuple[str, ...], ...] = ()
+    probe: tuple[str, ...] | None = None
 
 
 # Where each manager keeps its database, in the order they are looked for.
@@ -109,14 +125,19 @@ _MOVE_HINT = {
 }
 
 
-def _backend(manager: Manager) -> tuple[Callable[[Request], Plan], Callable[[Action, int], bool]]:
+Backend = tuple[
+    Callable[[Request], Plan], Callable[[Action, int], bool], Callable[[Action, int, str], bool]
+]
+
+
+def _backend(manager: Manager) -> Backend:
     from transactional_update.packages import apt, dnf, zypper
 
     if manager is Manager.APT:
-        return apt.plan, apt.succeeded
+        return apt.plan, apt.succeeded, apt.nothing_to_do
     if manager is Manager.ZYPPER:
-        return zypper.plan, zypper.succeeded
-    return dnf.plan, dnf.succeeded
+        return zypper.plan, zypper.succeeded, zypper.nothing_to_do
+    return dnf.plan, dnf.succeeded, dnf.nothing_to_do
 
 
 def plan(manager: Manager, request: Request) -> Plan:
@@ -150,15 +171,29 @@ def split_packages(words: Sequence[str]) -> tuple[str, ...]:
 
 
 def execute(tx: Transaction, manager: Manager, request: Request) -> None:
-    """Run *request*'s commands in the transaction; a failure aborts it (the fork is discarded)."""
+    """Run *request* in the transaction; a failure aborts it (the fork is discarded).
+
+    Raises :class:`~transactional_update.transaction.NothingToDo` when the dry run finds nothing
+    to change, which ends the transaction without a snapshot and without an error.
+    """
     from transactional_update.errors import CommandFailed
+    from transactional_update.transaction import NothingToDo
 
     steps = plan(manager, request)
-    for argv in steps.commands:
-        rc = tx.run(list(argv), dict(steps.env))
+    env = dict(steps.env)
+
+    def check(argv: tuple[str, ...], rc: int) -> None:
         if not succeeded(manager, request.action, rc):
+            words = " ".join(a for a in argv[1:] if not a.startswith("-"))
             raise CommandFailed(
-                f"{argv[0]} {' '.join(a for a in argv[1:] if not a.startswith('-'))} failed "
-                f"(exit {rc})",
-                "the snapshot was discarded; the default is unchanged",
+                f"{argv[0]} {words} failed (exit {rc})", "the default snapshot is unchanged"
             )
+
+    for argv in steps.prepare:
+        check(argv, tx.run(list(argv), env))
+    if steps.probe is not None:
+        rc, output = tx.capture(list(steps.probe), env)
+        if _backend(manager)[2](request.action, rc, output):
+            raise NothingToDo(f"{manager}: {NOTHING[request.action]}")
+    for argv in steps.commands:
+        check(argv, tx.run(list(argv), env))

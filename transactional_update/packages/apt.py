@@ -1,30 +1,48 @@
-"""apt/dpkg: argument lists and exit codes (apt-get exits 100 on any error)."""
+"""apt/dpkg: argument lists, exit codes (apt-get exits 100 on any error) and dry runs."""
 
 from __future__ import annotations
 
+import re
+
 from transactional_update.errors import UsageError
 from transactional_update.packages import Action, Plan, Request
+
+# The summary line of every apt-get run, simulated or not.
+_NOTHING = re.compile(r"^0 upgraded, 0 newly installed, 0 to remove", re.MULTILINE)
 
 
 def plan(request: Request) -> Plan:
     yes = () if request.interactive else ("-y",)
     # Package scripts must never wait for an answer nobody can give in a nightly run.
     env = () if request.interactive else (("DEBIAN_FRONTEND", "noninteractive"),)
-    get = ("apt-get", *yes)
     pkgs = request.packages
     if request.action is Action.PATCH:
         raise UsageError("apt has no patches", "use `transactional-update up` to install updates")
-    commands = {
-        Action.UP: (("apt-get", "update"), (*get, "upgrade")),
-        Action.DUP: (("apt-get", "update"), (*get, "dist-upgrade")),
-        Action.INSTALL: ((*get, "install", *pkgs),),
-        Action.REMOVE: ((*get, "remove", *pkgs),),
-        Action.UPDATE: ((*get, "install", "--only-upgrade", *pkgs),)
-        if pkgs
-        else (("apt-get", "update"), (*get, "upgrade")),
-    }[request.action]
-    return Plan(commands, env)
+    refresh = (("apt-get", "update"),)
+    verb: tuple[str, ...]
+    prepare: tuple[tuple[str, ...], ...] = ()
+    if request.action is Action.UP or (request.action is Action.UPDATE and not pkgs):
+        verb, prepare = ("upgrade",), refresh
+    elif request.action is Action.DUP:
+        verb, prepare = ("dist-upgrade",), refresh
+    elif request.action is Action.UPDATE:
+        verb, prepare = ("install", "--only-upgrade", *pkgs), refresh
+    elif request.action is Action.INSTALL:
+        # Like zypper's autorefresh: install what the repositories offer today.
+        verb, prepare = ("install", *pkgs), refresh
+    else:
+        verb = ("remove", *pkgs)
+    return Plan(
+        commands=(("apt-get", *yes, *verb),),
+        env=env,
+        prepare=prepare,
+        probe=("apt-get", "-s", *verb),
+    )
 
 
 def succeeded(action: Action, returncode: int) -> bool:
     return returncode == 0
+
+
+def nothing_to_do(action: Action, returncode: int, output: str) -> bool:
+    return returncode == 0 and _NOTHING.search(output) is not None

@@ -15,8 +15,16 @@ def plan(request: Request) -> Plan:
         Action.REMOVE: ("remove",),
         Action.UPDATE: ("upgrade",),
     }[request.action]
-    return Plan(((*base, *verb, *request.packages),))
+    return Plan(
+        commands=((*base, *verb, *request.packages),),
+        # --assumeno resolves the transaction and stops before changing anything.
+        probe=("dnf", "--assumeno", *verb, *request.packages),
+    )
 
 
 def succeeded(action: Action, returncode: int) -> bool:
     return returncode == 0
+
+
+def nothing_to_do(action: Action, returncode: int, output: str) -> bool:
+    return "Nothing to do." in output

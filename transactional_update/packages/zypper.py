@@ -22,8 +22,15 @@ def plan(request: Request) -> Plan:
         Action.REMOVE: ("remove",),
         Action.UPDATE: ("update",),
     }[request.action]
-    return Plan(((*base, *verb, *request.packages),))
+    return Plan(
+        commands=((*base, *verb, *request.packages),),
+        probe=("zypper", "--non-interactive", *verb, "--dry-run", *request.packages),
+    )
 
 
 def succeeded(action: Action, returncode: int) -> bool:
     return returncode in _OK or (returncode == 106 and action is not Action.DUP)
+
+
+def nothing_to_do(action: Action, returncode: int, output: str) -> bool:
+    return succeeded(action, returncode) and "Nothing to do." in output

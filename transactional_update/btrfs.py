@@ -19,7 +19,6 @@ from typing import Any
 from transactional_update.errors import NoSpaceError, NotManagedError, SystemError_
 
 BTRFS_SUPER_MAGIC = 0x9123683E
-TOP_LEVEL_ID = 5  # btrfs' fixed id of the top-level subvolume
 
 
 def _lib() -> Any:

@@ -331,11 +331,7 @@ def list_cmd() -> Step:
     return step
 
 
-@cli.command("log")
-@click.argument("number", required=False, type=int, metavar="[N]")
-def log_cmd(number: int | None) -> Step:
-    """What each snapshot holds: one line per snapshot, or snapshot N in full."""
-
+def log_step(number: int | None) -> Step:
     def step(state: State) -> int:
         from transactional_update.history import show_log
 
@@ -343,20 +339,20 @@ def log_cmd(number: int | None) -> Step:
         return 0
 
     return step
+
+
+@cli.command("log")
+@click.argument("number", required=False, type=int, metavar="[N]")
+def log_cmd(number: int | None) -> Step:
+    """What each snapshot holds: one line per snapshot, or snapshot N in full."""
+    return log_step(number)
 
 
 @cli.command("changelog")
 @click.argument("number", type=int, metavar="N")
 def changelog_cmd(number: int) -> Step:
     """Everything recorded about snapshot N: commands, who, when, packages, files."""
-
-    def step(state: State) -> int:
-        from transactional_update.history import show_log
-
-        click.echo(show_log(state.ctx.managed, number, state.json))
-        return 0
-
-    return step
+    return log_step(number)
 
 
 @cli.command("diff")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,19 +125,29 @@ def host_suite() -> str:
     return "bookworm"
 
 
-def cached_rootfs(cache: Path = ROOTFS_CACHE, suite: str | None = None) -> Path:
-    """A minimal Debian root as a tarball: built once with mmdebstrap, then reused."""
+def cached_rootfs(
+    cache: Path = ROOTFS_CACHE, suite: str | None = None, include: Sequence[str] = ()
+) -> Path:
+    """A minimal Debian root as a tarball: built once with mmdebstrap, then reused.
+
+    *include* names extra packages (e.g. ``zypper``, ``dnf``, ``rpm``); each set gets its own
+    tarball, ``debian-bookworm-minbase+dnf+rpm+zypper.tar``.
+    """
     import fcntl
 
     suite = suite or host_suite()
+    extra = sorted(set(include))
     cache.mkdir(parents=True, exist_ok=True)
-    tar = cache / f"debian-{suite}-minbase.tar"
+    tar = cache / f"debian-{suite}-minbase{''.join('+' + p for p in extra)}.tar"
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders wait and reuse the result
         if not tar.exists():
             tmp = tar.with_name(tar.name + ".tmp")
+            argv = ["mmdebstrap", "--quiet", "--variant=minbase"]
+            if extra:
+                argv.append("--include=" + ",".join(extra))
             run(
-                ["mmdebstrap", "--quiet", "--variant=minbase", suite, str(tmp)],
+                [*argv, suite, str(tmp)],
                 what="build the minimal Debian root (mmdebstrap)",
             )
             tmp.rename(tar)

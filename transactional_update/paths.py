@@ -44,8 +44,3 @@ def resolve_under(root: Path, path: str | PurePosixPath) -> Path:
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
-
-
-def relative_to_root(root: Path, path: Path) -> PurePosixPath:
-    """The absolute path that *path* (under *root*) has inside the root."""
-    return PurePosixPath("/") / path.relative_to(root)

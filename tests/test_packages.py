@@ -178,3 +178,32 @@ def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(
         ["apt-get", "-y", "upgrade"],
     ]
     assert "↑1 pkg" in s.snapper_list()[-1]["description"]
+
+
+def _archive_reachable(root: Path) -> str | None:
+    """The archive host of the test root's sources, when it answers; else None."""
+    import socket
+
+    text = " ".join(p.read_text() for p in (root / "etc/apt").rglob("*.list*") if p.is_file())
+    text += " ".join(p.read_text() for p in (root / "etc/apt").rglob("*.sources") if p.is_file())
+    match = re.search(r"https?://([^/\s]+)", text)
+    if match is None:
+        return None
+    try:
+        socket.create_connection((match.group(1), 80), timeout=5).close()
+    except OSError:
+        return None
+    return match.group(1)
+
+
+def test_install_a_real_package_from_the_debian_archive(managed_system: System) -> None:
+    host = _archive_reachable(managed_system.root)
+    if host is None:
+        pytest.skip("the Debian archive named in the test root's apt sources is not reachable")
+    r = managed_system.tu("pkg", "install", "hello", timeout=600)
+    assert r.returncode == 0, r.stderr
+    new = managed_system.default_number()
+    assert _dpkg_version(managed_system, new, "hello") is not None
+    assert (managed_system.snapshot(new) / "usr/bin/hello").exists()
+    log = json.loads(managed_system.tu("--json", "changelog", str(new)).stdout)
+    assert [p["name"] for p in log["packages"]] == ["hello"]

@@ -32,6 +32,14 @@ def rootfs_tar() -> Path:
     return image.cached_rootfs(CACHE)
 
 
+RPM_TOOLS = ("dnf", "rpm", "zypper")
+
+
+def rpm_rootfs_tar() -> Path:
+    """The minimal Debian root with zypper, dnf and rpm, built once and cached."""
+    return image.cached_rootfs(CACHE, include=RPM_TOOLS)
+
+
 def sh(*argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, cwd=cwd)
 
@@ -131,8 +139,11 @@ def sweep_stale() -> list[str]:
 
 
 @contextmanager
-def managed_system(workdir: Path, size: str = "3G") -> Iterator[System]:
-    """Build, mount and finally remove a managed system (also when the test fails)."""
+def managed_system(workdir: Path, size: str = "3G", rootfs: Path | None = None) -> Iterator[System]:
+    """Build, mount and finally remove a managed system (also when the test fails).
+
+    *rootfs* is the root filesystem tarball (default: :func:`rootfs_tar`).
+    """
     in_use = open(workdir / IN_USE, "w")  # noqa: SIM115 - held for the system's whole life
     fcntl.flock(in_use, fcntl.LOCK_EX)
     img = workdir / "disk.img"
@@ -142,7 +153,7 @@ def managed_system(workdir: Path, size: str = "3G") -> Iterator[System]:
     try:
         uuid = image.make_filesystem(device)
         with image.mounted_top(device, workdir / "top") as top:
-            image.populate(top, rootfs_tar(), uuid)
+            image.populate(top, rootfs or rootfs_tar(), uuid)
         image.mount_system(device, root)
         yield System(img, device, root, workdir)
     finally:
@@ -247,3 +258,42 @@ def make_deb(
     deb = workdir / f"{name}_{version}_all.deb"
     sh("dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb))
     return deb
+
+
+def make_rpm(
+    workdir: Path,
+    name: str,
+    version: str,
+    post: str | None = None,
+    pre: str | None = None,
+) -> Path:
+    """A tiny real noarch .rpm (/usr/share/NAME/version), optionally with %pre/%post scripts."""
+    top = workdir / f"rpmbuild-{name}-{version}"
+    spec = top / f"{name}.spec"
+    spec.parent.mkdir(parents=True)
+    scripts = ""
+    if pre is not None:
+        scripts += f"%pre\n{pre}\n"
+    if post is not None:
+        scripts += f"%post\n{post}\n"
+    spec.write_text(
+        f"Name: {name}\nVersion: {version}\nRelease: 1\nSummary: test package\n"
+        "License: MIT\nBuildArch: noarch\n%description\ntest package\n"
+        f"%install\nmkdir -p %{{buildroot}}/usr/share/{name}\n"
+        f"echo {version} > %{{buildroot}}/usr/share/{name}/version\n"
+        f"%files\n/usr/share/{name}\n{scripts}"
+    )
+    out = workdir / "rpms"
+    sh(
+        "rpmbuild",
+        "-bb",
+        "--quiet",
+        "--define",
+        f"_topdir {top}",
+        "--define",
+        f"_rpmdir {out}",
+        "--define",
+        "_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+        str(spec),
+    )
+    return out / f"{name}-{version}-1.noarch.rpm"

@@ -408,7 +408,7 @@ def test_no_room_for_the_stream_is_a_tool_error(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(btrfs, "is_read_only", lambda path: True)
-    monkeypatch.setattr(filediff, "read_only", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(btrfs, "read_only", lambda path: contextlib.nullcontext())
     monkeypatch.setattr(tempfile, "TemporaryDirectory", no_space)
     with pytest.raises(SystemError_, match=r"cannot compare .* No space left"):
         filediff.file_changes(tmp_path / "1", tmp_path / "2")

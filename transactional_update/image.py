@@ -10,7 +10,10 @@ filesystem's top level::
 
 The dpkg database describes one snapshot, so it moves into it (``/usr/share/dpkg/database``) and
 ``/var/lib/dpkg`` becomes a link to it, as Debian-based OSTree systems do; a tmpfiles.d line
-recreates the link in a fresh ``/var``.
+recreates the link in a fresh ``/var``.  rpm's database likewise lives at
+``/usr/lib/sysimage/rpm`` (openSUSE's and Fedora's place) with ``/var/lib/rpm`` a link to it; a
+root whose rpm looks elsewhere (Debian's uses ``~/.rpmdb``) gets a macros file saying so, and
+dnf's history, which describes that database, moves to ``/usr/lib/sysimage/dnf``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ from transactional_update.proc import run
 DATA_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 DPKG_DB = "usr/share/dpkg/database"
 DPKG_LINK_TARGET = "../../usr/share/dpkg/database"
+RPM_DB = "usr/lib/sysimage/rpm"
+RPM_LINK_TARGET = "../../usr/lib/sysimage/rpm"
+# Debian's rpm keeps its database in ~/.rpmdb (it is not meant to own the system); a root that
+# manages itself with rpm gets it where openSUSE and Fedora keep it, inside the snapshot.
+DNF_PERSISTDIR = "usr/lib/sysimage/dnf"
+RPM_MACROS = "etc/rpm/macros.transactional-update"
+RPM_MACROS_TEXT = (
+    "# written by transactional-update: the rpm database belongs to the snapshot\n"
+    "%_dbpath /usr/lib/sysimage/rpm\n"
+)
 
 SNAPPER_CONFIG = """\
 # snapper config of the root filesystem, written by transactional-update
@@ -75,6 +88,66 @@ def _move_contents(src: Path, dst: Path) -> None:
         shutil.move(str(entry), str(dst / entry.name))
 
 
+def _rpm_dbpath(snap: Path) -> str | None:
+    """The ``%_dbpath`` of rpm's own macros in the root at *snap* (None: not set there)."""
+    macros = snap / "usr/lib/rpm/macros"
+    if not macros.is_file():
+        return None
+    for line in macros.read_text(encoding="utf-8", errors="replace").splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0] == "%_dbpath":
+            return words[1].strip()
+    return None
+
+
+def _place_rpm_database(snap: Path) -> None:
+    """Put rpm's database at /usr/lib/sysimage/rpm, with /var/lib/rpm a link to it (as dpkg's)."""
+    if not (snap / "usr/lib/rpm").is_dir():
+        return  # no rpm in this root
+    db, link = snap / RPM_DB, snap / "var/lib/rpm"
+    db.mkdir(parents=True, exist_ok=True)
+    if link.is_dir() and not link.is_symlink():
+        _move_contents(link, db)
+        link.rmdir()
+    if not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(RPM_LINK_TARGET, link)
+        tmpfiles = snap / "usr/lib/tmpfiles.d/transactional-update-rpm.conf"
+        tmpfiles.parent.mkdir(parents=True, exist_ok=True)
+        tmpfiles.write_text(f"L /var/lib/rpm - - - - {RPM_LINK_TARGET}\n", encoding="utf-8")
+    if _rpm_dbpath(snap) != f"/{RPM_DB}":
+        (snap / RPM_MACROS).parent.mkdir(parents=True, exist_ok=True)
+        (snap / RPM_MACROS).write_text(RPM_MACROS_TEXT, encoding="utf-8")
+    _place_dnf_history(snap)
+
+
+def _place_dnf_history(snap: Path) -> None:
+    """dnf's history (install reasons, transactions) describes the rpm database: keep it beside it.
+
+    dnf keeps it in ``persistdir`` (``/var/lib/dnf`` by default), which the chroot does not share
+    with the live system; ``/usr/lib/sysimage/dnf`` rolls back with the snapshot.
+    """
+    conf = snap / "etc/dnf/dnf.conf"
+    if not conf.is_file():
+        return
+    text = conf.read_text(encoding="utf-8")
+    if any(line.split("=", 1)[0].strip() == "persistdir" for line in text.splitlines()):
+        return
+    persist, old = snap / DNF_PERSISTDIR, snap / "var/lib/dnf"
+    persist.mkdir(parents=True, exist_ok=True)
+    if old.is_dir() and not old.is_symlink():
+        _move_contents(old, persist)
+        old.rmdir()
+    lines = text.splitlines(keepends=True)
+    at = next((i + 1 for i, line in enumerate(lines) if line.strip() == "[main]"), None)
+    setting = f"persistdir=/{DNF_PERSISTDIR}\n"
+    if at is None:
+        lines += ["[main]\n", setting]
+    else:
+        lines.insert(at, setting)
+    conf.write_text("".join(lines), encoding="utf-8")
+
+
 def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
     """Create the layout below the mounted top level *top*; returns snapshot 1's directory."""
     btrfs.create_subvolume(top / "@")
@@ -94,6 +167,7 @@ def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
         tmpfiles = snap / "usr/lib/tmpfiles.d/transactional-update-dpkg.conf"
         tmpfiles.parent.mkdir(parents=True, exist_ok=True)
         tmpfiles.write_text(f"L /var/lib/dpkg - - - - {DPKG_LINK_TARGET}\n", encoding="utf-8")
+    _place_rpm_database(snap)
     for d in DATA_SUBVOLUMES:
         (top / "@" / d).parent.mkdir(parents=True, exist_ok=True)
         btrfs.create_subvolume(top / "@" / d)
@@ -143,7 +217,7 @@ def cached_rootfs(
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders wait and reuse the result
         if not tar.exists():
             tmp = tar.with_name(tar.name + ".tmp")
-            argv = ["mmdebstrap", "--quiet", "--variant=minbase"]
+            argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--format=tar"]
             if extra:
                 argv.append("--include=" + ",".join(extra))
             run(

@@ -111,8 +111,11 @@ def test_config_parses_layers_and_rejects_bad_values(tmp_path: Path) -> None:
     (tmp_path / "etc/transactional-update.conf.d").mkdir(parents=True)
     (tmp_path / "usr/etc/transactional-update.conf").write_text('BINDDIRS="/opt /srv"\n')
     (tmp_path / "etc/transactional-update.conf.d/10-x.conf").write_text("REBOOT_METHOD=kexec\n")
-    (tmp_path / "etc/transactional-update.conf").write_text("# comment\nSNAPPER_BACKEND=cli\n")
+    (tmp_path / "etc/transactional-update.conf").write_text(
+        "# comment\nSNAPPER_BACKEND=cli\nPACKAGE_MANAGER=dnf\n"
+    )
     cfg = config.load(tmp_path)
+    assert cfg.package_manager is not None and cfg.package_manager.value == "dnf"
     assert cfg.bind_dirs == ("/opt", "/srv")
     assert cfg.reboot_method is config.RebootMethod.KEXEC
     assert cfg.snapper_backend.value == "cli"

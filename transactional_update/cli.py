@@ -239,7 +239,7 @@ def package_step(action: str, names: Sequence[str] = ()) -> Step:
         request = packages.Request(
             packages.Action(action), packages.split_packages(names), state.opts["interactive"]
         )
-        manager = packages.detect(state.ctx.root)
+        manager = state.ctx.config.package_manager or packages.detect(state.ctx.root)
         packages.check_database(state.ctx.root, manager)
         packages.plan(manager, request)  # refuse bad requests before any snapshot exists
         tx = Transaction(state.ctx, state.options(packages.describe(request)))

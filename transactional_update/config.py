@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from transactional_update.errors import ConfigError
+from transactional_update.packages import Manager
 from transactional_update.snapper import Backend
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Config:
     snapper_backend: Backend = Backend.AUTO
     reboot_method: RebootMethod = RebootMethod.AUTO
     update_method: UpdateMethod = UpdateMethod.UP
+    package_manager: Manager | None = None  # None: detected in the root
     lock_wait: float = 0.0  # seconds a second invocation waits for the lock before refusing
 
 
@@ -113,6 +115,8 @@ def build(values: dict[str, tuple[str, str]]) -> Config:
             kwargs["reboot_method"] = _enum(RebootMethod, value, where, key)
         elif key == "UPDATE_METHOD":
             kwargs["update_method"] = _enum(UpdateMethod, value, where, key)
+        elif key == "PACKAGE_MANAGER":
+            kwargs["package_manager"] = _enum(Manager, value, where, key)
         elif key == "LOCK_WAIT":
             try:
                 wait = float(value)

@@ -58,6 +58,7 @@ def test_plan_shadows_data_subvolumes_and_binds_shared_state() -> None:
         ("shadow", "/srv", ""),
         ("shadow", "/usr/local", ""),
         ("shadow", "/var", ""),
+        ("tmpfs", "/var/tmp", ""),
         ("link", "/var/lib/dpkg", "../../usr/share/dpkg/database"),
         ("bind", "/boot/efi", "/mnt/sys/boot/efi"),
         ("bind", "/boot/grub", "/mnt/sys/boot/grub"),

@@ -72,3 +72,20 @@ def test_detect_and_database_guard(tmp_path: Path) -> None:
     (tmp_path / "var/lib").mkdir(parents=True)
     (tmp_path / "var/lib/dpkg").symlink_to("../../usr/share/dpkg/database")
     assert packages.check_database(tmp_path, Manager.APT) == tmp_path / "usr/share/dpkg/database"
+
+
+def test_rpm_backends_refresh_and_read_dry_runs() -> None:
+    for action in (Action.UP, Action.INSTALL, Action.PATCH):
+        pkgs = ("x",) if action is Action.INSTALL else ()
+        z = packages.plan(Manager.ZYPPER, Request(action, pkgs))
+        assert z.prepare == (("zypper", "--non-interactive", "refresh"),)
+        d = packages.plan(Manager.DNF, Request(action, pkgs))
+        assert d.prepare == (("dnf", "makecache", "--refresh"),)
+    assert packages.plan(Manager.ZYPPER, Request(Action.REMOVE, ("x",))).prepare == ()
+    assert packages.plan(Manager.DNF, Request(Action.REMOVE, ("x",))).prepare == ()
+    from transactional_update.packages import dnf, zypper
+
+    assert zypper.nothing_to_do(Action.REMOVE, 104, "Nothing to do.") is True
+    assert zypper.nothing_to_do(Action.INSTALL, 104, "Nothing to do.") is False
+    assert dnf.nothing_to_do(Action.UP, 1, "Nothing to do.") is False
+    assert dnf.nothing_to_do(Action.UP, 0, "Dependencies resolved.\nNothing to do.") is True

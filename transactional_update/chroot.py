@@ -160,6 +160,8 @@ def plan_mounts(
         Mount(Kind.BIND, "/.snapshots", str(root / ".snapshots")),
     ]
     plan += [Mount(Kind.SHADOW, s) for s in shadows]
+    if "/var" in shadows:  # package managers stage files in /var/tmp (zypper creates it)
+        plan.append(Mount(Kind.TMPFS, "/var/tmp"))
     for s in shadows:
         for link, target in sorted((var_links or {}).items()):
             if link.startswith(s + "/"):
@@ -294,7 +296,7 @@ class _Holder:
                 _mount("tmpfs", str(target), "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
                 if m.kind is Kind.SHADOW:
                     self.shadows.append(m.target)
-                elif m.target == "/tmp":
+                elif m.target in ("/tmp", "/var/tmp"):
                     os.chmod(target, 0o1777)  # noqa: S103 - /tmp is world-writable and sticky
             elif m.kind in (Kind.BIND, Kind.RBIND):
                 _mount(

@@ -174,6 +174,10 @@ def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
         inside = snap / d
         inside.mkdir(parents=True, exist_ok=True)
         _move_contents(inside, top / "@" / d)
+    if (snap / "usr/bin/zypper").exists():
+        # libzypp's shared state (AutoInstalled, AnonymousUniqueId) is bound into the chroot
+        # from the live /var, so it must exist there; Debian's libzypp does not create it.
+        (top / "@/var/lib/zypp").mkdir(parents=True, exist_ok=True)
     (snap / ".snapshots").mkdir(exist_ok=True)
     (snap / "etc/snapper/configs").mkdir(parents=True, exist_ok=True)
     (snap / "etc/snapper/configs/root").write_text(SNAPPER_CONFIG, encoding="utf-8")

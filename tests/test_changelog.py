@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,24 @@ def test_status_shows_the_pending_change(managed_system: System) -> None:
     assert "pending:  snapshot 2 boots next (2 files); reboot to use it" in (
         managed_system.tu("status").stdout
     )
+
+
+def test_shell_session_with_a_manual_deb_install_is_fully_reflected(
+    managed_system: System, tmp_path: Path
+) -> None:
+    from tests.helpers import make_deb
+    from tests.test_packages import _stage
+    from tests.test_transaction import _drive_shell
+
+    deb = _stage(managed_system, make_deb(tmp_path, "tu-manual", "3.1"))
+    script = f"dpkg -i {deb} >/dev/null && echo edited > /etc/edited-by-hand\nexit 0\n"
+    rc, out = _drive_shell(managed_system, script.encode())
+    assert rc == 0, out
+    entry = _log(managed_system, 2)
+    assert entry["packages"] == [{"name": "tu-manual", "kind": "added", "old": None, "new": "3.1"}]
+    paths = {(f["path"], f["kind"]) for f in entry["files"]}  # type: ignore[attr-defined]
+    assert ("/etc/edited-by-hand", "added") in paths
+    assert ("/usr/share/tu-manual/version", "added") in paths
+    assert ("/usr/share/dpkg/database/status", "modified") in paths
+    desc = managed_system.snapper_list()[-1]["description"]
+    assert desc.startswith("shell · +1 pkg, ") and desc.endswith(" files")

@@ -21,20 +21,16 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -44,6 +40,18 @@ if str(REPO) not in sys.path:
 
 import btrfsutil  # noqa: E402
 
+from bench.harness import (  # noqa: E402
+    PY_ENV,
+    BenchError,
+    Row,
+    base_env,
+    bytecode_env,
+    measure,
+    progress,
+    remove_workdir,
+    run,
+    terminate,
+)
 from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
 from transactional_update import btrfs  # noqa: E402
 from transactional_update.snapper import DBusSnapper  # noqa: E402
@@ -52,122 +60,12 @@ BASE_SNAPSHOT = 1
 IN_PROGRESS = "transactional-update-in-progress"
 # Environment that would change what a row measures; every row starts from the host's
 # environment without these, and a row adds back what it needs.
-CLEARED_ENV = (
-    "DBUS_SYSTEM_BUS_ADDRESS",
-    "TU_SNAPPER_BACKEND",
-    "TRANSACTIONAL_UPDATE",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONPYCACHEPREFIX",
-)
 # How measured Python processes treat bytecode, added to every row's environment (see
 # bytecode_env): by default they get a bytecode cache of their own, as an installed tool has.
-PY_ENV: dict[str, str] = {}
-
-
-class BenchError(Exception):
-    """A measured command failed: the row is reported as an error, the others go on."""
 
 
 # --------------------------------------------------------------------------------------------
 # Running and timing
-
-
-def run(
-    argv: Sequence[str | Path], env: Mapping[str, str] | None = None, timeout: float = 600
-) -> bytes:
-    """Run *argv* to completion (output captured, as bytes); BenchError unless it exits 0."""
-    args = [str(a) for a in argv]
-    proc = subprocess.run(args, capture_output=True, env=env, check=False, timeout=timeout)
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise BenchError(
-            f"{shlex.join(args)} exited {proc.returncode}: {err[-1] if err else '(no message)'}"
-        )
-    return proc.stdout
-
-
-def base_env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k not in CLEARED_ENV}, **PY_ENV}
-
-
-def bytecode_env(workdir: Path, cache: bool) -> dict[str, str]:
-    """An installed tool runs from .pyc files; a checkout under PYTHONDONTWRITEBYTECODE=1
-    compiles every module of the tool on every start (~20 ms here).  The cache goes to the work
-    directory (PYTHONPYCACHEPREFIX), so the repository gets no __pycache__ from the benchmark; the
-    warm-up round fills it."""
-    if not cache:
-        return {"PYTHONDONTWRITEBYTECODE": "1"}
-    return {"PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
-
-
-def p90(samples: Sequence[float]) -> float:
-    if len(samples) < 2:
-        return max(samples)
-    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
-
-
-@dataclass
-class Row:
-    """One measured thing: a timed action, and an untimed reset that runs after each call."""
-
-    key: str
-    label: str
-    section: str
-    action: Callable[[], object]
-    reset: Callable[[], None] | None = None
-    samples: list[float] = field(default_factory=list)  # milliseconds
-    error: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
-
-    @property
-    def p90(self) -> float | None:
-        return p90(self.samples) if self.samples else None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "label": self.label,
-            "section": self.section,
-            "runs": len(self.samples),
-            "median_ms": _round(self.median),
-            "p90_ms": _round(self.p90),
-            "min_ms": _round(min(self.samples)) if self.samples else None,
-            "max_ms": _round(max(self.samples)) if self.samples else None,
-            "samples_ms": [round(s, 2) for s in self.samples],
-            "error": self.error,
-        }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def measure(rows: Sequence[Row], repeat: int, warmup: int) -> None:
-    """Time every row *warmup* + *repeat* times, round-robin; keep the last *repeat* timings."""
-    for i in range(warmup + repeat):
-        progress(f"  round {i + 1}/{warmup + repeat}" + (" (warm-up)" if i < warmup else ""))
-        for row in rows:
-            if row.error is not None:
-                continue
-            try:
-                start = time.perf_counter()
-                row.action()
-                elapsed = (time.perf_counter() - start) * 1000.0
-                if i >= warmup:
-                    row.samples.append(elapsed)
-            except (BenchError, subprocess.TimeoutExpired) as exc:
-                row.error = str(exc)
-                progress(f"  {row.label}: FAILED: {exc}")
-            finally:
-                if row.reset is not None:
-                    row.reset()  # a failing reset leaves an unknown state: that one is fatal
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +294,10 @@ def startup_rows(tu: Path) -> list[Row]:
 
 def transaction_rows(b: Bench) -> list[Row]:
     s = "no-op transaction, fresh image (snapshot 1 only)"
-    reset = b.reset_transactions
+
+    def reset(_result: object) -> None:
+        b.reset_transactions()
+
     return [
         Row(
             "raw_tx",
@@ -506,15 +407,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
     return {r.key: r for r in rows}
 
 
-def remove_workdir(workdir: Path) -> None:
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    left = [m for m in mounts if m == str(workdir) or m.startswith(f"{workdir}/")]
-    if left:  # never rm -r through a mount
-        progress(f"WARNING: still mounted, not removing {workdir}: {left}")
-        return
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Reporting
 
@@ -614,14 +506,6 @@ def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # Turn SIGTERM/SIGHUP into the same unwinding as Ctrl-C, so every cleanup runs; a second
-    # signal must not cut that cleanup short.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--repeat", type=int, default=15, help="timed runs per row (default 15)")
@@ -658,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: needs root (loop devices, btrfs, mounts, snapperd)", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+        signal.signal(sig, terminate)
     try:
         rows = run_benchmark(args)
     except KeyboardInterrupt:

@@ -38,11 +38,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +50,20 @@ if str(REPO) not in sys.path:
 
 import btrfsutil  # noqa: E402
 
+from bench.harness import (  # noqa: E402
+    PY_ENV,
+    BenchError,
+    Row,
+    base_env,
+    bytecode_env,
+    measure,
+    p90,
+    progress,
+    remove_workdir,
+    round_ms,
+    run,
+    terminate,
+)
 from tests.helpers import System, make_deb, managed_system  # noqa: E402
 from transactional_update import btrfs, filediff, image  # noqa: E402
 from transactional_update.chroot import command_env  # noqa: E402
@@ -63,137 +76,10 @@ BENCH_TREE = "usr/share/bench"  # where the generated files go, inside a snapsho
 FILES_PER_DIR = 500
 CHANGED_FILE = f"{BENCH_TREE}/d00000/f000000"  # the one file each child snapshot changes
 CHROOT_BINDS = ("proc", "dev", "sys", "var")  # what a plain chroot install needs (see README)
-CLEARED_ENV = (
-    "DBUS_SYSTEM_BUS_ADDRESS",
-    "TU_SNAPPER_BACKEND",
-    "TRANSACTIONAL_UPDATE",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONPYCACHEPREFIX",
-)
-PY_ENV: dict[str, str] = {}  # how measured Python processes treat bytecode (see bytecode_env)
-
-
-class BenchError(Exception):
-    """A measured command failed: the row is reported as an error, the others go on."""
 
 
 # --------------------------------------------------------------------------------------------
 # Running and timing
-
-
-def run(
-    argv: Sequence[str | Path], env: Mapping[str, str] | None = None, timeout: float = 600
-) -> bytes:
-    """Run *argv* to completion (stdin from /dev/null, output captured); BenchError on failure."""
-    args = [str(a) for a in argv]
-    proc = subprocess.run(
-        args,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        check=False,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
-        raise BenchError(
-            f"{shlex.join(args)} exited {proc.returncode}: {err[-1] if err else '(no message)'}"
-        )
-    return proc.stdout
-
-
-def base_env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k not in CLEARED_ENV}, **PY_ENV}
-
-
-def bytecode_env(workdir: Path, cache: bool) -> dict[str, str]:
-    """As in bench.py: an installed tool runs from .pyc files, so by default the measured Python
-    processes get a bytecode cache of their own in the work directory (the warm-up fills it)."""
-    if not cache:
-        return {"PYTHONDONTWRITEBYTECODE": "1"}
-    return {"PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
-
-
-def p90(samples: Sequence[float]) -> float:
-    if len(samples) < 2:
-        return max(samples)
-    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-@dataclass
-class Row:
-    """One measured thing: a timed action, and an untimed *after* that runs after each call.
-
-    *after* gets what the action returned and may record extra numbers in *extra* (per-command
-    times of a transaction); it also undoes what the action changed.
-    """
-
-    key: str
-    label: str
-    section: str
-    action: Callable[[], object]
-    after: Callable[[object], None] | None = None
-    samples: list[float] = field(default_factory=list)  # milliseconds
-    extra: dict[str, list[float]] = field(default_factory=dict)  # milliseconds
-    error: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
-
-    def extra_median(self, name: str) -> float | None:
-        values = self.extra.get(name)
-        return statistics.median(values) if values else None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "label": self.label,
-            "section": self.section,
-            "runs": len(self.samples),
-            "median_ms": _round(self.median),
-            "p90_ms": _round(p90(self.samples)) if self.samples else None,
-            "min_ms": _round(min(self.samples)) if self.samples else None,
-            "max_ms": _round(max(self.samples)) if self.samples else None,
-            "samples_ms": [round(s, 2) for s in self.samples],
-            "extra_ms": {k: [round(v, 2) for v in vs] for k, vs in self.extra.items()},
-            "error": self.error,
-        }
-
-
-def measure(rows: Sequence[Row], repeat: int, warmup: int) -> None:
-    """Time every row *warmup* + *repeat* times, round-robin; keep the last *repeat* timings."""
-    for i in range(warmup + repeat):
-        progress(f"  round {i + 1}/{warmup + repeat}" + (" (warm-up)" if i < warmup else ""))
-        for row in rows:
-            if row.error is not None:
-                continue
-            result: object = None
-            ok = False
-            try:
-                start = time.perf_counter()
-                result = row.action()
-                elapsed = (time.perf_counter() - start) * 1000.0
-                ok = True
-            except (BenchError, subprocess.TimeoutExpired) as exc:
-                row.error = str(exc)
-                progress(f"  {row.label}: FAILED: {exc}")
-            finally:
-                if row.after is not None:
-                    row.after(result)  # a failing reset leaves an unknown state: that one is fatal
-            if ok and i >= warmup:
-                row.samples.append(elapsed)
-            elif ok:
-                for values in row.extra.values():  # the warm-up's extra numbers are not kept
-                    values.clear()
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,15 +465,6 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Row], dict[str, A
     return {r.key: r for r in rows}, info
 
 
-def remove_workdir(workdir: Path) -> None:
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    left = [m for m in mounts if m == str(workdir) or m.startswith(f"{workdir}/")]
-    if left:  # never rm -r through a mount
-        progress(f"WARNING: still mounted, not removing {workdir}: {left}")
-        return
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Reporting
 
@@ -610,8 +487,8 @@ class Verdict:
     def as_json(self) -> dict[str, Any]:
         return {
             "target": self.text,
-            "ours_ms": _round(self.ours),
-            "baseline_ms": _round(self.baseline),
+            "ours_ms": round_ms(self.ours),
+            "baseline_ms": round_ms(self.baseline),
             "ratio": None if self.ratio is None else round(self.ratio, 3),
             "limit": self.limit,
             "higher_is_better": self.higher_is_better,
@@ -791,13 +668,6 @@ def print_table(rows: Mapping[str, Row], info: Mapping[str, Any], args: argparse
 # --------------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so every cleanup runs; a second one must not cut it short.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--repeat", type=int, default=10, help="timed runs per row (default 10)")
@@ -836,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("changelog_bench: needs root (loop devices, btrfs, mounts)", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+        signal.signal(sig, terminate)
     try:
         rows, info = run_benchmark(args)
     except KeyboardInterrupt:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -46,16 +44,18 @@ from bench.harness import (  # noqa: E402
     Row,
     base_env,
     bytecode_env,
+    machine,
     measure,
     progress,
     remove_workdir,
     run,
-    terminate,
+    run_as_root,
 )
 from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
 from transactional_update import btrfs  # noqa: E402
 from transactional_update.snapper import DBusSnapper  # noqa: E402
 
+VERSIONS = {"snapper": ["snapper", "--version"]}  # shown in the report header
 BASE_SNAPSHOT = 1
 IN_PROGRESS = "transactional-update-in-progress"
 # Environment that would change what a row measures; every row starts from the host's
@@ -441,26 +441,12 @@ def verdicts(rows: Mapping[str, Row]) -> list[dict[str, Any]]:
     return out
 
 
-def machine() -> dict[str, str]:
-    try:
-        snapper = run(["snapper", "--version"]).decode().splitlines()[0]
-    except (BenchError, OSError):
-        snapper = "?"
-    return {
-        "kernel": platform.release(),
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "snapper": snapper,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.1f}{unit}"
 
 
 def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
-    m = machine()
+    m = machine(VERSIONS)
     print(
         f"transactional-update benchmark, {m['date']}: Linux {m['kernel']}, {m['cpus']} CPUs, "
         f"Python {m['python']}, {m['snapper']}"
@@ -538,21 +524,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench: needs root (loop devices, btrfs, mounts, snapperd)", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, terminate)
-    try:
-        rows = run_benchmark(args)
-    except KeyboardInterrupt:
-        print("bench: interrupted; cleaned up", file=sys.stderr)
-        return 130
+    result = run_as_root(
+        "bench", "loop devices, btrfs, mounts, snapperd", lambda: run_benchmark(args)
+    )
+    if isinstance(result, int):
+        return result
+    rows = result
     if args.json:
         print(
             json.dumps(
                 {
-                    "machine": machine(),
+                    "machine": machine(VERSIONS),
                     "repeat": args.repeat,
                     "warmup": args.warmup,
                     "bytecode_cache": not args.no_bytecode_cache,

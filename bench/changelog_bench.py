@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,18 +53,20 @@ from bench.harness import (  # noqa: E402
     Row,
     base_env,
     bytecode_env,
+    machine,
     measure,
     p90,
     progress,
     remove_workdir,
     round_ms,
     run,
-    terminate,
+    run_as_root,
 )
 from tests.helpers import System, make_deb, managed_system  # noqa: E402
 from transactional_update import btrfs, filediff, image  # noqa: E402
 from transactional_update.chroot import command_env  # noqa: E402
 
+VERSIONS = {"btrfs": ["btrfs", "--version"], "apt": ["apt-get", "--version"]}
 BASE = 1  # the booted, read-only, default snapshot of the managed system
 PACKAGE = "tu-bench"
 DEB_DIR = "/var/cache/tu-test"  # inside the system: /var/cache is shared with every chroot
@@ -596,28 +595,8 @@ def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def machine() -> dict[str, str]:
-    try:
-        btrfs_version = run(["btrfs", "--version"]).decode().splitlines()[0]
-    except (BenchError, OSError):
-        btrfs_version = "?"
-    try:
-        apt_version = run(["apt-get", "--version"]).decode().splitlines()[0]
-    except (BenchError, OSError):
-        apt_version = "?"
-    return {
-        "kernel": platform.release(),
-        "cpus": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "btrfs": btrfs_version,
-        "apt": apt_version,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
 def print_table(rows: Mapping[str, Row], info: Mapping[str, Any], args: argparse.Namespace) -> None:
-    m = machine()
+    m = machine(VERSIONS)
     print(
         f"changelog benchmark, {m['date']}: Linux {m['kernel']}, {m['cpus']} CPUs, "
         f"Python {m['python']}, {m['btrfs']}, load {m['load']}"
@@ -702,21 +681,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("changelog_bench: needs root (loop devices, btrfs, mounts)", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, terminate)
-    try:
-        rows, info = run_benchmark(args)
-    except KeyboardInterrupt:
-        print("changelog_bench: interrupted; cleaned up", file=sys.stderr)
-        return 130
+    result = run_as_root(
+        "changelog_bench", "loop devices, btrfs, mounts", lambda: run_benchmark(args)
+    )
+    if isinstance(result, int):
+        return result
+    rows, info = result
     if args.json:
         print(
             json.dumps(
                 {
-                    "machine": machine(),
+                    "machine": machine(VERSIONS),
                     "repeat": args.repeat,
                     "warmup": args.warmup,
                     "bytecode_cache": not args.no_bytecode_cache,

@@ -8,6 +8,7 @@ Numbers are medians and p90s in milliseconds.  Used by ``bench.py`` and ``change
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -17,9 +18,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 # Variables of this shell that would change what a measured process does; rows add back theirs.
 CLEARED_ENV = (
@@ -171,3 +173,37 @@ def terminate(signum: int, _frame: FrameType | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+T = TypeVar("T")
+
+
+def machine(versions: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The machine a run measured, with the first line of each tool's ``--version``."""
+    info = {
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    for key, argv in versions.items():
+        try:
+            info[key] = run(argv).decode().splitlines()[0]
+        except (BenchError, OSError):
+            info[key] = "?"
+    return info
+
+
+def run_as_root(name: str, needs: str, body: Callable[[], T]) -> T | int:
+    """*body*'s result, or an exit code: 2 without root, 130 when interrupted (cleaned up)."""
+    if os.geteuid() != 0:
+        print(f"{name}: needs root ({needs})", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, terminate)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; cleaned up", file=sys.stderr)
+        return 130

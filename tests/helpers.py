@@ -70,6 +70,33 @@ class System:
     def numbers(self) -> list[int]:
         return [int(s["number"]) for s in self.snapper_list()]
 
+    @contextmanager
+    def booted_writable(self) -> Iterator[Path]:
+        """Edit the (read-only) booted snapshot as an admin preparing the image would."""
+        snap = self.snapshot(1)
+        btrfs.set_read_only(snap, False)
+        try:
+            yield snap
+        finally:
+            btrfs.set_read_only(snap, True)
+
+    def in_progress_fork_cli(self) -> int:
+        """A fork as a dying transaction leaves it, made with snapper's CLI (the cli backend)."""
+        out = sh(
+            "snapper",
+            "--no-dbus",
+            "--root",
+            str(self.root),
+            "create",
+            "--from",
+            "1",
+            "--read-write",
+            "--userdata",
+            "transactional-update-in-progress=yes",
+            "-p",
+        ).stdout
+        return int(out.strip())
+
     def tu(
         self,
         *args: str,

@@ -17,7 +17,6 @@ import pytest
 
 from tests.helpers import System, sh
 from transactional_update import btrfs
-from transactional_update.system import IN_PROGRESS
 
 pytestmark = pytest.mark.privileged
 
@@ -45,18 +44,9 @@ def _refused(r: subprocess.CompletedProcess[str], code: int, *lines: str) -> Non
     assert r.stdout == ""
 
 
-@contextmanager
-def _booted_writable(system: System) -> Iterator[None]:
-    btrfs.set_read_only(system.snapshot(1), False)
-    try:
-        yield
-    finally:
-        btrfs.set_read_only(system.snapshot(1), True)
-
-
 def _write(system: System, rel: str, text: str) -> None:
     """Write a file of the booted snapshot (read-only, so made writable for the moment)."""
-    with _booted_writable(system):
+    with system.booted_writable():
         path = system.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -301,19 +291,7 @@ def test_continue_from_a_snapshot_that_cannot_be_used(managed_system: System) ->
         "error: snapshot 99 does not exist",
         "hint: pick a number from: transactional-update list",
     )
-    fork = sh(
-        "snapper",
-        "--no-dbus",
-        "--root",
-        str(system.root),
-        "create",
-        "--from",
-        "1",
-        "--read-write",
-        "--userdata",
-        f"{IN_PROGRESS}=yes",
-        "-p",
-    ).stdout.strip()
+    fork = str(system.in_progress_fork_cli())
     _refused(
         system.tu("-c", fork, "run", "--", "touch", "/etc/x"),
         5,
@@ -376,19 +354,7 @@ def test_usage_errors_are_one_error_and_one_hint_line(managed_system: System) ->
 
 def test_bad_rollback_target_stops_the_chain_before_anything_runs(managed_system: System) -> None:
     system = managed_system
-    stale = sh(
-        "snapper",
-        "--no-dbus",
-        "--root",
-        str(system.root),
-        "create",
-        "--from",
-        "1",
-        "--read-write",
-        "--userdata",
-        f"{IN_PROGRESS}=yes",
-        "-p",
-    ).stdout.strip()
+    stale = str(system.in_progress_fork_cli())
     r = system.tu("cleanup", "rollback", "abc")
     assert r.returncode == 2, r.stderr
     # Like an unknown command, a bad argument must be refused before the chain starts.

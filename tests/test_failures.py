@@ -138,6 +138,14 @@ def test_keep_keeps_a_failed_snapshot_but_not_as_default(managed_system: System)
     entry = managed_system.snapper_list()[-1]
     assert entry["userdata"] == {"transactional-update-failed": "command exited with 4: sh"}
     assert (managed_system.snapshot(2) / "etc/debug-me").exists()
+    # It is never built on: --continue 2 is refused like an unfinished transaction.
+    r = managed_system.tu("-c", "2", "run", "--", "true")
+    assert r.returncode == 5
+    assert r.stderr.splitlines() == [
+        "error: snapshot 2 is a failed transaction kept for inspection",
+        "hint: continue from a finished snapshot; remove it with: cleanup",
+    ]
+    assert managed_system.numbers() == [1, 2] and managed_system.default_number() == 1
     # A kept failure is not "in progress": cleanup leaves it to the number limit.
     assert managed_system.tu("cleanup").stdout.startswith("removed 0 interrupted")
 

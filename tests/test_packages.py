@@ -137,14 +137,10 @@ def _local_repo(system: System, debs: list[Path]) -> None:
         shutil.copy(deb, repo)
     index = sh("dpkg-scanpackages", "--multiversion", ".", cwd=repo).stdout
     (repo / "Packages").write_text(index)
-    etc = system.snapshot(1)
-    sh("btrfs", "property", "set", str(etc), "ro", "false")
-    try:
-        (etc / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/var/cache/tu-repo ./\n")
-        for extra in (etc / "etc/apt/sources.list.d").glob("*"):
+    with system.booted_writable() as snap:
+        (snap / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/var/cache/tu-repo ./\n")
+        for extra in (snap / "etc/apt/sources.list.d").glob("*"):
             extra.unlink()
-    finally:
-        sh("btrfs", "property", "set", str(etc), "ro", "true")
 
 
 def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(

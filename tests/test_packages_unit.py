@@ -89,3 +89,10 @@ def test_rpm_backends_refresh_and_read_dry_runs() -> None:
     assert zypper.nothing_to_do(Action.INSTALL, 104, "Nothing to do.") is False
     assert dnf.nothing_to_do(Action.UP, 1, "Nothing to do.") is False
     assert dnf.nothing_to_do(Action.UP, 0, "Dependencies resolved.\nNothing to do.") is True
+
+
+def test_configured_manager_wins_over_detection(tmp_path: Path) -> None:
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/apt-get").touch()
+    assert packages.manager_for(tmp_path, None) is Manager.APT
+    assert packages.manager_for(tmp_path, Manager.DNF) is Manager.DNF

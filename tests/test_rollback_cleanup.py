@@ -50,22 +50,12 @@ def _interrupted_fork(system: System) -> int:
         )
 
 
-@contextmanager
-def _booted_writable(system: System) -> Iterator[None]:
-    """Change files of the (read-only) booted snapshot, as an admin preparing the image would."""
-    btrfs.set_read_only(system.snapshot(1), False)
-    try:
-        yield
-    finally:
-        btrfs.set_read_only(system.snapshot(1), True)
-
-
 def _set_snapper_config(system: System, **values: str) -> None:
     path = system.root / "etc/snapper/configs/root"
     lines = path.read_text(encoding="utf-8").splitlines()
     for key, value in values.items():
         lines = [line for line in lines if not line.startswith(f"{key}=")] + [f'{key}="{value}"']
-    with _booted_writable(system):
+    with system.booted_writable():
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -50,16 +50,12 @@ def _publish(system: System, rpms: list[Path]) -> None:
 
 def _configure(system: System, manager: str) -> None:
     """Point zypper and dnf at the local repository only; for dnf, hide zypper from detect()."""
-    snap = system.snapshot(1)
-    sh("btrfs", "property", "set", str(snap), "ro", "false")
-    try:
+    with system.booted_writable() as snap:
         for d in ("etc/zypp/repos.d", "etc/yum.repos.d"):
             (snap / d).mkdir(parents=True, exist_ok=True)
             (snap / d / "local.repo").write_text(REPO_FILE)
         if manager == "dnf":
             (snap / "usr/bin/zypper").rename(snap / "usr/bin/zypper.hidden")
-    finally:
-        sh("btrfs", "property", "set", str(snap), "ro", "true")
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ def package_step(action: str, names: Sequence[str] = ()) -> Step:
         request = packages.Request(
             packages.Action(action), packages.split_packages(names), state.opts["interactive"]
         )
-        manager = state.ctx.config.package_manager or packages.detect(state.ctx.root)
+        manager = packages.manager_for(state.ctx.root, state.ctx.config.package_manager)
         packages.check_database(state.ctx.root, manager)
         packages.plan(manager, request)  # refuse bad requests before any snapshot exists
         tx = Transaction(state.ctx, state.options(packages.describe(request)))
@@ -365,7 +365,8 @@ def diff_cmd(numbers: tuple[int, ...]) -> Step:
     def step(state: State) -> int:
         from transactional_update.history import show_diff
 
-        click.echo(show_diff(state.ctx.managed, numbers, state.json))
+        ctx = state.ctx
+        click.echo(show_diff(ctx.managed, numbers, state.json, ctx.config.package_manager))
         return 0
 
     return step

@@ -61,12 +61,17 @@ def diff_pair(managed: ManagedRoot, numbers: Sequence[int]) -> tuple[int, int]:
     return booted, default
 
 
-def show_diff(managed: ManagedRoot, numbers: Sequence[int], as_json: bool) -> str:
+def show_diff(
+    managed: ManagedRoot,
+    numbers: Sequence[int],
+    as_json: bool,
+    forced: pkgs.Manager | None = None,
+) -> str:
     old, new = diff_pair(managed, numbers)
     old_dir, new_dir = managed.require_snapshot_dir(old), managed.require_snapshot_dir(new)
     files = filediff.file_changes(old_dir, new_dir)
     try:
-        packages = pkgdiff.package_changes(old_dir, new_dir, pkgs.detect(new_dir))
+        packages = pkgdiff.package_changes(old_dir, new_dir, pkgs.manager_for(new_dir, forced))
     except TUError:
         packages = []
     if as_json:

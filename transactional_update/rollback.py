@@ -16,7 +16,7 @@ from transactional_update import btrfs, state
 from transactional_update.context import Context
 from transactional_update.errors import SnapshotError, UsageError
 from transactional_update.lock import Lock
-from transactional_update.system import FAILED, IN_PROGRESS
+from transactional_update.system import require_finished
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,9 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
             assert isinstance(target, int)
             number = target
         path = managed.require_snapshot_dir(number)
-        info = ctx.snapper.get_snapshot(number)
-        if IN_PROGRESS in info.userdata:
-            raise SnapshotError(
-                f"snapshot {number} is an unfinished transaction",
-                "it may be half-changed; pick a finished snapshot",
-            )
-        if FAILED in info.userdata:
-            raise SnapshotError(
-                f"snapshot {number} is a failed transaction kept for inspection",
-                "it may be half-changed; pick a finished snapshot",
-            )
+        require_finished(
+            ctx.snapper.get_snapshot(number), "it may be half-changed; pick a finished snapshot"
+        )
         btrfs.set_default(path)
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
         return RollbackResult(number, default)

@@ -11,9 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transactional_update import btrfs
 from transactional_update.errors import NotManagedError, SnapshotError
+
+if TYPE_CHECKING:
+    from transactional_update.snapper import Snapshot
 
 _SNAPSHOT_RE = re.compile(r"(?:^|/)\.snapshots/(\d+)/snapshot$")
 IN_PROGRESS = "transactional-update-in-progress"
@@ -25,6 +29,19 @@ def snapshot_number(subvol_path: str) -> int | None:
     """N for a subvolume path ending in ``.snapshots/N/snapshot``, else None."""
     m = _SNAPSHOT_RE.search(subvol_path)
     return int(m.group(1)) if m else None
+
+
+def require_finished(info: Snapshot, hint: str) -> None:
+    """Refuse a snapshot that may be half-changed: an unfinished or a failed (kept) transaction.
+
+    Neither may boot (rollback) nor be built on (--continue N).
+    """
+    if IN_PROGRESS in info.userdata:
+        raise SnapshotError(f"snapshot {info.number} is an unfinished transaction", hint)
+    if FAILED in info.userdata:
+        raise SnapshotError(
+            f"snapshot {info.number} is a failed transaction kept for inspection", hint
+        )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
 from transactional_update.lock import Lock
 from transactional_update.log import step
-from transactional_update.system import CONTINUE_DEFAULT, FAILED, IN_PROGRESS
+from transactional_update.system import CONTINUE_DEFAULT, FAILED, IN_PROGRESS, require_finished
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +197,10 @@ class Transaction:
         else:
             base = want
         managed.require_snapshot_dir(base)
-        info = self.ctx.snapper.get_snapshot(base)
-        if IN_PROGRESS in info.userdata:
-            raise SnapshotError(
-                f"snapshot {base} is an unfinished transaction",
-                "continue from a finished snapshot; remove it with: cleanup",
-            )
+        require_finished(
+            self.ctx.snapper.get_snapshot(base),
+            "continue from a finished snapshot; remove it with: cleanup",
+        )
         self.result.base = base
         return base
 
@@ -279,7 +277,7 @@ class Transaction:
             files_error = err.message
         packages: list[dict[str, Any]] = []
         try:
-            manager = pkgs.detect(fork_dir)
+            manager = pkgs.manager_for(fork_dir, self.ctx.config.package_manager)
             packages = [
                 {"name": p.name, "kind": str(p.kind), "old": p.old, "new": p.new}
                 for p in pkgdiff.package_changes(base_dir, fork_dir, manager)

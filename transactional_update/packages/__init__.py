@@ -92,6 +92,11 @@ def detect(root: Path) -> Manager:
     )
 
 
+def manager_for(root: Path, forced: Manager | None) -> Manager:
+    """The configured manager (``PACKAGE_MANAGER``) or the one installed in *root*."""
+    return forced or detect(root)
+
+
 def check_database(root: Path, manager: Manager) -> Path:
     """The package database's real path; refuses one outside the root snapshot's subvolume.
 

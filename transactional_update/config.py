@@ -1,20 +1,17 @@
-"""Configuration: shell-style ``KEY=VALUE`` files, read once into a frozen :class:`Config`.
-
-Files are read from the managed root, later ones overriding earlier ones key by key, as openSUSE's
-tool does: ``/usr/etc/transactional-update.conf`` (distribution defaults), then
-``/etc/transactional-update.conf.d/*.conf`` (sorted), then ``/etc/transactional-update.conf``.
+"""Configuration: the layered ``KEY=VALUE`` files (read by :mod:`conffile`), validated once into
+a frozen :class:`Config`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shlex
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
+from transactional_update import conffile
 from transactional_update.errors import ConfigError
 from transactional_update.packages import Manager
 from transactional_update.snapper import Backend
@@ -39,40 +36,12 @@ class UpdateMethod(StrEnum):
 @dataclass(frozen=True)
 class Config:
     bind_dirs: tuple[str, ...] = ("/opt",)
-    snapper_config: str = "root"
+    snapper_config: str = conffile.DEFAULT_SNAPPER_CONFIG
     snapper_backend: Backend = Backend.AUTO
     reboot_method: RebootMethod = RebootMethod.AUTO
     update_method: UpdateMethod = UpdateMethod.UP
     package_manager: Manager | None = None  # None: detected in the root
     lock_wait: float = 0.0  # seconds a second invocation waits for the lock before refusing
-
-
-CONFIG_FILES = (
-    "usr/etc/transactional-update.conf",
-    "etc/transactional-update.conf.d",
-    "etc/transactional-update.conf",
-)
-
-
-def parse(text: str, source: str) -> dict[str, tuple[str, str]]:
-    """``{KEY: (value, "file:line")}`` from shell-style assignments; comments and blanks skipped."""
-    values: dict[str, tuple[str, str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        where = f"{source}:{lineno}"
-        try:
-            words = shlex.split(raw, comments=True)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}", "fix the quoting of that line") from exc
-        if not words:
-            continue
-        key, sep, value = words[0].partition("=")
-        if len(words) != 1 or not sep or not key.isidentifier():
-            raise ConfigError(
-                f"{where}: expected KEY=VALUE, got {raw.strip()!r}",
-                'write one assignment per line, quoting values with spaces: KEY="a b"',
-            )
-        values[key] = (value, where)
-    return values
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -136,19 +105,4 @@ def build(values: dict[str, tuple[str, str]]) -> Config:
 
 
 def load(root: Path) -> Config:
-    values: dict[str, tuple[str, str]] = {}
-    for rel in CONFIG_FILES:
-        path = root / rel
-        files = sorted(path.glob("*.conf")) if path.is_dir() else [path]
-        for f in files:
-            try:
-                text = f.read_text(encoding="utf-8")
-            except (FileNotFoundError, NotADirectoryError):
-                # Missing, or a parent is a file (--root names a file; open_root says so).
-                continue
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(
-                    f"cannot read {f}: {exc}", "fix the file's permissions or encoding"
-                ) from exc
-            values.update(parse(text, "/" + rel if f == path else "/" + str(f.relative_to(root))))
-    return build(values)
+    return build(conffile.read(root))

@@ -29,6 +29,7 @@ class Status:
     # The default subvolume's path when it is no snapper snapshot (the next boot mounts it).
     foreign_default: str | None = None
     pending_summary: str | None = None  # the pending snapshot's changelog summary
+    pending_reboot: str | None = None  # the reboot its packages ask for ("reboot": a full one)
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -61,7 +62,8 @@ def get_status(managed: ManagedRoot) -> Status:
     }
     entry = changelog.load(managed.root, pending) if pending is not None else None
     summary = entry.summary() if entry is not None else None
-    return Status(booted, default, pending, running, stale, infos, foreign, summary)
+    reboot = entry.reboot if entry is not None else None
+    return Status(booted, default, pending, running, stale, infos, foreign, summary, reboot)
 
 
 def _subvolume_name(path: str) -> str:
@@ -104,6 +106,7 @@ def status_json(st: Status) -> dict[str, Any]:
         "pending": st.pending,
         "pending_summary": st.pending_summary,
         "reboot_needed": st.pending is not None,
+        "reboot_level": st.pending_reboot,
         "running": st.running,
         "stale_in_progress": st.stale,
         "foreign_default": st.foreign_default,
@@ -123,7 +126,8 @@ def status_text(st: Status) -> str:
     lines = [_line("booted:", st.booted, st.snapshots), _line("default:", st.default, st.snapshots)]
     if st.pending is not None:
         change = f" ({st.pending_summary})" if st.pending_summary else ""
-        lines.append(f"pending:  snapshot {st.pending} boots next{change}; reboot to use it")
+        how = "a full reboot (its packages ask for one)" if st.pending_reboot else "reboot"
+        lines.append(f"pending:  snapshot {st.pending} boots next{change}; {how} to use it")
     elif st.foreign_default is not None:
         lines.append(
             f"pending:  the next boot mounts {st.foreign_default}, which is not a snapper "

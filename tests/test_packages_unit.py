@@ -265,3 +265,33 @@ def test_the_reboot_flag_travels_with_the_changelog_entry() -> None:
     # Entries written before the flag existed still load.
     old = {k: v for k, v in asdict(plain).items() if k != "reboot"}
     assert changelog.from_json(old).reboot is None
+
+
+DNF_HISTORY = """\
+Transaction ID : 1
+Return-Code    : Success
+Command Line   : -y install tu-post
+Packages Altered:
+    Install tu-post-1.0-1.noarch @local
+Scriptlet output:
+   1 warning: %post(tu-post-1.0-1.noarch) scriptlet failed, exit status 1
+"""
+
+
+def test_a_failed_dnf_scriptlet_fails_although_dnf_exits_0() -> None:
+    from transactional_update.packages import dnf
+
+    assert dnf.failed_scripts(DNF_HISTORY) == ["%post(tu-post-1.0-1.noarch)"]
+    assert dnf.failed_scripts("Scriptlet output:\n   1 hello from %post\n") == []
+    history = "dnf history info last"
+    tx = FakeTx({history: [0]}, {history: DNF_HISTORY})
+    with pytest.raises(CommandFailed) as err:
+        _execute(tx, Manager.DNF, Request(Action.INSTALL, ("tu-post",)))
+    assert err.value.message == (
+        "dnf install tu-post failed: a package script failed: %post(tu-post-1.0-1.noarch) "
+        "(dnf itself exits 0 for it)"
+    )
+    assert tx.ran[-1] == (["dnf", "history", "info", "last"], tx.ran[-1][1])
+    assert tx.ran[-1][1]["LC_ALL"] == "C"
+    clean = FakeTx({history: [0]}, {history: DNF_HISTORY.split("Scriptlet", maxsplit=1)[0]})
+    _execute(clean, Manager.DNF, Request(Action.INSTALL, ("tu-post",)))

@@ -64,7 +64,8 @@ class Plan:
 
     *prepare* runs first (refreshing repository metadata), then the dry run *probe*: when its
     output says there is nothing to do, the transaction ends without a snapshot.  *reboot_check*
-    runs after the commands and asks the package manager whether they need a full reboot.
+    runs after the commands and asks the package manager whether they need a full reboot;
+    *script_check* reports package scripts that failed where the exit code does not tell.
     """
 
     commands: tuple[tuple[str, ...], ...]
@@ -72,6 +73,7 @@ class Plan:
     prepare: tuple[tuple[str, ...], ...] = ()
     probe: tuple[str, ...] | None = None
     reboot_check: tuple[str, ...] | None = None
+    script_check: tuple[str, ...] | None = None  # reports package scripts that failed
 
 
 class Outcome(StrEnum):
@@ -167,13 +169,19 @@ class Backend:
     plan: Callable[[Request], Plan]
     verdict: Callable[[Action, int], Verdict]
     nothing_to_do: Callable[[Action, int, str], bool]
+    failed_scripts: Callable[[str], list[str]]
+
+
+def _no_script_check(output: str) -> list[str]:
+    return []
 
 
 def _backend(manager: Manager) -> Backend:
     from transactional_update.packages import apt, dnf, zypper
 
     module = {Manager.APT: apt, Manager.ZYPPER: zypper, Manager.DNF: dnf}[manager]
-    return Backend(module.plan, module.verdict, module.nothing_to_do)
+    failed = getattr(module, "failed_scripts", _no_script_check)
+    return Backend(module.plan, module.verdict, module.nothing_to_do, failed)
 
 
 def plan(manager: Manager, request: Request) -> Plan:
@@ -264,6 +272,17 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
                 )
             else:
                 log.info("%s: %s; running it again (round %d)", argv[0], v.meaning, round_ + 1)
+    if steps.script_check is not None:
+        rc, output = tx.capture(list(steps.script_check), quiet_env)
+        failed = backend.failed_scripts(output) if rc == 0 else []
+        if failed:
+            argv = steps.commands[-1]
+            words = " ".join(a for a in argv[1:] if not a.startswith("-"))
+            raise CommandFailed(
+                f"{argv[0]} {words} failed: a package script failed: {', '.join(failed)} "
+                f"({argv[0]} itself exits 0 for it)",
+                "the default snapshot is unchanged",
+            )
     if steps.reboot_check is not None:
         rc, _ = tx.capture(list(steps.reboot_check), quiet_env)
         if backend.verdict(request.action, rc).outcome is Outcome.REBOOT:

@@ -3,7 +3,9 @@
 dnf (4) exits 0 on success and 1 on any error; 200 means another process holds its lock, and 100
 comes only from ``check-update`` (updates available), which a transaction does not run.  A failed
 ``%pre`` script fails the transaction (exit 1); a failed ``%post`` is only a warning to dnf and rpm
-(exit 0), unlike zypper's 107, so such a snapshot still becomes the default.
+(exit 0).  zypper reports the same case with 107 and apt with 100, and both fail the transaction, so
+dnf's history is read after the command (``dnf history info last``: rpm's "%post(NEVRA) scriptlet
+failed" lines) and a failed script fails the transaction here too.
 
 ``patch`` is ``dnf upgrade-minimal``: every package that an advisory (security, bugfix or
 enhancement) names, upgraded to the lowest version that fixes it, nothing else — what
@@ -18,7 +20,12 @@ there is something to do, 0 with "Nothing to do." when not.  dnf 4 has no reboot
 
 from __future__ import annotations
 
+import re
+
 from transactional_update.packages import Action, Outcome, Plan, Request, Verdict
+
+# rpm's words for a failed scriptlet, as dnf's history keeps them (read in the C locale).
+_SCRIPT_FAILED = re.compile(r"(%\w+\([^)\s]+\)) scriptlet failed")
 
 _ERRORS = {
     1: "",
@@ -42,6 +49,7 @@ def plan(request: Request) -> Plan:
         prepare=refresh,
         # --assumeno resolves the transaction and stops before changing anything.
         probe=("dnf", "--assumeno", *verb, *request.packages),
+        script_check=("dnf", "history", "info", "last"),
     )
 
 
@@ -53,3 +61,8 @@ def verdict(action: Action, returncode: int) -> Verdict:
 
 def nothing_to_do(action: Action, returncode: int, output: str) -> bool:
     return returncode == 0 and "Nothing to do." in output
+
+
+def failed_scripts(history: str) -> list[str]:
+    """The scriptlets (``%post(NEVRA)``) that failed, from ``dnf history info last``."""
+    return _SCRIPT_FAILED.findall(history)

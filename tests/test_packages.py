@@ -102,7 +102,7 @@ def test_patch_on_apt_is_refused_before_any_snapshot(managed_system: System) -> 
     r = managed_system.tu("patch")
     assert r.returncode == 2
     assert r.stderr.splitlines() == [
-        "error: apt has no patches",
+        "error: apt has no patches (Debian ships security fixes as package updates)",
         "hint: use `transactional-update up` to install updates",
     ]
     assert managed_system.numbers() == [1]

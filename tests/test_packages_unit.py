@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from transactional_update import packages
-from transactional_update.errors import NotManagedError, UsageError
-from transactional_update.packages import Action, Manager, Request
+from transactional_update.errors import CommandFailed, NotManagedError, UsageError
+from transactional_update.packages import Action, Manager, Outcome, Request, Verdict
+from transactional_update.transaction import NothingToDo
 
 
 def test_apt_plans() -> None:
@@ -22,35 +24,84 @@ def test_apt_plans() -> None:
     assert up.commands == (("apt-get", "-y", "upgrade"),)
     interactive = packages.plan(Manager.APT, Request(Action.REMOVE, ("x",), interactive=True))
     assert interactive.commands == (("apt-get", "remove", "x"),) and interactive.env == ()
-    with pytest.raises(UsageError, match="apt has no patches"):
+    with pytest.raises(UsageError, match="apt has no patches") as err:
         packages.plan(Manager.APT, Request(Action.PATCH))
+    assert err.value.hint == "use `transactional-update up` to install updates"
 
 
 def test_zypper_and_dnf_plans() -> None:
     assert packages.plan(Manager.ZYPPER, Request(Action.DUP)).commands == (
         ("zypper", "--non-interactive", "dist-upgrade"),
     )
-    assert packages.plan(Manager.DNF, Request(Action.PATCH)).commands == (
-        ("dnf", "-y", "upgrade", "--security"),
+    # patch: zypper includes the patches that ask for a reboot (a snapshot needs one anyway);
+    # dnf installs the lowest versions that the advisories name, as zypper patch does.
+    z = packages.plan(Manager.ZYPPER, Request(Action.PATCH))
+    assert z.commands == (
+        ("zypper", "--non-interactive", "--non-interactive-include-reboot-patches", "patch"),
     )
+    assert z.probe == (
+        "zypper",
+        "--non-interactive",
+        "--non-interactive-include-reboot-patches",
+        "patch",
+        "--dry-run",
+    )
+    assert z.reboot_check == ("zypper", "needs-rebooting")
+    d = packages.plan(Manager.DNF, Request(Action.PATCH))
+    assert d.commands == (("dnf", "-y", "upgrade-minimal"),)
+    assert d.probe == ("dnf", "--assumeno", "upgrade-minimal")
+    assert d.reboot_check is None
     with pytest.raises(UsageError, match="pkg install needs package names"):
         packages.plan(Manager.DNF, Request(Action.INSTALL))
 
 
-@pytest.mark.parametrize(
-    ("manager", "action", "rc", "ok"),
-    [
-        (Manager.APT, Action.UP, 0, True),
-        (Manager.APT, Action.UP, 100, False),
-        (Manager.ZYPPER, Action.UP, 102, True),
-        (Manager.ZYPPER, Action.UP, 106, True),
-        (Manager.ZYPPER, Action.DUP, 106, False),
-        (Manager.ZYPPER, Action.INSTALL, 104, False),
-        (Manager.DNF, Action.UP, 1, False),
-    ],
+R = Outcome
+Z, D, A = Manager.ZYPPER, Manager.DNF, Manager.APT
+REBOOT = "an installed patch or package requires a reboot"
+AGAIN = "the package manager updated itself"
+NOT_FOUND = "no package provides a named package or capability"
+SKIPPED = "some repositories could not be refreshed and were skipped"
+DUP_SKIPPED = (
+    "some repositories could not be refreshed; a dist-upgrade without them could remove or "
+    "downgrade their packages"
 )
-def test_exit_codes(manager: Manager, action: Action, rc: int, ok: bool) -> None:
-    assert packages.succeeded(manager, action, rc) is ok
+SCRIPT = "a package script failed; the package may not work as installed"
+LIBZYPP = "problem reported by libzypp (e.g. unresolvable dependencies)"
+
+
+@pytest.mark.parametrize(
+    ("manager", "action", "rc", "outcome", "meaning"),
+    [
+        (A, Action.UP, 0, R.OK, ""),
+        (A, Action.UP, 100, R.FAILED, ""),
+        (Z, Action.UP, 0, R.OK, ""),
+        (Z, Action.PATCH, 100, R.OK, ""),
+        (Z, Action.PATCH, 101, R.OK, ""),
+        (Z, Action.PATCH, 102, R.REBOOT, REBOOT),
+        (Z, Action.UP, 102, R.REBOOT, REBOOT),
+        (Z, Action.PATCH, 103, R.AGAIN, AGAIN),
+        (Z, Action.INSTALL, 104, R.FAILED, NOT_FOUND),
+        (Z, Action.UPDATE, 104, R.FAILED, NOT_FOUND),
+        (Z, Action.REMOVE, 104, R.WARNING, "some of the named packages are not installed"),
+        (Z, Action.UP, 106, R.WARNING, SKIPPED),
+        (Z, Action.PATCH, 106, R.WARNING, SKIPPED),
+        (Z, Action.DUP, 106, R.FAILED, DUP_SKIPPED),
+        (Z, Action.INSTALL, 107, R.FAILED, SCRIPT),
+        (Z, Action.INSTALL, 4, R.FAILED, LIBZYPP),
+        (Z, Action.INSTALL, 7, R.FAILED, "the package manager is locked by another process"),
+        (Z, Action.INSTALL, 105, R.FAILED, "interrupted by a signal"),
+        (Z, Action.INSTALL, 99, R.FAILED, ""),
+        (D, Action.UP, 0, R.OK, ""),
+        (D, Action.UP, 1, R.FAILED, ""),
+        (D, Action.UP, 100, R.FAILED, ""),  # check-update's "updates available"
+        (D, Action.INSTALL, 200, R.FAILED, "another process holds dnf's lock"),
+    ],
+)  # fmt: skip
+def test_exit_codes(
+    manager: Manager, action: Action, rc: int, outcome: Outcome, meaning: str
+) -> None:
+    assert packages.verdict(manager, action, rc) == Verdict(outcome, meaning)
+    assert packages.succeeded(manager, action, rc) is (outcome is not R.FAILED)
 
 
 def test_describe_and_options() -> None:
@@ -96,3 +147,151 @@ def test_configured_manager_wins_over_detection(tmp_path: Path) -> None:
     (tmp_path / "usr/bin/apt-get").touch()
     assert packages.manager_for(tmp_path, None) is Manager.APT
     assert packages.manager_for(tmp_path, Manager.DNF) is Manager.DNF
+
+
+class FakeTx:
+    """The two methods execute() uses, answering with scripted exit codes (pure logic only)."""
+
+    def __init__(self, codes: dict[str, list[int]], outputs: dict[str, str] | None = None):
+        self.codes = codes
+        self.outputs = outputs or {}
+        self.ran: list[tuple[list[str], dict[str, str]]] = []
+        self.result = SimpleNamespace(reboot=None)
+
+    def _next(self, argv: list[str], env: dict[str, str] | None) -> int:
+        self.ran.append((argv, dict(env or {})))
+        key = " ".join(argv)
+        queue = self.codes.get(key, [0])
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        return self._next(argv, env)
+
+    def capture(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+        return self._next(argv, env), self.outputs.get(" ".join(argv), "")
+
+
+PATCH = "zypper --non-interactive --non-interactive-include-reboot-patches patch"
+
+
+def _execute(tx: FakeTx, manager: Manager, request: Request) -> None:
+    packages.execute(tx, manager, request)  # type: ignore[arg-type]
+
+
+def test_zypper_runs_again_after_restart_needed_and_records_the_reboot() -> None:
+    tx = FakeTx({PATCH: [103, 102], "zypper needs-rebooting": [0]})
+    _execute(tx, Manager.ZYPPER, Request(Action.PATCH))
+    assert [" ".join(a) for a, _ in tx.ran] == [
+        "zypper --non-interactive refresh",
+        f"{PATCH.replace(' patch', ' patch --dry-run')}",
+        PATCH,
+        PATCH,
+        "zypper needs-rebooting",
+    ]
+    assert tx.result.reboot == "reboot"
+    # Dry run and check are parsed, so they run in the C locale; the real command does not.
+    assert tx.ran[1][1]["LC_ALL"] == "C" and "LC_ALL" not in tx.ran[2][1]
+
+
+def test_zypper_restart_rounds_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    tx = FakeTx({PATCH: [103]})
+    _execute(tx, Manager.ZYPPER, Request(Action.PATCH))
+    assert [" ".join(a) for a, _ in tx.ran].count(PATCH) == packages.MAX_ROUNDS == 3
+    assert tx.result.reboot is None
+    assert "zypper still asks to be run again after 3 rounds" in caplog.text
+
+
+def test_a_reboot_needing_package_is_found_by_the_check() -> None:
+    tx = FakeTx({"zypper needs-rebooting": [102]})
+    _execute(tx, Manager.ZYPPER, Request(Action.INSTALL, ("kernel",)))
+    assert tx.result.reboot == "reboot"
+    tx = FakeTx({"zypper needs-rebooting": [2]})  # an old zypper without the command
+    _execute(tx, Manager.ZYPPER, Request(Action.INSTALL, ("kernel",)))
+    assert tx.result.reboot is None
+
+
+def test_failures_name_the_meaning_and_warnings_pass(caplog: pytest.LogCaptureFixture) -> None:
+    tx = FakeTx({"zypper --non-interactive install tu-post": [107]})
+    with pytest.raises(CommandFailed) as err:
+        _execute(tx, Manager.ZYPPER, Request(Action.INSTALL, ("tu-post",)))
+    assert err.value.message == (
+        "zypper install tu-post failed (exit 107: a package script failed; "
+        "the package may not work as installed)"
+    )
+    assert err.value.hint == "the default snapshot is unchanged"
+    assert "zypper needs-rebooting" not in [" ".join(a) for a, _ in tx.ran]
+
+    tx = FakeTx({"dnf -y install x": [1]})
+    with pytest.raises(CommandFailed, match=r"^dnf install x failed \(exit 1\)$"):
+        _execute(tx, Manager.DNF, Request(Action.INSTALL, ("x",)))
+
+    tx = FakeTx({"zypper --non-interactive update": [106]})
+    _execute(tx, Manager.ZYPPER, Request(Action.UP))
+    assert "zypper: some repositories could not be refreshed and were skipped (exit 106)" in (
+        caplog.text
+    )
+    tx = FakeTx({"zypper --non-interactive dist-upgrade": [106]})
+    with pytest.raises(CommandFailed, match="exit 106: some repositories could not be refreshed"):
+        _execute(tx, Manager.ZYPPER, Request(Action.DUP))
+
+
+def test_nothing_to_do_ends_before_the_command() -> None:
+    tx = FakeTx(
+        {"dnf --assumeno upgrade-minimal": [0]},
+        {"dnf --assumeno upgrade-minimal": "Dependencies resolved.\nNothing to do.\nComplete!\n"},
+    )
+    with pytest.raises(NothingToDo, match=r"^dnf: no patches to install$"):
+        _execute(tx, Manager.DNF, Request(Action.PATCH))
+    assert [" ".join(a) for a, _ in tx.ran] == [
+        "dnf makecache --refresh",
+        "dnf --assumeno upgrade-minimal",
+    ]
+
+
+def test_the_reboot_flag_travels_with_the_changelog_entry() -> None:
+    from dataclasses import asdict, replace
+
+    from transactional_update import changelog
+
+    entry = replace(changelog.new_entry(3, 2, "patch", [], []), reboot="reboot")
+    assert changelog.userdata(entry) == {"tu-files": "0", "tu-reboot": "reboot"}
+    assert changelog.from_json(asdict(entry)) == entry
+    assert changelog.render(entry).splitlines()[-1] == (
+        "  needs: a full reboot (the package manager asks for it)"
+    )
+    plain = changelog.new_entry(3, 2, "up", [], [])
+    assert "tu-reboot" not in changelog.userdata(plain)
+    assert "needs:" not in changelog.render(plain)
+    # Entries written before the flag existed still load.
+    old = {k: v for k, v in asdict(plain).items() if k != "reboot"}
+    assert changelog.from_json(old).reboot is None
+
+
+DNF_HISTORY = """\
+Transaction ID : 1
+Return-Code    : Success
+Command Line   : -y install tu-post
+Packages Altered:
+    Install tu-post-1.0-1.noarch @local
+Scriptlet output:
+   1 warning: %post(tu-post-1.0-1.noarch) scriptlet failed, exit status 1
+"""
+
+
+def test_a_failed_dnf_scriptlet_fails_although_dnf_exits_0() -> None:
+    from transactional_update.packages import dnf
+
+    assert dnf.failed_scripts(DNF_HISTORY) == ["%post(tu-post-1.0-1.noarch)"]
+    assert dnf.failed_scripts("Scriptlet output:\n   1 hello from %post\n") == []
+    history = "dnf history info last"
+    tx = FakeTx({history: [0]}, {history: DNF_HISTORY})
+    with pytest.raises(CommandFailed) as err:
+        _execute(tx, Manager.DNF, Request(Action.INSTALL, ("tu-post",)))
+    assert err.value.message == (
+        "dnf install tu-post failed: a package script failed: %post(tu-post-1.0-1.noarch) "
+        "(dnf itself exits 0 for it)"
+    )
+    assert tx.ran[-1] == (["dnf", "history", "info", "last"], tx.ran[-1][1])
+    assert tx.ran[-1][1]["LC_ALL"] == "C"
+    clean = FakeTx({history: [0]}, {history: DNF_HISTORY.split("Scriptlet", maxsplit=1)[0]})
+    _execute(clean, Manager.DNF, Request(Action.INSTALL, ("tu-post",)))

@@ -53,6 +53,8 @@ class Entry:
     files: list[dict[str, Any]] = field(default_factory=list)
     files_error: str | None = None  # why files could not be compared (e.g. writable base)
     shadowed_writes: list[str] = field(default_factory=list)
+    # The reboot the package manager asked for ("reboot": a full one, not a soft reboot or apply).
+    reboot: str | None = None
 
     def summary(self) -> str:
         return summarize(self.packages, self.files, self.files_error)
@@ -82,6 +84,8 @@ def who(environ: dict[str, str] | None = None) -> Who:
 def userdata(entry: Entry) -> dict[str, str]:
     """Key facts for snapper's userdata (no ``,`` or ``=``: snapper forbids them in values)."""
     facts = {"tu-files": str(len(entry.files)) if entry.files_error is None else "unknown"}
+    if entry.reboot is not None:
+        facts["tu-reboot"] = entry.reboot
     kinds = [p["kind"] for p in entry.packages]
     for kind in ("added", "removed", "upgraded", "downgraded"):
         if kinds.count(kind):
@@ -122,6 +126,7 @@ def from_json(data: dict[str, Any]) -> Entry:
         files=list(data.get("files", [])),
         files_error=data.get("files_error"),
         shadowed_writes=list(data.get("shadowed_writes", [])),
+        reboot=data.get("reboot"),
     )
 
 
@@ -186,4 +191,6 @@ def render(entry: Entry) -> str:
     marks = {"added": "A", "modified": "M", "deleted": "D"}
     lines += [f"  {marks.get(f['kind'], '?')} {f['path']}" for f in entry.files]
     lines += [f"  discarded (outside the snapshot): {p}" for p in entry.shadowed_writes]
+    if entry.reboot is not None:
+        lines.append(f"  needs: a full {entry.reboot} (the package manager asks for it)")
     return "\n".join(lines)

@@ -264,7 +264,7 @@ def dup_cmd() -> Step:
 
 @cli.command("patch")
 def patch_cmd() -> Step:
-    """Install patches in a new snapshot (zypper, dnf --security; apt has none)."""
+    """Install patches in a new snapshot (zypper, dnf upgrade-minimal; apt has none)."""
     return package_step("patch")
 
 

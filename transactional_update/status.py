@@ -9,7 +9,7 @@ from __future__ import annotations
 from transactional_update.errors import TUError
 from transactional_update.lock import Lock, noted_forks
 from transactional_update.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
-from transactional_update.summary import read_summary
+from transactional_update.summary import read_facts
 from transactional_update.system import snapshot_number
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
@@ -29,6 +29,7 @@ class Status:
         "default",
         "foreign_default",
         "pending",
+        "pending_reboot",
         "pending_summary",
         "running",
         "snapshots",
@@ -46,6 +47,7 @@ class Status:
         # The default subvolume's path when it is no snapper snapshot (the next boot mounts it).
         foreign_default: str | None = None,
         pending_summary: str | None = None,  # the pending snapshot's changelog summary
+        pending_reboot: str | None = None,  # the reboot its packages ask for ("reboot": full)
     ) -> None:
         self.booted = booted
         self.default = default
@@ -55,6 +57,7 @@ class Status:
         self.snapshots = snapshots
         self.foreign_default = foreign_default
         self.pending_summary = pending_summary
+        self.pending_reboot = pending_reboot
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -85,8 +88,9 @@ def get_status(managed: ManagedRoot) -> Status:
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
     }
-    summary = read_summary(managed.root, pending) if pending is not None else None
-    return Status(booted, default, pending, running, stale, infos, foreign, summary)
+    facts = read_facts(managed.root, pending) if pending is not None else None
+    summary, reboot = facts if facts is not None else (None, None)
+    return Status(booted, default, pending, running, stale, infos, foreign, summary, reboot)
 
 
 def _subvolume_name(path: str) -> str:
@@ -136,6 +140,7 @@ def status_json(st: Status) -> dict[str, Any]:
         "pending": st.pending,
         "pending_summary": st.pending_summary,
         "reboot_needed": st.pending is not None,
+        "reboot_level": st.pending_reboot,
         "running": st.running,
         "stale_in_progress": st.stale,
         "foreign_default": st.foreign_default,
@@ -155,7 +160,8 @@ def status_text(st: Status) -> str:
     lines = [_line("booted:", st.booted, st.snapshots), _line("default:", st.default, st.snapshots)]
     if st.pending is not None:
         change = f" ({st.pending_summary})" if st.pending_summary else ""
-        lines.append(f"pending:  snapshot {st.pending} boots next{change}; reboot to use it")
+        how = "a full reboot (its packages ask for one)" if st.pending_reboot else "reboot"
+        lines.append(f"pending:  snapshot {st.pending} boots next{change}; {how} to use it")
     elif st.foreign_default is not None:
         lines.append(
             f"pending:  the next boot mounts {st.foreign_default}, which is not a snapper "

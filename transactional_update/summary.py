@@ -35,12 +35,17 @@ def summarize(
     return ", ".join(parts) if parts else "no changes"
 
 
-def read_summary(root: Path, number: int) -> str | None:
-    """The summary of snapshot *number*'s changelog entry; None without a readable entry."""
+def read_facts(root: Path, number: int) -> tuple[str, str | None] | None:
+    """Snapshot *number*'s change summary and the reboot its packages ask for (None: no need),
+    from its changelog entry; None without a readable entry."""
     import json  # only when a change is pending: status's text output need not pay for it
 
     try:
         data = json.loads(entry_path(root, number).read_text(encoding="utf-8"))
-        return summarize(data.get("packages", []), data.get("files", []), data.get("files_error"))
+        summary = summarize(
+            data.get("packages", []), data.get("files", []), data.get("files_error")
+        )
+        reboot = data.get("reboot")
     except (OSError, ValueError, AttributeError, TypeError):
         return None
+    return summary, reboot if isinstance(reboot, str) else None

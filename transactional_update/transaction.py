@@ -59,6 +59,7 @@ class Result:
     summary: str = ""
     shadowed_writes: list[str] = field(default_factory=list)
     commands: list[Ran] = field(default_factory=list)
+    reboot: str | None = None  # set by a package backend: the change needs a full reboot
 
 
 class NothingToDo(Exception):
@@ -295,7 +296,13 @@ class Transaction:
             commands,
             self.result.shadowed_writes,
         )
-        return replace(entry, packages=packages, files=files, files_error=files_error)
+        return replace(
+            entry,
+            packages=packages,
+            files=files,
+            files_error=files_error,
+            reboot=self.result.reboot,
+        )
 
     def _abort(self, exc: BaseException) -> None:
         if self.session is not None:

@@ -1,13 +1,15 @@
 """Package operations in a snapshot: detect the manager, guard its database, build its commands.
 
 Each backend module (:mod:`.apt`, :mod:`.zypper`, :mod:`.dnf`) is pure: it turns an
-:class:`Action` into argument lists and tells which exit codes mean success.  The package database
+:class:`Action` into argument lists and maps each exit code to a :class:`Verdict` (success, success
+that needs a full reboot, run again, success with a warning, failure).  The package database
 must live inside the snapshot (a rollback must take it along); :func:`check_database` refuses to
 work on a system where it lies on another subvolume, e.g. a dpkg database left in a shared ``/var``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from transactional_update.paths import resolve_under
 
 if TYPE_CHECKING:
     from transactional_update.transaction import Transaction
+
+log = logging.getLogger(__name__)
 
 
 class Manager(StrEnum):
@@ -59,13 +63,43 @@ class Plan:
     """Commands to run in the snapshot, in order, and the environment they need.
 
     *prepare* runs first (refreshing repository metadata), then the dry run *probe*: when its
-    output says there is nothing to do, the transaction ends without a snapshot.
+    output says there is nothing to do, the transaction ends without a snapshot.  *reboot_check*
+    runs after the commands and asks the package manager whether they need a full reboot;
+    *script_check* reports package scripts that failed where the exit code does not tell.
     """
 
     commands: tuple[tuple[str, ...], ...]
     env: tuple[tuple[str, str], ...] = ()
     prepare: tuple[tuple[str, ...], ...] = ()
     probe: tuple[str, ...] | None = None
+    reboot_check: tuple[str, ...] | None = None
+    script_check: tuple[str, ...] | None = None  # reports package scripts that failed
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    REBOOT = "reboot"  # success; the change needs a full reboot (a kernel, a core library)
+    AGAIN = "again"  # success so far; the package stack updated itself: run the command again
+    WARNING = "warning"  # success, with something the admin should know (e.g. skipped repos)
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an exit code means, and the package manager's own words for it."""
+
+    outcome: Outcome
+    meaning: str = ""
+
+
+# How often a command runs while the package manager asks to be run again (zypper's 103: it
+# updated itself and installs the remaining patches on the next run).  Two rounds are what
+# happens in practice; the bound stops a package manager that never settles.
+MAX_ROUNDS = 3
+
+# The level of reboot recorded when a package manager asks for one: zypp-boot-plugin's levels
+# are reboot, kexec and soft-reboot; a package manager's own flag always means a full reboot.
+FULL_REBOOT = "reboot"
 
 
 # Where each manager keeps its database, in the order they are looked for.
@@ -130,19 +164,24 @@ _MOVE_HINT = {
 }
 
 
-Backend = tuple[
-    Callable[[Request], Plan], Callable[[Action, int], bool], Callable[[Action, int, str], bool]
-]
+@dataclass(frozen=True)
+class Backend:
+    plan: Callable[[Request], Plan]
+    verdict: Callable[[Action, int], Verdict]
+    nothing_to_do: Callable[[Action, int, str], bool]
+    failed_scripts: Callable[[str], list[str]]
+
+
+def _no_script_check(output: str) -> list[str]:
+    return []
 
 
 def _backend(manager: Manager) -> Backend:
     from transactional_update.packages import apt, dnf, zypper
 
-    if manager is Manager.APT:
-        return apt.plan, apt.succeeded, apt.nothing_to_do
-    if manager is Manager.ZYPPER:
-        return zypper.plan, zypper.succeeded, zypper.nothing_to_do
-    return dnf.plan, dnf.succeeded, dnf.nothing_to_do
+    module = {Manager.APT: apt, Manager.ZYPPER: zypper, Manager.DNF: dnf}[manager]
+    failed = getattr(module, "failed_scripts", _no_script_check)
+    return Backend(module.plan, module.verdict, module.nothing_to_do, failed)
 
 
 def plan(manager: Manager, request: Request) -> Plan:
@@ -151,11 +190,15 @@ def plan(manager: Manager, request: Request) -> Plan:
             f"pkg {request.action} needs package names",
             f"transactional-update pkg {request.action} NAME...",
         )
-    return _backend(manager)[0](request)
+    return _backend(manager).plan(request)
+
+
+def verdict(manager: Manager, action: Action, returncode: int) -> Verdict:
+    return _backend(manager).verdict(action, returncode)
 
 
 def succeeded(manager: Manager, action: Action, returncode: int) -> bool:
-    return _backend(manager)[1](action, returncode)
+    return verdict(manager, action, returncode).outcome is not Outcome.FAILED
 
 
 def describe(request: Request) -> str:
@@ -179,26 +222,69 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
     """Run *request* in the transaction; a failure aborts it (the fork is discarded).
 
     Raises :class:`~transactional_update.transaction.NothingToDo` when the dry run finds nothing
-    to change, which ends the transaction without a snapshot and without an error.
+    to change, which ends the transaction without a snapshot and without an error.  A command
+    whose package manager asks to be run again (it updated itself) runs again in the same
+    snapshot, up to :data:`MAX_ROUNDS` times; a reboot the package manager asks for is recorded
+    in ``tx.result.reboot`` and from there in the changelog, snapper's userdata and ``status``.
     """
     from transactional_update.errors import CommandFailed
     from transactional_update.transaction import NothingToDo
 
+    backend = _backend(manager)
     steps = plan(manager, request)
     env = dict(steps.env)
+    # Dry runs and checks are read, not shown: their words must not depend on the admin's locale.
+    quiet_env = {**env, "LC_ALL": "C"}
 
-    def check(argv: tuple[str, ...], rc: int) -> None:
-        if not succeeded(manager, request.action, rc):
+    def judge(argv: tuple[str, ...], rc: int) -> Verdict:
+        v = backend.verdict(request.action, rc)
+        if v.outcome is Outcome.FAILED:
             words = " ".join(a for a in argv[1:] if not a.startswith("-"))
+            why = f": {v.meaning}" if v.meaning else ""
             raise CommandFailed(
-                f"{argv[0]} {words} failed (exit {rc})", "the default snapshot is unchanged"
+                f"{argv[0]} {words} failed (exit {rc}{why})", "the default snapshot is unchanged"
             )
+        if v.outcome is Outcome.WARNING:
+            log.warning("%s: %s (exit %d)", argv[0], v.meaning, rc)
+        if v.outcome is Outcome.REBOOT:
+            log.warning("%s: %s; reboot fully, not only with a soft reboot", argv[0], v.meaning)
+            tx.result.reboot = FULL_REBOOT
+        return v
 
     for argv in steps.prepare:
-        check(argv, tx.run(list(argv), env))
+        judge(argv, tx.run(list(argv), env))
     if steps.probe is not None:
-        rc, output = tx.capture(list(steps.probe), env)
-        if _backend(manager)[2](request.action, rc, output):
+        rc, output = tx.capture(list(steps.probe), quiet_env)
+        if backend.nothing_to_do(request.action, rc, output):
             raise NothingToDo(f"{manager}: {NOTHING[request.action]}")
     for argv in steps.commands:
-        check(argv, tx.run(list(argv), env))
+        for round_ in range(1, MAX_ROUNDS + 1):
+            v = judge(argv, tx.run(list(argv), env))
+            if v.outcome is not Outcome.AGAIN:
+                break
+            if round_ == MAX_ROUNDS:
+                log.warning(
+                    "%s still asks to be run again after %d rounds; the rest follows in the "
+                    "next transaction (transactional-update --continue %s)",
+                    argv[0],
+                    MAX_ROUNDS,
+                    request.action,
+                )
+            else:
+                log.info("%s: %s; running it again (round %d)", argv[0], v.meaning, round_ + 1)
+    if steps.script_check is not None:
+        rc, output = tx.capture(list(steps.script_check), quiet_env)
+        failed = backend.failed_scripts(output) if rc == 0 else []
+        if failed:
+            argv = steps.commands[-1]
+            words = " ".join(a for a in argv[1:] if not a.startswith("-"))
+            raise CommandFailed(
+                f"{argv[0]} {words} failed: a package script failed: {', '.join(failed)} "
+                f"({argv[0]} itself exits 0 for it)",
+                "the default snapshot is unchanged",
+            )
+    if steps.reboot_check is not None:
+        rc, _ = tx.capture(list(steps.reboot_check), quiet_env)
+        if backend.verdict(request.action, rc).outcome is Outcome.REBOOT:
+            log.warning("%s: a package asks for a full reboot", manager)
+            tx.result.reboot = FULL_REBOOT

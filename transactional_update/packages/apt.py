@@ -1,11 +1,16 @@
-"""apt/dpkg: argument lists, exit codes (apt-get exits 100 on any error) and dry runs."""
+"""apt/dpkg: argument lists, exit codes and dry runs.
+
+apt-get knows two exit codes: 0 and 100 (any error, a failed maintainer script included).  It has
+no patches (Debian's security updates are ordinary package versions: ``up`` installs them) and no
+reboot flag of its own.
+"""
 
 from __future__ import annotations
 
 import re
 
 from transactional_update.errors import UsageError
-from transactional_update.packages import Action, Plan, Request
+from transactional_update.packages import Action, Outcome, Plan, Request, Verdict
 
 # The summary line of every apt-get run, simulated or not.
 _NOTHING = re.compile(r"^0 upgraded, 0 newly installed, 0 to remove", re.MULTILINE)
@@ -17,7 +22,10 @@ def plan(request: Request) -> Plan:
     env = () if request.interactive else (("DEBIAN_FRONTEND", "noninteractive"),)
     pkgs = request.packages
     if request.action is Action.PATCH:
-        raise UsageError("apt has no patches", "use `transactional-update up` to install updates")
+        raise UsageError(
+            "apt has no patches (Debian ships security fixes as package updates)",
+            "use `transactional-update up` to install updates",
+        )
     refresh = (("apt-get", "update"),)
     verb: tuple[str, ...]
     prepare: tuple[tuple[str, ...], ...] = ()
@@ -40,8 +48,10 @@ def plan(request: Request) -> Plan:
     )
 
 
-def succeeded(action: Action, returncode: int) -> bool:
-    return returncode == 0
+def verdict(action: Action, returncode: int) -> Verdict:
+    if returncode == 0:
+        return Verdict(Outcome.OK)
+    return Verdict(Outcome.FAILED)
 
 
 def nothing_to_do(action: Action, returncode: int, output: str) -> bool:

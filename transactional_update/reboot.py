@@ -188,7 +188,13 @@ def execute(root: Path, cfg: Config, action: Action, now: datetime | None = None
     from transactional_update.proc import run
 
     for path, content in action.markers:
-        write_marker(root, path, content)
+        try:
+            write_marker(root, path, content)
+        except OSError as exc:
+            raise SystemError_(
+                f"cannot write {path}: {exc.strerror or exc}",
+                "/run must be the running system's tmpfs (on a read-only root it is not)",
+            ) from exc
     if action.schedule:
         from transactional_update import reboot_manager
 

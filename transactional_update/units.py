@@ -33,14 +33,17 @@ SHIPPED_EXEC = "/usr/bin/transactional-update"
 
 
 def source_dir() -> Path:
-    """``systemd-units/`` next to the package (a source checkout or an editable install)."""
+    """``systemd-units/`` of a source checkout (editable install) or a wheel's data files."""
+    import sys
+
     here = Path(__file__).resolve().parent
-    for candidate in (here / "systemd-units", here.parent / "systemd-units"):
+    installed = Path(sys.prefix) / "share/transactional-update/systemd-units"  # a wheel install
+    for candidate in (here.parent / "systemd-units", installed):
         if (candidate / UNITS[0]).is_file():
             return candidate
     raise SystemError_(
         f"the unit files are not installed next to {here}",
-        "install transactional-update from its source tree (pip install -e)",
+        "reinstall transactional-update (pip install); the units ship with it",
     )
 
 

@@ -79,9 +79,11 @@ class World:
         self.locked = False
         self.refuse: str | None = None
         self.reboots: list[int | None] = []
+        self.when: list[datetime] = []  # the real clock at each reboot (for the apscheduler test)
 
     def reboot(self) -> None:
         self.reboots.append(self.pending)
+        self.when.append(datetime.now(UTC))
         if self.refuse:
             raise SystemError_(self.refuse, "")
 
@@ -210,14 +212,13 @@ def test_apscheduler_reboots_when_the_window_opens(
     now = datetime.now(UTC)
     opens = datetime.combine(now.date(), window.start, tzinfo=UTC)
     reboot_manager.request(tmp_path, 5, window, now)  # noticed by the next poll
-    times: list[datetime] = []
     deadline = systime.monotonic() + 10
     while not world.reboots and systime.monotonic() < deadline:
         systime.sleep(0.05)
-        times.append(datetime.now(UTC))
     assert world.reboots == [5]
-    fired = times[-1]
-    assert opens <= fired < opens + timedelta(seconds=1.5), (opens, fired)
+    fired = world.when[0]
+    # Not before the window opens; on time within scheduling slack (the machine is shared).
+    assert opens <= fired < opens + timedelta(seconds=3), (opens, fired)
     plan = reboot_manager.load(tmp_path)
     assert plan.attempts == 1 and plan.planned is not None and plan.planned > fired
     systime.sleep(0.6)  # more polls inside the window: no second reboot

@@ -131,3 +131,12 @@ def test_install_units_refuses_a_relative_exec(tmp_path: Path) -> None:
         == "error: Invalid value for --exec: 'bin/tu' is not an absolute path"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_install_units_cannot_enable_in_a_unit_dir(tmp_path: Path) -> None:
+    r = tu("install-units", "--unit-dir", str(tmp_path), "--enable")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == (
+        "error: Invalid value for --enable: cannot enable units in a --unit-dir"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -358,13 +358,16 @@ def reboot_cmd() -> Step:
 )
 @click.option(
     "--enable/--no-enable",
-    default=True,
-    help="Also enable the timers and the reboot manager (not with --unit-dir).",
+    default=None,
+    help="Also enable the timers and the reboot manager (default; not with --unit-dir).",
 )
-def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool) -> Step:
+def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
     """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot."""
     if exec_path is not None and not exec_path.startswith("/"):
         raise click.BadParameter(f"{exec_path!r} is not an absolute path", param_hint="--exec")
+    if unit_dir is not None and enable:
+        # Enabling means links in a system's /etc; a packager's directory has none.
+        raise click.BadParameter("cannot enable units in a --unit-dir", param_hint="--enable")
 
     def step(state: State) -> int:
         from transactional_update import units
@@ -376,7 +379,7 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
             done = units.write(unit_dir.absolute(), wanted)
             click.echo(f"installed {len(done)} unit(s) in {unit_dir}")
             return 0
-        wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable)
+        wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
         if units.up_to_date(state.root, wanted):
             click.echo("the units are installed and up to date; no snapshot was made")
             return 0

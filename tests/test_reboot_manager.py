@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time as systime
 from collections.abc import Iterator
@@ -223,3 +225,22 @@ def test_apscheduler_reboots_when_the_window_opens(
     assert plan.attempts == 1 and plan.planned is not None and plan.planned > fired
     systime.sleep(0.6)  # more polls inside the window: no second reboot
     assert world.reboots == [5]
+
+
+def test_apscheduler_is_imported_only_by_the_daemon(tmp_path: Path) -> None:
+    """`--help`, `config`, `reboot-manager status` stay fast: no apscheduler, no tzlocal."""
+    code = (
+        "import sys\n"
+        "from transactional_update import cli\n"
+        "for argv in (['--help'], ['--root', sys.argv[1], 'config']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "from transactional_update import reboot_manager\n"
+        "assert not [m for m in sys.modules if m.startswith(('apscheduler', 'tzlocal'))]\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stderr

@@ -348,6 +348,7 @@ def reboot_cmd() -> Step:
 @click.option(
     "--unit-dir",
     type=click.Path(path_type=Path),
+    metavar="DIR",
     help="Write the units into DIR (packaging) instead of a new snapshot of the root.",
 )
 @click.option(

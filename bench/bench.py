@@ -44,6 +44,7 @@ from bench.harness import (  # noqa: E402
     Row,
     base_env,
     bytecode_env,
+    installed_cli,
     machine,
     measure,
     progress,
@@ -274,7 +275,7 @@ CONTEXT = (
 
 def startup_rows(tu: Path) -> list[Row]:
     env = base_env()
-    py = sys.executable
+    py = tu.parent / "python"  # the installed tool's own interpreter (see installed_cli)
     return [
         Row(
             "python_bare",
@@ -374,12 +375,12 @@ def check_list_output(b: Bench, count: int) -> None:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
-    tu = Path(args.tu)
     rows: list[Row] = []
     workdir = Path(tempfile.mkdtemp(prefix="tu-bench-", dir=args.tmpdir))
     try:
         PY_ENV.clear()
         PY_ENV.update(bytecode_env(workdir, not args.no_bytecode_cache))
+        tu = Path(args.tu) if args.tu else installed_cli(workdir)
         progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
         startup = startup_rows(tu)
         measure(startup, args.repeat, args.warmup)
@@ -505,8 +506,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
         "--tu",
-        default=str(Path(sys.executable).parent / "transactional-update"),
-        help="the CLI to measure (default: the venv's console script)",
+        default=None,
+        help="the CLI to measure (default: this checkout, built as a wheel and installed into"
+        " a fresh venv in the work directory, as users install it)",
     )
     p.add_argument("--image-size", default="3G", help="size of the sparse loop image")
     p.add_argument("--tmpdir", default=None, help="where the work directory goes")

@@ -53,6 +53,7 @@ from bench.harness import (  # noqa: E402
     Row,
     base_env,
     bytecode_env,
+    installed_cli,
     machine,
     measure,
     p90,
@@ -420,13 +421,13 @@ def install_rows(b: Installs) -> list[Row]:
 
 
 def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Row], dict[str, Any]]:
-    tu = Path(args.tu)
     rows: list[Row] = []
     info: dict[str, Any] = {}
     workdir = Path(tempfile.mkdtemp(prefix="tu-changelog-bench-", dir=args.tmpdir))
     try:
         PY_ENV.clear()
         PY_ENV.update(bytecode_env(workdir, not args.no_bytecode_cache))
+        tu = Path(args.tu) if args.tu else installed_cli(workdir)
         progress(f"building a managed system in {workdir}")
         with (
             managed_system(workdir, size=args.image_size) as system,
@@ -659,8 +660,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
         "--tu",
-        default=str(Path(sys.executable).parent / "transactional-update"),
-        help="the CLI to measure (default: the venv's console script)",
+        default=None,
+        help="the CLI to measure (default: this checkout, built as a wheel and installed into"
+        " a fresh venv in the work directory, as users install it)",
     )
     p.add_argument("--image-size", default="4G", help="size of the sparse loop image")
     p.add_argument("--tmpdir", default=None, help="where the work directory goes")

@@ -63,6 +63,42 @@ def base_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in CLEARED_ENV}, **PY_ENV}
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def installed_cli(workdir: Path) -> Path:
+    """The tool as users get it: a wheel installed into a fresh venv, not the editable checkout.
+
+    The development venv's editable install puts an import hook into every start (~10 ms of
+    importlib and pathlib before our first line), which no installed tool pays.  The fresh venv
+    borrows the development venv's dependencies through a ``.pth`` file (no download, and no
+    other ``.pth`` file there runs).
+    """
+    wheels, venv = workdir / "wheel", workdir / "venv"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, REPO], check=True, cwd=workdir)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    purelib = subprocess.run(
+        [venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    deps = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "tu-bench-deps.pth").write_text(deps + "\n")
+    wheel = next(wheels.glob("transactional_update-*.whl"))
+    subprocess.run(
+        [*pip, "--python", venv / "bin/python", "install", "--no-deps", "--no-index", wheel],
+        check=True,
+    )
+    return venv / "bin/transactional-update"
+
+
 def bytecode_env(workdir: Path, cache: bool) -> dict[str, str]:
     """An installed tool runs from .pyc files; a checkout under PYTHONDONTWRITEBYTECODE=1
     compiles every module of the tool on every start (~20 ms here).  The cache goes to the work

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import System, sh
-from transactional_update import changelog
+from transactional_update import summary
 
 pytestmark = pytest.mark.privileged
 
@@ -82,7 +82,7 @@ def test_entries_survive_rollback_and_are_pruned_with_their_snapshot(
     assert s.tu("run", "--", "touch", "/etc/b").returncode == 0
     assert s.tu("rollback", "2").returncode == 0
     assert _log(s, 3)["files"] == [{"path": "/etc/b", "kind": "added", "dir": False}]
-    store = s.root / changelog.STORE
+    store = s.root / summary.STORE
     assert sorted(p.name for p in store.iterdir()) == ["2.json", "3.json"]
     # Deleting snapshot 3 (by snapper itself) and running cleanup prunes its entry.
     sh("snapper", "--no-dbus", "--root", str(s.root), "delete", "3")

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from transactional_update import changelog
+from transactional_update import changelog, summary
 from transactional_update.changelog import Command, Entry, Who
 
 PKGS: list[dict[str, Any]] = [
@@ -31,10 +31,10 @@ def _entry(n: int = 5) -> Entry:
 
 
 def test_summary_counts_packages_and_files() -> None:
-    assert changelog.summarize(PKGS, [{}] * 12, None) == "+1 pkg, ↑2 pkgs, 12 files"
-    assert changelog.summarize([], [], None) == "no changes"
-    assert changelog.summarize([], [], "base is writable") == "files not compared"
-    assert changelog.summarize([{"kind": "removed"}], [{}], None) == "-1 pkg, 1 file"
+    assert summary.summarize(PKGS, [{}] * 12, None) == "+1 pkg, ↑2 pkgs, 12 files"
+    assert summary.summarize([], [], None) == "no changes"
+    assert summary.summarize([], [], "base is writable") == "files not compared"
+    assert summary.summarize([{"kind": "removed"}], [{}], None) == "-1 pkg, 1 file"
 
 
 def test_userdata_facts_have_no_separators() -> None:
@@ -51,7 +51,7 @@ def test_save_load_round_trip_and_prune(tmp_path: Path) -> None:
     assert changelog.load(tmp_path, 5) == _entry(5)
     assert changelog.load(tmp_path, 7) is None
     assert changelog.prune(tmp_path) == [6]
-    assert sorted(p.name for p in (tmp_path / changelog.STORE).iterdir()) == ["5.json"]
+    assert sorted(p.name for p in (tmp_path / summary.STORE).iterdir()) == ["5.json"]
 
 
 def test_render_is_readable() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import config
+from transactional_update import conffile, config
 from transactional_update.config import RebootMethod, UpdateMethod, Window
 from transactional_update.errors import ConfigError
 
@@ -212,7 +212,7 @@ def test_a_bad_value_names_file_line_and_allowed_values(tmp_path: Path) -> None:
 )
 def test_every_bad_value_is_refused(line: str, message: str, hint: str) -> None:
     with pytest.raises(ConfigError) as err:
-        config.build(config.parse(f"# x\n{line}\n", "/etc/transactional-update.conf"))
+        config.build(conffile.parse(f"# x\n{line}\n", "/etc/transactional-update.conf"))
     assert err.value.message == f"/etc/transactional-update.conf:2: {message}"
     assert err.value.hint == hint
     assert err.value.exit_code == 6
@@ -220,7 +220,7 @@ def test_every_bad_value_is_refused(line: str, message: str, hint: str) -> None:
 
 def test_good_values_of_the_new_keys() -> None:
     cfg = config.build(
-        config.parse(
+        conffile.parse(
             "UPDATE_METHOD=patch\nREBOOT_METHOD=rebootmgr\nMAINTENANCE_WINDOW_START=3:05\n"
             "MAINTENANCE_WINDOW_DURATION=45min\nMAINTENANCE_WINDOW_DAYS='fr-mo'\n"
             "MAINTENANCE_WINDOW_TIMEZONE=UTC\nREBOOT_COMMAND=\"ssh 'node 1' reboot\"\n"

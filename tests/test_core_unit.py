@@ -7,13 +7,13 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from transactional_update import chroot, config, state
+from transactional_update import chroot, conffile, config, state
 from transactional_update.cleanup import NumberLimits, number_candidates
 from transactional_update.cli import normalize_continue
 from transactional_update.errors import ConfigError, UsageError
 from transactional_update.paths import resolve_under
 from transactional_update.rollback import parse_target
-from transactional_update.snapper import Snapshot, SnapshotType
+from transactional_update.snapinfo import Snapshot, SnapshotType
 from transactional_update.system import snapshot_number
 
 ROOT = PurePosixPath("/mnt/sys")
@@ -142,7 +142,7 @@ def test_config_parses_layers_and_rejects_bad_values(tmp_path: Path) -> None:
 )
 def test_config_errors_name_file_and_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"^f:1: ") as err:
-        config.build(config.parse(text, "f"))
+        config.build(conffile.parse(text, "f"))
     assert message in err.value.message
 
 

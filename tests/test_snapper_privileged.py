@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from transactional_update import snapinfo as si
 from transactional_update import snapper as sn
 from transactional_update.errors import NotManagedError, SnapshotError
 from transactional_update.snapper import Backend
@@ -195,15 +196,15 @@ def test_description_round_trips(made: Made) -> None:
     number = made.create(description=NASTY)
     assert made.client.get_snapshot(number).description == NASTY
     assert snapper_list(made.root)[number]["description"] == NASTY
-    assert sn.read_info(made.root, number).description == NASTY
+    assert si.read_info(made.root, number).description == NASTY
     made.client.set_snapshot(number, description=NASTY + "!")
     assert snapper_list(made.root)[number]["description"] == NASTY + "!"
 
 
 def test_read_info_agrees(made: Made) -> None:
     number = made.create(description="agree", cleanup="number", userdata={"k": "v"})
-    assert sn.read_info(made.root, number) == made.client.get_snapshot(number)
-    assert sn.read_info(made.root, 1) == made.client.get_snapshot(1)
+    assert si.read_info(made.root, number) == made.client.get_snapshot(number)
+    assert si.read_info(made.root, 1) == made.client.get_snapshot(1)
 
 
 def test_backends_and_read_info_agree(managed_system: Any, system_bus: Any) -> None:
@@ -219,7 +220,7 @@ def test_backends_and_read_info_agree(managed_system: Any, system_bus: Any) -> N
         try:
             cli = sn.CliSnapper(root)
             from_dbus = dbus.get_snapshot(number)
-            assert from_dbus == cli.get_snapshot(number) == sn.read_info(root, number)
+            assert from_dbus == cli.get_snapshot(number) == si.read_info(root, number)
             assert dbus.list_snapshots() == cli.list_snapshots()
             assert dbus.default_and_active() == cli.default_and_active()
         finally:

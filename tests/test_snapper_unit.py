@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from transactional_update import proc
+from transactional_update import snapinfo as si
 from transactional_update import snapper as sn
 from transactional_update.errors import (
     ConfigError,
@@ -28,7 +29,8 @@ from transactional_update.errors import (
     TUError,
     UsageError,
 )
-from transactional_update.snapper import Backend, Snapshot, SnapshotFlags, SnapshotType
+from transactional_update.snapinfo import Snapshot, SnapshotType
+from transactional_update.snapper import Backend, SnapshotFlags
 
 REPO = Path(__file__).resolve().parent.parent
 # jeepney ships no type information; import_module keeps mypy --strict quiet either way.
@@ -87,19 +89,19 @@ def users(uid: int) -> str:
 
 @pytest.mark.parametrize("number", [1, 2, 2**32 - 1])
 def test_check_number_accepts(number: int) -> None:
-    assert sn.check_number(number) == number
+    assert si.check_number(number) == number
 
 
 @pytest.mark.parametrize("number", [0, -1, 2**32, True])
 def test_check_number_rejects(number: int) -> None:
     with pytest.raises(SnapshotError):
-        sn.check_number(number)
+        si.check_number(number)
 
 
 def test_check_number_current_only_when_allowed() -> None:
-    assert sn.check_number(0, allow_current=True) == 0
+    assert si.check_number(0, allow_current=True) == 0
     with pytest.raises(SnapshotError, match="snapshot 0"):
-        sn.check_number(0)
+        si.check_number(0)
 
 
 @pytest.mark.parametrize("text", ["", "plain", NASTY, "é ü 日本", "-d --foo", "back\\slash"])
@@ -173,32 +175,32 @@ def test_deletion_refusal() -> None:
 
 def test_parse_passwd() -> None:
     text = "root:x:0:0:root:/root:/bin/bash\n#c:x:5:5\n+nis\nbad\nalice:x:1000:1000::/h:/bin/sh\n"
-    assert sn.parse_passwd(text) == {0: "root", 1000: "alice"}
+    assert si.parse_passwd(text) == {0: "root", 1000: "alice"}
 
 
 def test_user_names_prefers_the_managed_roots_passwd(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("admin:x:0:0::/root:/bin/sh\nbob:x:4000001:1::/:/bin/sh\n")
-    names = sn.UserNames(tmp_path)
+    names = si.UserNames(tmp_path)
     assert names(0) == "admin"
     assert names(4000001) == "bob"
 
 
 def test_user_names_falls_back_like_snapper(tmp_path: Path) -> None:
-    names = sn.UserNames(tmp_path)  # no etc/passwd: the host's, then snapper's "unknown (UID)"
+    names = si.UserNames(tmp_path)  # no etc/passwd: the host's, then snapper's "unknown (UID)"
     assert names(0) == "root"
     assert names(3999999) == "unknown (3999999)"
 
 
 def test_dates_agree_between_formats() -> None:
-    from_text = sn.parse_utc("2026-11-26 05:04:04")
+    from_text = si.parse_utc("2026-11-26 05:04:04")
     assert from_text == datetime(2026, 11, 26, 5, 4, 4, tzinfo=UTC)
-    assert sn.epoch_to_utc(1795669444) == from_text
+    assert si.epoch_to_utc(1795669444) == from_text
     assert from_text is not None and from_text.tzinfo is not None
-    assert sn.parse_utc("") is None
-    assert sn.epoch_to_utc(-1) is None
+    assert si.parse_utc("") is None
+    assert si.epoch_to_utc(-1) is None
     with pytest.raises(SystemError_):
-        sn.parse_utc("Thu Nov 26 05:04:04 2026")
+        si.parse_utc("Thu Nov 26 05:04:04 2026")
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def test_dates_agree_between_formats() -> None:
 
 
 def test_parse_info_xml() -> None:
-    snap = sn.parse_info_xml(INFO_XML_2, users)
+    snap = si.parse_info_xml(INFO_XML_2, users)
     assert snap == Snapshot(
         number=2,
         type=SnapshotType.SINGLE,
@@ -225,7 +227,7 @@ def test_parse_info_xml_minimal_post_with_uid_and_escapes() -> None:
         "<date>2026-01-02 03:04:05</date><uid>1000</uid><pre_num>8</pre_num>"
         "<description>a &lt;b&gt; &amp;amp; &#xE9;\n  x  </description></snapshot>"
     )
-    snap = sn.parse_info_xml(text.encode(), users)
+    snap = si.parse_info_xml(text.encode(), users)
     assert snap.type is SnapshotType.POST
     assert snap.pre_number == 8
     assert snap.user == "alice"
@@ -236,7 +238,7 @@ def test_parse_info_xml_minimal_post_with_uid_and_escapes() -> None:
 
 def test_parse_info_xml_empty_description_element() -> None:
     text = INFO_XML_2.replace("<description>test x</description>", "<description></description>")
-    assert sn.parse_info_xml(text, users).description == ""
+    assert si.parse_info_xml(text, users).description == ""
 
 
 @pytest.mark.parametrize(
@@ -252,7 +254,7 @@ def test_parse_info_xml_empty_description_element() -> None:
 )
 def test_parse_info_xml_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        sn.parse_info_xml(text, users)
+        si.parse_info_xml(text, users)
 
 
 def _write_info(root: Path, number: int, text: str) -> None:
@@ -263,24 +265,24 @@ def _write_info(root: Path, number: int, text: str) -> None:
 
 def test_read_info(tmp_path: Path) -> None:
     _write_info(tmp_path, 2, INFO_XML_2)
-    snap = sn.read_info(tmp_path, 2)
+    snap = si.read_info(tmp_path, 2)
     assert snap.number == 2
     assert snap.userdata == {"a": "b"}
-    assert snap == sn.snapshot_from_dbus(DBUS_SNAPSHOT_2, sn.UserNames(tmp_path))
+    assert snap == sn.snapshot_from_dbus(DBUS_SNAPSHOT_2, si.UserNames(tmp_path))
 
 
 def test_read_info_missing(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="snapshot 7 does not exist"):
-        sn.read_info(tmp_path, 7)
+        si.read_info(tmp_path, 7)
 
 
 def test_read_info_corrupt_or_foreign(tmp_path: Path) -> None:
     _write_info(tmp_path, 3, "<snapshot>")
     with pytest.raises(SnapshotError, match="unreadable"):
-        sn.read_info(tmp_path, 3)
+        si.read_info(tmp_path, 3)
     _write_info(tmp_path, 4, INFO_XML_2)
     with pytest.raises(SnapshotError, match="describes snapshot 2, not 4"):
-        sn.read_info(tmp_path, 4)
+        si.read_info(tmp_path, 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def test_read_info_corrupt_or_foreign(tmp_path: Path) -> None:
 
 def test_snapshot_from_dbus() -> None:
     snap = sn.snapshot_from_dbus(DBUS_SNAPSHOT_2, users)
-    assert snap == sn.parse_info_xml(INFO_XML_2, users)
+    assert snap == si.parse_info_xml(INFO_XML_2, users)
     assert type(snap.userdata) is dict
 
 
@@ -489,7 +491,7 @@ def test_parse_cli_list() -> None:
     assert first.default
     assert first.active
     assert not second.default
-    assert second.snapshot == sn.parse_info_xml(INFO_XML_2, users)
+    assert second.snapshot == si.parse_info_xml(INFO_XML_2, users)
     assert first.snapshot.userdata == {}
     assert pre.snapshot.description == 'he said "hi"\n$HOME; `x`'
     assert pre.snapshot.type is SnapshotType.PRE
@@ -832,7 +834,7 @@ def test_dbus_list_get_and_close() -> None:
     with _dbus(daemon=daemon) as client:
         assert client.backend is Backend.DBUS
         assert [s.number for s in client.list_snapshots()] == [1, 2]
-        assert client.get_snapshot(2) == sn.parse_info_xml(INFO_XML_2, sn.UserNames(Path("/")))
+        assert client.get_snapshot(2) == si.parse_info_xml(INFO_XML_2, si.UserNames(Path("/")))
         assert client.get_snapshot(0).date is None
         with pytest.raises(SnapshotError, match="snapshot 9 does not exist"):
             client.get_snapshot(9)
@@ -897,7 +899,7 @@ def test_snapshots_from_both_backends_are_equal(
     cli = _cli(tmp_path, monkeypatch, FakeRun((0, CLI_LIST_JSON, "")))
     dbus = _dbus(tmp_path, FakeSnapperd(subvolume=str(tmp_path)))
     _write_info(tmp_path, 2, INFO_XML_2)
-    assert cli.get_snapshot(2) == dbus.get_snapshot(2) == sn.read_info(tmp_path, 2)
+    assert cli.get_snapshot(2) == dbus.get_snapshot(2) == si.read_info(tmp_path, 2)
 
 
 def test_protocol_is_satisfied(tmp_path: Path) -> None:
@@ -918,10 +920,10 @@ def test_fast_info_reader_agrees_with_elementtree(description: str) -> None:
     text = INFO_XML_2.replace(
         "<description>test x</description>", (f"<description>{escape(description)}</description>")
     )
-    fast = sn._parse_flat_info(text, lambda uid: "root")
+    fast = si._parse_flat_info(text, lambda uid: "root")
     assert fast is not None
     assert fast.description == description
-    slow = sn.parse_info_xml(
+    slow = si.parse_info_xml(
         text.replace("<snapshot>", "<snapshot><!-- force -->"), lambda u: "root"
     )
     assert fast == slow
@@ -938,7 +940,7 @@ def test_fast_info_reader_agrees_with_elementtree(description: str) -> None:
     ],
 )
 def test_fast_info_reader_declines_unusual_files(text: str) -> None:
-    assert sn._parse_flat_info(text, lambda uid: "root") is None
+    assert si._parse_flat_info(text, lambda uid: "root") is None
 
 
 def test_read_all_info_skips_broken_and_missing(tmp_path: Path) -> None:
@@ -950,4 +952,4 @@ def test_read_all_info_skips_broken_and_missing(tmp_path: Path) -> None:
     (tmp_path / ".snapshots/4/info.xml").write_text(INFO_XML_2.replace(">2<", ">4<"))
     (tmp_path / ".snapshots/5/info.xml").write_text(INFO_XML_2.replace("<num>2", "<num>6"))
     # 3 unreadable, 4 has no subvolume, 5 describes another number: snapper skips all three.
-    assert [s.number for s in sn.read_all_info(tmp_path)] == [2]
+    assert [s.number for s in si.read_all_info(tmp_path)] == [2]

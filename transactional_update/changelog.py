@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from transactional_update import __version__
-
-STORE = "var/lib/transactional-update/changelog"
+from transactional_update.summary import STORE, entry_path, summarize
 
 
 @dataclass(frozen=True)
@@ -80,22 +79,6 @@ def who(environ: dict[str, str] | None = None) -> Who:
     return Who(uid=uid, user=_name(uid), sudo_user=env.get("SUDO_USER") or None, login_user=login)
 
 
-def summarize(
-    packages: list[dict[str, Any]], files: list[dict[str, Any]], error: str | None
-) -> str:
-    """``+1 pkg, ~2 pkgs, 12 files`` — the one line shown in snapper list and boot menus."""
-    parts = []
-    for kind, sign in (("added", "+"), ("removed", "-"), ("upgraded", "↑"), ("downgraded", "↓")):
-        n = sum(1 for p in packages if p.get("kind") == kind)
-        if n:
-            parts.append(f"{sign}{n} pkg{'s' if n > 1 else ''}")
-    if error is not None:
-        parts.append("files not compared")
-    elif files:
-        parts.append(f"{len(files)} file{'s' if len(files) != 1 else ''}")
-    return ", ".join(parts) if parts else "no changes"
-
-
 def userdata(entry: Entry) -> dict[str, str]:
     """Key facts for snapper's userdata (no ``,`` or ``=``: snapper forbids them in values)."""
     facts = {"tu-files": str(len(entry.files)) if entry.files_error is None else "unknown"}
@@ -104,10 +87,6 @@ def userdata(entry: Entry) -> dict[str, str]:
         if kinds.count(kind):
             facts[f"tu-pkgs-{kind}"] = str(kinds.count(kind))
     return facts
-
-
-def entry_path(root: Path, number: int) -> Path:
-    return root / STORE / f"{number}.json"
 
 
 def save(root: Path, entry: Entry) -> None:

@@ -21,7 +21,7 @@ from transactional_update import btrfs, changelog
 from transactional_update.context import Context
 from transactional_update.errors import ConfigError
 from transactional_update.lock import Lock
-from transactional_update.snapper import Snapshot
+from transactional_update.snapinfo import Snapshot
 from transactional_update.system import IN_PROGRESS
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,5 @@
-"""Configuration: shell-style ``KEY=VALUE`` files, read once into a frozen :class:`Config`.
-
-Files are read from the managed root, later ones overriding earlier ones key by key, as openSUSE's
-tool does: ``/usr/etc/transactional-update.conf`` (distribution defaults), then
-``/usr/etc/transactional-update.conf.d/*.conf`` (packages' drop-ins, as openSUSE documents them),
-then ``/etc/transactional-update.conf.d/*.conf`` (the admin's drop-ins), then
-``/etc/transactional-update.conf`` (the admin's file, last word).  Each directory is read in
-file-name order.
+"""Configuration: the layered ``KEY=VALUE`` files (read by :mod:`conffile`), validated once into
+a frozen :class:`Config`.
 
 Every key is described once in :data:`KEYS` (parser, renderer, allowed values), so validation,
 ``transactional-update config`` and the README cannot disagree.  The :class:`Config` remembers
@@ -16,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -25,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from transactional_update import conffile
 from transactional_update.errors import ConfigError
 from transactional_update.packages import Manager
 from transactional_update.snapper import Backend
@@ -69,7 +63,7 @@ class Window:
 @dataclass(frozen=True)
 class Config:
     bind_dirs: tuple[str, ...] = ("/opt",)
-    snapper_config: str = "root"
+    snapper_config: str = conffile.DEFAULT_SNAPPER_CONFIG
     snapper_backend: Backend = Backend.AUTO
     reboot_method: RebootMethod = RebootMethod.AUTO
     update_method: UpdateMethod = UpdateMethod.UP
@@ -87,35 +81,6 @@ class Config:
 
     def source(self, key: str) -> str | None:
         return dict(self.sources).get(key)
-
-
-CONFIG_FILES = (
-    "usr/etc/transactional-update.conf",
-    "usr/etc/transactional-update.conf.d",
-    "etc/transactional-update.conf.d",
-    "etc/transactional-update.conf",
-)
-
-
-def parse(text: str, source: str) -> dict[str, tuple[str, str]]:
-    """``{KEY: (value, "file:line")}`` from shell-style assignments; comments and blanks skipped."""
-    values: dict[str, tuple[str, str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        where = f"{source}:{lineno}"
-        try:
-            words = shlex.split(raw, comments=True)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}", "fix the quoting of that line") from exc
-        if not words:
-            continue
-        key, sep, value = words[0].partition("=")
-        if len(words) != 1 or not sep or not key.isidentifier():
-            raise ConfigError(
-                f"{where}: expected KEY=VALUE, got {raw.strip()!r}",
-                'write one assignment per line, quoting values with spaces: KEY="a b"',
-            )
-        values[key] = (value, where)
-    return values
 
 
 class _Bad(Exception):
@@ -198,21 +163,19 @@ def _command(key: str, value: str) -> tuple[str, ...]:
     return argv
 
 
-_TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
-
-
 def _window_start(key: str, value: str) -> time:
-    m = _TIME.fullmatch(value)
+    import re  # here: most systems set no window, and status avoids regex at start-up
+
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value)
     if m is None:
         raise _Bad(f"{key}={value!r} is not a time of day HH:MM", f"set e.g. {key}=03:30")
     return time(int(m.group(1)), int(m.group(2)))
 
 
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?:in)?)?")
-
-
 def _window_duration(key: str, value: str) -> timedelta:
-    m = _DURATION.fullmatch(value)
+    import re
+
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m(?:in)?)?", value)
     minutes = (
         int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
         if m is not None and (m.group(1) or m.group(2))
@@ -362,35 +325,8 @@ def value_of(cfg: Config, key: Key) -> Any:
     return getattr(value, sub) if sub else value
 
 
-def files_in(root: Path) -> list[tuple[Path, str]]:
-    """The existing configuration files in reading order, each with its name as seen in root."""
-    out = []
-    for rel in CONFIG_FILES:
-        path = root / rel
-        if rel.endswith(".d"):
-            found = sorted(path.glob("*.conf")) if path.is_dir() else []
-        else:
-            found = [path]
-        out += [(f, "/" + str(f.relative_to(root))) for f in found]
-    return out
-
-
 def load(root: Path) -> Config:
-    values: dict[str, tuple[str, str]] = {}
-    for f, name in files_in(root):
-        try:
-            text = f.read_text(encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError):
-            # Missing, or a parent is a file (--root names a file; open_root says so).
-            continue
-        except IsADirectoryError:
-            raise ConfigError(f"{name} is a directory", "remove it or make it a file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"cannot read {f}: {exc}", "fix the file's permissions or encoding"
-            ) from exc
-        values.update(parse(text, name))
-    return build(values)
+    return build(conffile.read(root))
 
 
 def describe(cfg: Config) -> list[dict[str, Any]]:

@@ -8,8 +8,11 @@ Anything beyond ``[--root PATH] [--json] status|list`` goes to the full command 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
@@ -32,12 +35,21 @@ def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
 
 
 def query(root: Path, as_json: bool, command: str) -> int:
-    from transactional_update.context import open_context
+    from transactional_update import conffile
     from transactional_update.errors import report
     from transactional_update.status import show_list, show_status
+    from transactional_update.system import open_root
 
     try:
-        managed = open_context(root).managed
+        # The configuration is validated as the full command line does, but its module (frozen
+        # dataclasses) is imported only when some file sets something: most systems have none.
+        values = conffile.read(root)
+        name = conffile.DEFAULT_SNAPPER_CONFIG
+        if values:
+            from transactional_update import config
+
+            name = config.build(values).snapper_config
+        managed = open_root(root, name)
         print(show_status(managed, as_json) if command == "status" else show_list(managed, as_json))
     except Exception as exc:
         return report(exc)

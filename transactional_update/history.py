@@ -13,7 +13,7 @@ from dataclasses import asdict
 from transactional_update import changelog, filediff, pkgdiff
 from transactional_update import packages as pkgs
 from transactional_update.errors import SnapshotError, TUError
-from transactional_update.snapper import read_all_info
+from transactional_update.snapinfo import read_all_info
 from transactional_update.system import ManagedRoot
 
 

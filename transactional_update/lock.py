@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import stat
 import time
 from pathlib import Path
@@ -22,18 +21,22 @@ from types import TracebackType
 from transactional_update.errors import LockedError, SystemError_
 
 LOCK_NAME = ".transactional-update.lock"
-_NOTE = re.compile(r"^(?:stale |snapshot )(\d+)$")
+
+
+def noted_forks(text: str) -> list[int]:
+    """Every fork number the lock file mentions (``snapshot N`` or ``stale N``), newest last."""
+    forks = []
+    for line in text.splitlines():
+        word, _, number = line.strip().partition(" ")
+        if word in ("stale", "snapshot") and number.isascii() and number.isdigit():
+            forks.append(int(number))
+    return forks
 
 
 def stale_notes(text: str) -> list[str]:
     """``stale N`` lines for every fork a dead holder noted (``snapshot N`` or ``stale N``)."""
-    numbers = dict.fromkeys(m.group(1) for x in text.splitlines() if (m := _NOTE.match(x.strip())))
+    numbers = dict.fromkeys(noted_forks(text))
     return [f"stale {n}\n" for n in list(numbers)[-20:]]
-
-
-def noted_forks(text: str) -> list[int]:
-    """Every fork number the lock file mentions, newest note last."""
-    return [int(m.group(1)) for x in text.splitlines() if (m := _NOTE.match(x.strip()))]
 
 
 class Lock:

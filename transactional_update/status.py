@@ -6,29 +6,55 @@ snapper's ``info.xml`` plus the lock file, so it stays fast with thousands of sn
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from transactional_update import changelog
 from transactional_update.errors import TUError
 from transactional_update.lock import Lock, noted_forks
-from transactional_update.snapper import Snapshot, read_all_info, read_info
-from transactional_update.system import IN_PROGRESS, ManagedRoot, snapshot_number
+from transactional_update.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
+from transactional_update.summary import read_summary
+from transactional_update.system import snapshot_number
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from transactional_update.system import ManagedRoot
 
 
-@dataclass(frozen=True)
 class Status:
-    booted: int | None
-    default: int | None
-    pending: int | None  # the default when it is not the booted snapshot
-    running: str | None  # the lock holder while a transaction runs
-    stale: int | None  # fork of a transaction that died (the lock is free but the note remains)
-    snapshots: dict[int, Snapshot]
-    # The default subvolume's path when it is no snapper snapshot (the next boot mounts it).
-    foreign_default: str | None = None
-    pending_summary: str | None = None  # the pending snapshot's changelog summary
+    """What boots now and next.  A plain record: this module stays free of dataclasses, whose
+    import alone would cost ``status`` a third of its run time (see :mod:`snapinfo`)."""
+
+    __slots__ = (
+        "booted",
+        "default",
+        "foreign_default",
+        "pending",
+        "pending_summary",
+        "running",
+        "snapshots",
+        "stale",
+    )
+
+    def __init__(
+        self,
+        booted: int | None,
+        default: int | None,
+        pending: int | None,  # the default when it is not the booted snapshot
+        running: str | None,  # the lock holder while a transaction runs
+        stale: int | None,  # fork of a transaction that died (lock free, note remains)
+        snapshots: dict[int, Snapshot],
+        # The default subvolume's path when it is no snapper snapshot (the next boot mounts it).
+        foreign_default: str | None = None,
+        pending_summary: str | None = None,  # the pending snapshot's changelog summary
+    ) -> None:
+        self.booted = booted
+        self.default = default
+        self.pending = pending
+        self.running = running
+        self.stale = stale
+        self.snapshots = snapshots
+        self.foreign_default = foreign_default
+        self.pending_summary = pending_summary
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -59,8 +85,7 @@ def get_status(managed: ManagedRoot) -> Status:
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
     }
-    entry = changelog.load(managed.root, pending) if pending is not None else None
-    summary = entry.summary() if entry is not None else None
+    summary = read_summary(managed.root, pending) if pending is not None else None
     return Status(booted, default, pending, running, stale, infos, foreign, summary)
 
 
@@ -70,7 +95,7 @@ def _subvolume_name(path: str) -> str:
 
 def show_status(managed: ManagedRoot, as_json: bool) -> str:
     st = get_status(managed)
-    return json.dumps(status_json(st), indent=2) if as_json else status_text(st)
+    return dump_json(status_json(st)) if as_json else status_text(st)
 
 
 def show_list(managed: ManagedRoot, as_json: bool) -> str:
@@ -78,8 +103,15 @@ def show_list(managed: ManagedRoot, as_json: bool) -> str:
     snaps = read_all_info(managed.root)
     booted, default = managed.booted(), managed.default()
     if as_json:
-        return json.dumps(list_json(snaps, booted, default), indent=2)
+        return dump_json(list_json(snaps, booted, default))
     return list_text(snaps, booted, default)
+
+
+def dump_json(value: object) -> str:
+    # Imported here: the text output, what monitoring mostly reads, does not pay for json.
+    import json
+
+    return json.dumps(value, indent=2)
 
 
 def snapshot_json(s: Snapshot | None) -> dict[str, Any] | None:

@@ -8,27 +8,26 @@ at the root, the default is what the next boot mounts.  Both are snapper snapsho
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from transactional_update import btrfs
 from transactional_update.errors import NotManagedError, SnapshotError
+from transactional_update.snapinfo import FAILED, IN_PROGRESS, snapshot_number
 
+TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
 if TYPE_CHECKING:
-    from transactional_update.snapper import Snapshot
+    from transactional_update.snapinfo import Snapshot
 
-_SNAPSHOT_RE = re.compile(r"(?:^|/)\.snapshots/(\d+)/snapshot$")
-IN_PROGRESS = "transactional-update-in-progress"
-FAILED = "transactional-update-failed"  # a failed transaction's snapshot kept with --keep
+__all__ = [
+    "CONTINUE_DEFAULT",
+    "FAILED",
+    "IN_PROGRESS",
+    "ManagedRoot",
+    "open_root",
+    "snapshot_number",
+]
+
 CONTINUE_DEFAULT = -1  # --continue without a number: build on the pending default
-
-
-def snapshot_number(subvol_path: str) -> int | None:
-    """N for a subvolume path ending in ``.snapshots/N/snapshot``, else None."""
-    m = _SNAPSHOT_RE.search(subvol_path)
-    return int(m.group(1)) if m else None
 
 
 def require_finished(info: Snapshot, hint: str) -> None:
@@ -44,10 +43,21 @@ def require_finished(info: Snapshot, hint: str) -> None:
         )
 
 
-@dataclass(frozen=True)
 class ManagedRoot:
-    root: Path
-    snapper_config: str
+    """A checked managed root (see :func:`open_root`).
+
+    A plain class, not a dataclass: ``status`` builds one, and importing dataclasses would cost
+    it a third of its run time.
+    """
+
+    __slots__ = ("root", "snapper_config")
+
+    def __init__(self, root: Path, snapper_config: str) -> None:
+        self.root = root
+        self.snapper_config = snapper_config
+
+    def __repr__(self) -> str:
+        return f"ManagedRoot(root={self.root!r}, snapper_config={self.snapper_config!r})"
 
     @property
     def snapshots_dir(self) -> Path:

@@ -207,26 +207,27 @@ def test_reboot_manager_plans_in_the_window_and_reboots_there(
     assert s.tu("reboot").returncode == 0  # planned again
 
     # The daemon, as its service runs it; it reboots inside the window, exactly once.
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "transactional_update",
-            "--root",
-            str(s.root),
-            "reboot-manager",
-            "--poll",
-            "0.3",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Output to a file, not a pipe nobody reads while the daemon runs (a full pipe blocks it).
+    with open(tmp_path / "daemon.log", "w") as out:
+        daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "transactional_update",
+                "--root",
+                str(s.root),
+                "reboot-manager",
+                "--poll",
+                "0.3",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while not log.exists() and time.monotonic() < deadline and daemon.poll() is None:
             time.sleep(0.1)
-        assert log.exists(), "no reboot recorded"
+        assert log.exists(), (tmp_path / "daemon.log").read_text()
         assert reboot_manager.is_running(s.root)
         second = s.tu("reboot-manager")
         assert second.returncode == 4
@@ -237,35 +238,48 @@ def test_reboot_manager_plans_in_the_window_and_reboots_there(
         assert log.read_text() == "reboot --recorded\n"
     finally:
         daemon.send_signal(signal.SIGTERM)
-        _out, err = daemon.communicate(timeout=30)
-    assert daemon.returncode == 0, err
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+            raise
+    assert daemon.returncode == 0, (tmp_path / "daemon.log").read_text()
     st = json.loads(s.tu("--json", "reboot-manager", "status").stdout)
     assert st["running"] is False and st["plan"]["attempts"] == 1
     # The machine "came up" in snapshot 2: the manager drops the plan at its next look.
     _boot_default(s)
     plan = reboot_manager.load(s.root)
     assert plan.snapshot == 2
-    again = subprocess.run(
-        [
-            "timeout",
-            "-s",
-            "TERM",
-            "3",
-            sys.executable,
-            "-m",
-            "transactional_update",
-            "--root",
-            str(s.root),
-            "reboot-manager",
-            "--poll",
-            "0.3",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert again.returncode == 124, again.stderr  # timeout's code: it had to stop the daemon
-    assert reboot_manager.load(s.root).snapshot is None
+    with open(tmp_path / "daemon2.log", "w") as out:
+        again = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "transactional_update",
+                "--root",
+                str(s.root),
+                "reboot-manager",
+                "--poll",
+                "0.3",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while reboot_manager.load(s.root).snapshot is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reboot_manager.load(s.root).snapshot is None
+    finally:
+        again.send_signal(signal.SIGTERM)
+        try:
+            again.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            again.kill()
+            again.wait()
+            raise
+    assert again.returncode == 0, (tmp_path / "daemon2.log").read_text()
     assert log.read_text() == "reboot --recorded\n"
 
 

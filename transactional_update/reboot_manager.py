@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -345,15 +346,30 @@ def daemon(root: Path, cfg: Config, managed: ManagedRoot, poll: float) -> None:
         reboot=do_reboot,
     )
     stop = threading.Event()
+    # The handler only records the signal: setting the event from it could deadlock, when the
+    # signal lands while this thread holds the event's lock (inside stop.wait()).  This thread
+    # sleeps in short steps instead, which a signal interrupts.
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
+        received.append(signum)
 
     with running(root):
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             log.info("reboot manager started; window %s", maintenance.describe(cfg.window))
-            serve(manager, poll, stop)
+            worker = threading.Thread(target=serve, args=(manager, poll, stop), daemon=True)
+            worker.start()
+            while not received and worker.is_alive():
+                time.sleep(0.5)
+            stop.set()
+            worker.join()
+            if not received:
+                raise SystemError_(
+                    "the reboot manager's scheduler stopped unexpectedly",
+                    "see /var/log/transactional-update.log; the service restarts it",
+                )
+            log.info("reboot manager stopped by signal %d", received[0])
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

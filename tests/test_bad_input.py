@@ -23,7 +23,7 @@ pytestmark = pytest.mark.privileged
 CONF = "etc/transactional-update.conf"
 NOT_BTRFS_HINT = "hint: transactional-update needs a btrfs root with snapper snapshots (see --root)"
 LAYOUT_HINT = "hint: create the snapper layout first (snapper create-config, or create-system)"
-REBOOT_CHOICES = "auto, systemd, kexec, kured, notify, none"
+REBOOT_CHOICES = "auto, systemd, kexec, notify, kured, rebootmgr, none"
 # One of each kind of command: each must refuse a root it cannot manage in the same way.
 COMMANDS = (["status"], ["list"], ["rollback", "1"], ["cleanup"], ["run", "--", "true"])
 
@@ -171,7 +171,7 @@ def test_bad_config_value_names_file_and_line(managed_system: System) -> None:
     r = system.tu("status")
     assert r.returncode == 6
     assert r.stderr.splitlines()[0] == (
-        f"error: /{CONF}:4: UPDATE_METHOD='sideways' is not one of: up, dup"
+        f"error: /{CONF}:4: UPDATE_METHOD='sideways' is not one of: up, dup, patch"
     )
     # Drop-in files are named the same way.
     _write(system, CONF, "")

@@ -286,23 +286,160 @@ def pkg_cmd(action: str, names: tuple[str, ...]) -> Step:
     return package_step(PKG_ACTIONS[action], names)
 
 
-@cli.command("reboot")
-def reboot_cmd() -> Step:
-    """Reboot into the new default snapshot (only the running system, not a --root)."""
+# --- issue 5: nightly updates, reboot methods, units, reboot manager ---
+
+
+@cli.command("config")
+def config_cmd() -> Step:
+    """Show the effective configuration and where each value came from (--json)."""
 
     def step(state: State) -> int:
-        from transactional_update.errors import UsageError
-        from transactional_update.proc import run
+        from transactional_update import config
 
-        if state.root != Path("/"):
-            raise UsageError(
-                f"not rebooting: {state.root} is not the running system",
-                "boot the system mounted there to use its new default snapshot",
-            )
-        run(["systemctl", "reboot"], what="reboot")
+        # Not state.ctx: the configuration of any root can be shown, managed or not.
+        click.echo(config.show(config.load(state.root), state.json))
         return 0
 
     return step
+
+
+@cli.command("auto-update")
+def auto_update_cmd() -> Step:
+    """Update with the configured UPDATE_METHOD (up, dup or patch); the nightly service runs it."""
+
+    def step(state: State) -> int:
+        return package_step(str(state.ctx.config.update_method))(state)
+
+    return step
+
+
+@cli.command("reboot")
+def reboot_cmd() -> Step:
+    """Reboot into the new default snapshot with REBOOT_METHOD, if one is pending."""
+
+    def step(state: State) -> int:
+        from transactional_update.reboot import request_reboot
+
+        ctx = state.ctx
+        out = request_reboot(state.root, ctx.config, ctx.managed)
+        if state.json:
+            action = out.action
+            click.echo(
+                json.dumps(
+                    {
+                        "reboot_needed": action is not None,
+                        "booted": out.booted,
+                        "default": out.default,
+                        "method": None if action is None else str(action.method),
+                        "commands": [] if action is None else [list(c) for c in action.commands],
+                        "markers": [] if action is None else [p for p, _ in action.markers],
+                        "message": out.message,
+                    }
+                )
+            )
+        else:
+            click.echo(out.message)
+        return 0
+
+    return step
+
+
+@cli.command("install-units")
+@click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Write the units into DIR (packaging) instead of a new snapshot of the root.",
+)
+@click.option(
+    "--exec",
+    "exec_path",
+    metavar="PATH",
+    help="The transactional-update the units start (default: /usr/bin/transactional-update).",
+)
+@click.option(
+    "--enable/--no-enable",
+    default=None,
+    help="Also enable the timers and the reboot manager (default; not with --unit-dir).",
+)
+def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
+    """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot."""
+    if exec_path is not None and not exec_path.startswith("/"):
+        raise click.BadParameter(f"{exec_path!r} is not an absolute path", param_hint="--exec")
+    if unit_dir is not None and enable:
+        # Enabling means links in a system's /etc; a packager's directory has none.
+        raise click.BadParameter("cannot enable units in a --unit-dir", param_hint="--enable")
+
+    def step(state: State) -> int:
+        from transactional_update import units
+        from transactional_update.transaction import Transaction
+
+        exe = exec_path or units.SHIPPED_EXEC
+        if unit_dir is not None:
+            wanted = units.files(units.shipped(), exe, "", enable=False)
+            done = units.write(unit_dir.absolute(), wanted)
+            click.echo(f"installed {len(done)} unit(s) in {unit_dir}")
+            return 0
+        wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
+        if units.up_to_date(state.root, wanted):
+            click.echo("the units are installed and up to date; no snapshot was made")
+            return 0
+        tx = Transaction(state.ctx, state.options("install-units"))
+        with tx:
+            assert tx.number is not None
+            units.write(tx.ctx.managed.snapshot_dir(tx.number), wanted)
+        return report(state, tx.result)
+
+    return step
+
+
+@cli.command("reboot-manager")
+@click.argument(
+    "action", type=click.Choice(["run", "status", "cancel"]), default="run", required=False
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between looks for new or cancelled reboot requests (run).",
+)
+def reboot_manager_cmd(action: str, poll: float) -> Step:
+    """Reboot inside the maintenance window (run), or show (status) or drop (cancel) the plan."""
+
+    def step(state: State) -> int:
+        from datetime import UTC, datetime
+
+        from transactional_update import reboot_manager
+        from transactional_update.reboot import pending_snapshot
+
+        ctx = state.ctx
+        if action == "run":
+            reboot_manager.daemon(state.root, ctx.config, ctx.managed, poll)
+            return 0
+        if action == "cancel":
+            old = reboot_manager.cancel(state.root)
+            if state.json:
+                click.echo(json.dumps({"cancelled": old.to_json() if old.snapshot else None}))
+            elif old.snapshot is None:
+                click.echo("no reboot was planned")
+            else:
+                when = old.planned.isoformat(timespec="minutes") if old.planned else "?"
+                click.echo(f"cancelled the reboot into snapshot {old.snapshot} planned for {when}")
+            return 0
+        st = reboot_manager.status(
+            state.root, ctx.config.window, pending_snapshot(ctx.managed), datetime.now(UTC)
+        )
+        if state.json:
+            click.echo(json.dumps(st, indent=2))
+        else:
+            click.echo(reboot_manager.status_text(st, ctx.config.window))
+        return 0
+
+    return step
+
+
+# --- end of the issue 5 block ---
 
 
 @cli.command("status")

@@ -2,7 +2,9 @@
 
 Files are read from the managed root, later ones overriding earlier ones key by key, as openSUSE's
 tool does: ``/usr/etc/transactional-update.conf`` (distribution defaults), then
-``/etc/transactional-update.conf.d/*.conf`` (sorted), then ``/etc/transactional-update.conf``.
+``/usr/etc/transactional-update.conf.d/*.conf`` (packages' drop-ins, as openSUSE documents them),
+then ``/etc/transactional-update.conf.d/*.conf`` (the admin's drop-ins), then
+``/etc/transactional-update.conf`` (the admin's last word); each directory in file-name order.
 Validation into a :class:`~transactional_update.config.Config` is :mod:`config`'s job; this module
 stays light so that ``status`` learns that a system has no settings without importing it.
 """
@@ -17,6 +19,7 @@ DEFAULT_SNAPPER_CONFIG = "root"
 
 CONFIG_FILES = (
     "usr/etc/transactional-update.conf",
+    "usr/etc/transactional-update.conf.d",
     "etc/transactional-update.conf.d",
     "etc/transactional-update.conf",
 )
@@ -50,13 +53,18 @@ def read(root: Path) -> dict[str, tuple[str, str]]:
     values: dict[str, tuple[str, str]] = {}
     for rel in CONFIG_FILES:
         path = root / rel
-        files = sorted(path.glob("*.conf")) if path.is_dir() else [path]
+        if rel.endswith(".d"):
+            files = sorted(path.glob("*.conf")) if path.is_dir() else []
+        else:
+            files = [path]
         for f in files:
             try:
                 text = f.read_text(encoding="utf-8")
             except (FileNotFoundError, NotADirectoryError):
                 # Missing, or a parent is a file (--root names a file; open_root says so).
                 continue
+            except IsADirectoryError:
+                raise ConfigError(f"/{rel} is a directory", "remove it or make it a file") from None
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(
                     f"cannot read {f}: {exc}", "fix the file's permissions or encoding"

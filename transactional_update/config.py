@@ -45,6 +45,8 @@ class Config:
     update_method: UpdateMethod = UpdateMethod.UP
     package_manager: Manager | None = None  # None: detected in the root
     lock_wait: float = 0.0  # seconds a second invocation waits for the lock before refusing
+    boot_menu_title: str = "Snapshots"  # the GRUB submenu listing the snapshots
+    boot_menu_limit: int = 20  # snapshots in that submenu (the booted and default always)
 
 
 CONFIG_FILES = (
@@ -130,6 +132,20 @@ def build(values: dict[str, tuple[str, str]]) -> Config:
                     "set LOCK_WAIT=0 to refuse at once",
                 )
             kwargs["lock_wait"] = wait
+        elif key == "BOOT_MENU_TITLE":
+            if not value.strip() or not value.isprintable():
+                raise ConfigError(
+                    f"{where}: BOOT_MENU_TITLE={value!r} is not a one-line title",
+                    'set a printable one-line title, e.g. BOOT_MENU_TITLE="Snapshots"',
+                )
+            kwargs["boot_menu_title"] = value
+        elif key == "BOOT_MENU_LIMIT":
+            if not value.isdigit() or not value.isascii():
+                raise ConfigError(
+                    f"{where}: BOOT_MENU_LIMIT={value!r} is not a number of snapshots",
+                    "set BOOT_MENU_LIMIT to a whole number like 20 (0: booted and default only)",
+                )
+            kwargs["boot_menu_limit"] = int(value)
         else:
             log.warning("%s: unknown setting %s ignored", where, key)
     return Config(**kwargs)  # type: ignore[arg-type]

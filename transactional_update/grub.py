@@ -325,8 +325,10 @@ def _last(text: str) -> str:
 
 def mkconfig(tools: Tools, runner: Runner) -> None:
     """Run grub-mkconfig in the snapshot into a temporary file on the GRUB partition."""
-    rc, out = runner([tools.mkconfig, "-o", f"/{tools.grub_dir}/{MKCONFIG_TMP}"])
+    tmp = f"/{tools.grub_dir}/{MKCONFIG_TMP}"
+    rc, out = runner([tools.mkconfig, "-o", tmp])
     if rc != 0:
+        runner(["rm", "-f", tmp, f"{tmp}.new"])  # grub-mkconfig leaves its .new behind
         raise CommandFailed(
             f"{tools.mkconfig} failed (exit {rc}): {_last(out)}",
             "the previous grub.cfg stays; the snapshot was discarded",

@@ -152,8 +152,8 @@ def test_submenu_order_limit_marks_and_left_out() -> None:
     menu = build(snaps, default=6, booted=1, limit=3, files={3: files(None)})
     # default and booted always, then the newest others up to the limit; newest first
     assert [e.number for e in menu.entries] == [7, 6, 1]
+    # 3 lies beyond the limit: not even looked into
     assert [(x.number, x.reason) for x in menu.left_out] == [
-        (3, "no kernel in /boot"),
         (4, "a failed transaction kept for inspection"),
         (5, "an unfinished transaction"),
     ]
@@ -163,8 +163,17 @@ def test_submenu_order_limit_marks_and_left_out() -> None:
     assert titles[7] == "Snapshot 7 · 2026-01-07 08:30 · newest"
     no_kernel = {3: files(None)}
     assert [e.number for e in build(snaps, default=6, limit=0, files=no_kernel).entries] == [6, 1]
-    everything = build(snaps, default=6, limit=99, files=no_kernel).entries
-    assert [e.number for e in everything] == [7, 6, 2, 1]
+    everything = build(snaps, default=6, limit=99, files=no_kernel)
+    assert [e.number for e in everything.entries] == [7, 6, 2, 1]
+    assert [x.number for x in everything.left_out] == [3, 4, 5]
+    assert everything.left_out[0].reason == "no kernel in /boot"
+    # limit 4 passes over 3 (no kernel) to 2
+    assert [e.number for e in build(snaps, default=6, limit=4, files=no_kernel).entries] == [
+        7,
+        6,
+        2,
+        1,
+    ]
 
 
 def test_changelog_summary_joins_an_admins_description() -> None:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,13 @@ from transactional_update import bootmenu, btrfs, grub, grubenv, image
 from transactional_update.chroot import ChrootSession, command_env, plan_for
 from transactional_update.create_system import CreateOptions, packages
 
-pytestmark = pytest.mark.privileged
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("sfdisk", "grub-script-check", "grub-editenv")),
+        reason="needs fdisk and grub-common (./tu-dev test installs them)",
+    ),
+]
 
 HOSTILE = "it's $(reboot); } \\ ${root} `id` \"q\"\nmenuentry 'x' { echo pwned }"
 KERNEL = "linux-image-cloud-amd64"  # boots in qemu and is a fraction of the generic one
@@ -305,6 +312,32 @@ def test_grub_cfg_runs_grub_mkconfig_in_a_new_snapshot(disk: Disk) -> None:
     assert not list((disk.root / "boot/grub").glob(".grub.cfg.tu-*"))
 
 
+def test_bootloader_reinstalls_grub_from_a_new_snapshot(disk: Disk) -> None:
+    with open(disk.image, "r+b") as f:
+        f.write(b"\0" * 440)  # wipe GRUB's boot code (the partition table stays)
+    r = disk.tu("bootloader")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "snapshot 2 is the new default; reboot to use it\n"
+    with open(disk.image, "rb") as f:
+        assert b"GRUB" in f.read(512)
+    assert disk.main_linux().startswith("/@/.snapshots/2/snapshot/boot/vmlinuz-")
+    assert sh("grub-script-check", str(disk.cfg), check=False).returncode == 0
+
+
+def test_update_grub_inside_a_transaction_keeps_a_working_menu(disk: Disk) -> None:
+    # What a kernel package's postinst does (zz-update-grub): grub-mkconfig in the chroot,
+    # writing the live grub.cfg; the tool is not installed in this root, so the script keeps
+    # the current menu, and the commit refreshes it.
+    before = disk.section()
+    r = disk.tu("run", "--", "sh", "-c", "update-grub 2>&1 && cat /boot/grub/grub.cfg")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "keeping the current snapshot menu" in r.stdout
+    assert grub.section(r.stdout[r.stdout.index("#\n# DO NOT EDIT") :]) == before
+    assert disk.main_linux().startswith("/@/.snapshots/2/snapshot/boot/vmlinuz-")
+    assert disk.submenu_ids() == [2, 1]
+    assert sh("grub-script-check", str(disk.cfg), check=False).returncode == 0
+
+
 def mkconfig_in(disk: Disk, number: int) -> str:
     """grub-mkconfig's output in a chroot of snapshot N (to stdout: it writes no file)."""
     snap = disk.snapshot(number)
@@ -417,3 +450,28 @@ def test_boot_commands_on_a_system_without_grub(managed_system: System) -> None:
     assert r.returncode == 0
     assert "# snapshot 1 left out: no kernel in /boot" in r.stdout
     assert "boot menu: snapshot 1 left out: no kernel in /boot" in r.stderr
+
+
+def test_boot_once_refuses_a_grub_dir_in_the_snapshot_or_on_btrfs(managed_system: System) -> None:
+    s = managed_system
+    with s.booted_writable() as snap:
+        (snap / "boot/grub").mkdir(parents=True)
+    r = s.tu("boot-once", "1")
+    assert r.returncode == 3
+    assert r.stderr == (
+        f"error: {s.root}/boot/grub lies inside the root snapshot: deleting that snapshot would "
+        "break booting\nhint: put /boot/grub on its own partition or subvolume (create-system "
+        "does)\n"
+    )
+    top = s.workdir / "top-level"
+    top.mkdir()
+    sh("mount", "-o", "subvolid=5", s.device, str(top))
+    btrfs.create_subvolume(top / "@/boot-grub")
+    sh("mount", "-o", "subvol=/@/boot-grub", s.device, str(s.root / "boot/grub"))
+    r = s.tu("boot-once", "1")
+    assert r.returncode == 3
+    assert r.stderr == (
+        f"error: {s.root}/boot/grub/grubenv lies on btrfs, where GRUB cannot clear a one-shot "
+        "choice\nhint: keep /boot/grub on a small ext2 partition (create-system does)\n"
+    )
+    assert not (s.root / "boot/grub/grubenv").exists()

@@ -2,8 +2,9 @@
 
 The menu has a main entry that boots the btrfs *default subvolume* with the default snapshot's own
 kernel and initrd, and a submenu listing every bootable snapshot (newest first, up to
-``BOOT_MENU_LIMIT``; the booted and the default snapshot always), each booting that snapshot with
-its own kernel and initrd and ``rootflags=subvol=@/.snapshots/N/snapshot``.
+``BOOT_MENU_LIMIT``; the booted and the default snapshot always, if need be beyond it), each
+booting that snapshot with its own kernel and initrd and
+``rootflags=subvol=@/.snapshots/N/snapshot``.
 
 Facts this design rests on:
 
@@ -255,18 +256,6 @@ def entry_title(s: Snapshot, summary: str | None, default: bool, booted: bool) -
     return one_line(title)
 
 
-def choose(numbers: Sequence[int], limit: int, keep: Iterable[int]) -> list[int]:
-    """Which snapshots the submenu lists, newest first: *keep* always, then the newest up to
-    *limit* in all."""
-    wanted = [n for n in dict.fromkeys(keep) if n in numbers]
-    for n in sorted(numbers, reverse=True):
-        if len(wanted) >= limit:
-            break
-        if n not in wanted:
-            wanted.append(n)
-    return sorted(wanted, reverse=True)
-
-
 # --- reading the root ----------------------------------------------------------------------------
 
 
@@ -395,12 +384,18 @@ def build(
         main = make(default, pinned=False)
         if main is None:
             notes.append(f"no main entry: the default snapshot {default} has no kernel in /boot")
-    with_kernel = [n for n in bootable if files_of(n).kernel is not None]
-    for n in bootable:
-        if n not in with_kernel:
+    # Newest first until the limit is reached: only the snapshots that could be listed are
+    # looked into, so a thousand snapshots cost no more than the menu's twenty.
+    keep = [n for n in dict.fromkeys((default, booted)) if n is not None and n in bootable]
+    chosen: list[int] = []
+    for n in [*keep, *sorted(set(bootable) - set(keep), reverse=True)]:
+        if n not in keep and len(chosen) >= limit:
+            break
+        if files_of(n).kernel is None:
             left_out.append(LeftOut(n, "no kernel in /boot"))
-    keep = [n for n in (default, booted) if n is not None]
-    entries = [e for n in choose(with_kernel, limit, keep) if (e := make(n, pinned=True))]
+        else:
+            chosen.append(n)
+    entries = [e for n in sorted(chosen, reverse=True) if (e := make(n, pinned=True))]
     return Menu(
         fs_uuid=fs_uuid,
         flavour=flavour,

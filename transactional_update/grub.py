@@ -158,7 +158,11 @@ def install_config(root: Path, tools: Tools, text: str) -> None:
     except OSError:
         mode = 0o444  # what grub-mkconfig gives it (no passwords inside)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        tmp.unlink(missing_ok=True)
+        # Created private: a grub.cfg with password hashes must never be readable, not even
+        # for a moment; the old file's mode is applied before it becomes grub.cfg.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

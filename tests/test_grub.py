@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CACHE, IN_USE, System, _detach, _unmount_below, sh
+from tests.helpers import IN_USE, System, _detach, _unmount_below, sh
 from transactional_update import bootmenu, btrfs, grub, grubenv, image
 from transactional_update.chroot import ChrootSession, command_env, plan_for
 from transactional_update.create_system import CreateOptions, packages
@@ -32,7 +33,9 @@ from transactional_update.create_system import CreateOptions, packages
 pytestmark = [
     pytest.mark.privileged,
     pytest.mark.skipif(
-        not all(shutil.which(t) for t in ("sfdisk", "grub-script-check", "grub-editenv")),
+        not all(
+            shutil.which(t) for t in ("sfdisk", "grub-script-check", "grub-editenv", "grub-fstest")
+        ),
         reason="needs fdisk and grub-common (./tu-dev test installs them)",
     ),
 ]
@@ -42,7 +45,7 @@ KERNEL = "linux-image-cloud-amd64"  # boots in qemu and is a fraction of the gen
 
 
 def bootable_rootfs() -> Path:
-    return image.cached_rootfs(CACHE, include=packages(CreateOptions(kernel=KERNEL)))
+    return image.cached_rootfs(include=packages(CreateOptions(kernel=KERNEL)))
 
 
 def tu_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -115,7 +118,11 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One image made by create-system (through the CLI, as an admin would)."""
     d = tmp_path_factory.mktemp("golden")
     img = d / "golden.img"
-    r = tu_cli("create-system", "--size", "3G", "--rootfs", str(bootable_rootfs()), str(img))
+    bootable_rootfs()  # built (once) in the cache create-system itself uses
+    r = tu_cli(
+        "create-system", "--size", "3G", "--kernel", KERNEL, "--serial-console",
+        "--kernel-args", "quiet", str(img),
+    )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith(f"created a managed system on {img} (btrfs "), r.stdout
     yield img
@@ -134,11 +141,16 @@ def disk(golden: Path, tmp_path: Path) -> Iterator[Disk]:
 
 
 def assert_paths_exist(d: Disk) -> None:
+    """Every kernel and initrd of the menu, read by GRUB's own btrfs driver (grub-fstest) from
+    the top level as GRUB does at boot, is that file of the snapshot."""
     paths = d.grub_paths()
     assert paths
-    for p in paths:
-        # GRUB reads these from the top level; they must be regular files there.
+    btrfs.sync(d.root)  # grub-fstest reads the image, not the mounted filesystem
+    for p in sorted(set(paths)):
         assert (d.top / p.lstrip("/")).is_file(), p
+        r = sh("grub-fstest", str(d.image), "crc", f"(loop0,gpt3){p}", check=False)
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout, 16) == zlib.crc32((d.top / p.lstrip("/")).read_bytes()), p
 
 
 def script_check(text: str, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -193,7 +205,9 @@ def test_create_system_makes_a_bootable_bios_disk(disk: Disk) -> None:
     assert "/dev/loop" not in text
     assert f"search --no-floppy --fs-uuid --set=root '{uuid}'" in disk.section()
     assert disk.main_linux().startswith("/@/.snapshots/1/snapshot/boot/vmlinuz-")
-    assert re.search(r"'root=UUID=" + uuid + r"' 'ro'( |\n)", disk.section())
+    args = f"'root=UUID={uuid}' 'ro' 'console=tty0' 'console=ttyS0,115200' 'quiet'\n"
+    assert f"\tlinux '{disk.main_linux()}' {args}" in disk.section()
+    assert "serial --unit=0 --speed=115200\n" in text and "terminal_output console serial" in text
     assert disk.submenu_ids() == [1]
     assert_paths_exist(disk)
     assert sh("grub-script-check", str(disk.cfg), check=False).returncode == 0

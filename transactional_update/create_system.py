@@ -19,6 +19,7 @@ only with ``--force``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -231,6 +232,12 @@ def attached(target: Path) -> Iterator[str]:
         run(["losetup", "-d", device], check=False, what="detach the image")
 
 
+def _remove_empty(work: Path) -> None:
+    for d in (work / "root", work / "top", work):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 def _unmount_all(where: Path) -> None:
     run(["umount", "-R", str(where)], check=False, what="unmount the new system")
 
@@ -283,7 +290,10 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
                 ["blkid", "-s", "UUID", "-o", "value", parts[2]], what="blkid"
             ).stdout.strip()
             uuid = image.make_filesystem(parts[3])
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tu-create-")))
+            work = Path(tempfile.mkdtemp(prefix="tu-create-"))
+            # Empty directories only: a recursive delete after a failed unmount would reach
+            # into the mounted system.
+            stack.callback(_remove_empty, work)
             with (
                 step("unpacking the root filesystem"),
                 image.mounted_top(parts[3], work / "top") as top,

@@ -367,13 +367,17 @@ def regenerate(ctx: Context, opts: Options, *, reinstall: bool = False) -> Resul
     tools = detect(ctx.root)
     require_grub_dir(ctx.root, tools)
     tx = Transaction(ctx, opts)
-    with tx:
-        assert tx.number is not None
-        for change in install_integration(ctx.managed.snapshot_dir(tx.number), tx.capture):
-            log.info("%s", change)
-        if reinstall:
-            bootloader(tools, tx.capture)
-        mkconfig(tools, tx.capture)
+    try:
+        with tx:
+            assert tx.number is not None
+            for change in install_integration(ctx.managed.snapshot_dir(tx.number), tx.capture):
+                log.info("%s", change)
+            if reinstall:
+                bootloader(tools, tx.capture)
+            mkconfig(tools, tx.capture)
+    except BaseException:
+        (ctx.root / tools.grub_dir / MKCONFIG_TMP).unlink(missing_ok=True)
+        raise
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):
         install_generated(ctx, tools)
     return tx.result

@@ -9,6 +9,7 @@ takes paths on the managed filesystem; no function mounts or unmounts anything.
 from __future__ import annotations
 
 import errno
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,6 +163,30 @@ def wait_cleaned(fs_path: Path, ids: set[int], timeout: float = 60.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+
+
+# BTRFS_IOC_FS_INFO = _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16.
+_IOC_FS_INFO = (2 << 30) | (1024 << 16) | (0x94 << 8) | 31
+
+
+def fs_uuid(fs_path: Path) -> str:
+    """The filesystem UUID (what ``blkid`` and ``root=UUID=`` name) of the btrfs at *fs_path*.
+
+    One ioctl, no subprocess: the boot menu needs it on every refresh, also inside chroots
+    that have no ``/dev`` or ``blkid``.
+    """
+    import fcntl
+    import uuid
+
+    try:
+        fd = os.open(fs_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            buf = fcntl.ioctl(fd, _IOC_FS_INFO, bytes(1024))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _fail("cannot read the filesystem UUID of", fs_path, exc) from exc
+    return str(uuid.UUID(bytes=bytes(buf[16:32])))
 
 
 def sync(fs_path: Path) -> None:

@@ -273,6 +273,10 @@ class _Holder:
 
     def setup(self) -> None:
         _mount("none", "/", None, MS_REC | MS_PRIVATE)
+        # The snapshot as a mount point of its own, so "/" is in the chroot's mountinfo:
+        # grub-probe (update-grub, run by kernel packages) and findmnt / fail without it.
+        _mount(str(self.fork_dir), str(self.fork_dir), None, MS_BIND)
+        self.mounted.append(str(self.fork_dir))
         for m in self.plan:
             target = self.host(m.target)
             if m.kind is Kind.TEXT:

@@ -559,6 +559,135 @@ def cleanup_cmd() -> Step:
     return step
 
 
+# --- boot: the GRUB menu, boot configuration, boot once, new systems (transactional_update.grub,
+# .bootmenu, .create_system) ----------------------------------------------------------------------
+
+
+@cli.command("boot-menu")
+def boot_menu_cmd() -> Step:
+    """Print the GRUB boot menu (what /etc/grub.d/09_transactional-update emits); --json: model."""
+
+    def step(state: State) -> int:
+        from transactional_update import bootmenu
+
+        menu = bootmenu.menu_for(state.ctx.managed, state.ctx.config)
+        if state.json:
+            click.echo(json.dumps(bootmenu.to_json(menu), indent=2))
+            return 0
+        click.echo(bootmenu.render(menu), nl=False)
+        for x in menu.left_out:
+            click.echo(f"boot menu: snapshot {x.number} left out: {x.reason}", err=True)
+        for note in menu.notes:
+            click.echo(f"boot menu: {note}", err=True)
+        return 0
+
+    return step
+
+
+def grub_step(description: str, reinstall: bool) -> Step:
+    def step(state: State) -> int:
+        from transactional_update import grub
+
+        return report(
+            state, grub.regenerate(state.ctx, state.options(description), reinstall=reinstall)
+        )
+
+    return step
+
+
+@cli.command("grub.cfg")
+def grub_cfg_cmd() -> Step:
+    """Regenerate the GRUB configuration (grub-mkconfig) in a new snapshot; checked, atomic."""
+    return grub_step("grub.cfg", reinstall=False)
+
+
+@cli.command("bootloader")
+def bootloader_cmd() -> Step:
+    """Reinstall GRUB (grub-install) and its configuration in a new snapshot."""
+    return grub_step("bootloader", reinstall=True)
+
+
+@cli.command("boot-once")
+@click.argument("number", type=int, metavar="N")
+def boot_once_cmd(number: int) -> Step:
+    """Boot snapshot N at the next boot only; the boot after returns to the default."""
+
+    def step(state: State) -> int:
+        from transactional_update import grub
+
+        value = grub.boot_once(state.ctx, number)
+        if state.json:
+            click.echo(json.dumps({"snapshot": number, "next_entry": value}))
+        else:
+            default = state.ctx.managed.default()
+            click.echo(
+                f"snapshot {number} boots at the next boot only; "
+                f"later boots use the default ({default})"
+            )
+        return 0
+
+    return step
+
+
+@cli.command("create-system")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--size", metavar="SIZE", help="Create TARGET as a sparse image file (e.g. 8G).")
+@click.option(
+    "--rootfs",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Root filesystem tarball (default: built with mmdebstrap and cached).",
+)
+@click.option("--suite", help="Debian suite to build (default: the host's).")
+@click.option("--kernel", default="linux-image-amd64", show_default=True, help="Kernel package.")
+@click.option("--include", "include", multiple=True, metavar="PKG", help="More packages.")
+@click.option("--serial-console", is_flag=True, help="GRUB and kernel on ttyS0 too.")
+@click.option("--kernel-args", default="", metavar="ARGS", help="Extra kernel command line.")
+@click.option("--force", is_flag=True, help="Erase a target that holds data.")
+def create_system_cmd(
+    target: Path,
+    size: str | None,
+    rootfs: Path | None,
+    suite: str | None,
+    kernel: str,
+    include: tuple[str, ...],
+    serial_console: bool,
+    kernel_args: str,
+    force: bool,
+) -> Step:
+    """Create a bootable managed system on a disk or image file (GPT, GRUB, btrfs layout)."""
+
+    def step(state: State) -> int:
+        from transactional_update.create_system import CreateOptions, create_system, parse_size
+        from transactional_update.errors import UsageError
+
+        if state.root != Path("/"):
+            raise UsageError(
+                "create-system makes a new system; --root does not apply",
+                "mount the new system afterwards and manage it with --root",
+            )
+        opts = CreateOptions(
+            size=parse_size(size) if size is not None else None,
+            rootfs=rootfs,
+            suite=suite,
+            kernel=kernel,
+            include=tuple(p for arg in include for p in arg.replace(",", " ").split()),
+            serial_console=serial_console,
+            kernel_args=kernel_args,
+            force=force,
+        )
+        made = create_system(target.absolute(), opts)
+        if state.json:
+            click.echo(json.dumps(made.__dict__))
+        else:
+            click.echo(
+                f"created a managed system on {made.target} (btrfs {made.root_uuid}, "
+                f"GRUB partition {made.grub_uuid}, kernel {made.kernel or 'none: will not boot'})"
+            )
+        return 0
+
+    return step
+
+
 def report(state: State, result: Any) -> int:
     if state.json:
         click.echo(

@@ -76,6 +76,8 @@ class Config:
     kexec_load_command: tuple[str, ...] = ("kexec",)
     kexec_command: tuple[str, ...] = ("systemctl", "kexec")
     notify_command: tuple[str, ...] = ("wall",)
+    boot_menu_title: str = "Snapshots"  # the GRUB submenu listing the snapshots
+    boot_menu_limit: int = 20  # snapshots in that submenu (the booted and default always)
     # KEY -> "file:line" for every key a file set; keys not listed have their default.
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -231,6 +233,24 @@ def _timezone(key: str, value: str) -> str:
     return value
 
 
+def _boot_menu_title(key: str, value: str) -> str:
+    if not value.strip() or not value.isprintable():
+        raise _Bad(
+            f"{key}={value!r} is not a one-line title",
+            f'set a printable one-line title, e.g. {key}="Snapshots"',
+        )
+    return value
+
+
+def _boot_menu_limit(key: str, value: str) -> int:
+    if not value.isdigit() or not value.isascii():
+        raise _Bad(
+            f"{key}={value!r} is not a number of snapshots",
+            f"set {key} to a whole number like 20 (0: booted and default only)",
+        )
+    return int(value)
+
+
 def _show_duration(d: timedelta) -> str:
     h, m = divmod(int(d.total_seconds()) // 60, 60)
     return (f"{h}h" if h else "") + (f"{m}m" if m or not h else "")
@@ -293,6 +313,8 @@ KEYS: tuple[Key, ...] = (
     Key("KEXEC_LOAD_COMMAND", "kexec_load_command", _command, "a command line (kexec)"),
     Key("KEXEC_COMMAND", "kexec_command", _command, "a command line"),
     Key("NOTIFY_COMMAND", "notify_command", _command, "a command line (wall)"),
+    Key("BOOT_MENU_TITLE", "boot_menu_title", _boot_menu_title, "a one-line title"),
+    Key("BOOT_MENU_LIMIT", "boot_menu_limit", _boot_menu_limit, "snapshots in the GRUB submenu"),
 )
 KEY_BY_NAME = {k.name: k for k in KEYS}
 

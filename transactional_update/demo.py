@@ -25,7 +25,7 @@ ROOT = BASE / "root"
 
 
 def _loop_device() -> str | None:
-    out = run(["losetup", "-J", "-j", str(IMAGE)], what="losetup").stdout
+    out = run(["losetup", "-J", "-l", "-j", str(IMAGE)], what="losetup").stdout
     devices = json.loads(out or '{"loopdevices": []}')["loopdevices"]
     return str(devices[0]["name"]) if devices else None
 

@@ -74,12 +74,21 @@ def info_xml(number: int, description: str, date: datetime | None = None) -> str
     )
 
 
-def fstab(uuid: str) -> str:
+def fstab(uuid: str, grub_uuid: str | None = None) -> str:
+    """The fstab of a managed system.
+
+    ``/`` has no ``subvol=`` (the default subvolume boots) and stays read-only; ``/tmp`` is a
+    tmpfs because nothing may write into a read-only snapshot; ``/boot/grub`` (GRUB's own
+    partition, when there is one) belongs to no snapshot.
+    """
     lines = [
         f"UUID={uuid} / btrfs ro 0 0",
         f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots 0 0",
     ]
     lines += [f"UUID={uuid} /{d} btrfs subvol=/@/{d} 0 0" for d in DATA_SUBVOLUMES]
+    if grub_uuid is not None:
+        lines.append(f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2")
+    lines.append("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0")
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +157,11 @@ def _place_dnf_history(snap: Path) -> None:
     conf.write_text("".join(lines), encoding="utf-8")
 
 
-def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
-    """Create the layout below the mounted top level *top*; returns snapshot 1's directory."""
+def populate(top: Path, rootfs_tar: Path, uuid: str, grub_uuid: str | None = None) -> Path:
+    """Create the layout below the mounted top level *top*; returns snapshot 1's directory.
+
+    *grub_uuid* names GRUB's own partition, mounted at /boot/grub (see :func:`fstab`).
+    """
     btrfs.create_subvolume(top / "@")
     btrfs.create_subvolume(top / "@/.snapshots")
     (top / "@/.snapshots/1").mkdir()
@@ -183,7 +195,9 @@ def populate(top: Path, rootfs_tar: Path, uuid: str) -> Path:
     (snap / "etc/snapper/configs/root").write_text(SNAPPER_CONFIG, encoding="utf-8")
     (snap / "etc/default").mkdir(exist_ok=True)
     (snap / "etc/default/snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
-    (snap / "etc/fstab").write_text(fstab(uuid), encoding="utf-8")
+    (snap / "etc/fstab").write_text(fstab(uuid, grub_uuid), encoding="utf-8")
+    if grub_uuid is not None:
+        (snap / "boot/grub").mkdir(parents=True, exist_ok=True)
     (top / "@/.snapshots/1/info.xml").write_text(
         info_xml(1, "first root filesystem"), encoding="utf-8"
     )

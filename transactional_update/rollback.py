@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from transactional_update import btrfs, state
 from transactional_update.context import Context
 from transactional_update.errors import SnapshotError, UsageError
+from transactional_update.grub import refresh as refresh_boot_menu
 from transactional_update.lock import Lock
 from transactional_update.system import require_finished
 
@@ -67,4 +68,5 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         )
         btrfs.set_default(path)
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
+        refresh_boot_menu(ctx)  # GRUB's main entry follows; never raises
         return RollbackResult(number, default)

@@ -1,10 +1,11 @@
 """The README's demo: a managed system on a loop image, one transaction on it, and its status.
 
 ``python -m transactional_update.demo`` builds (once) a 4 GiB sparse image under
-``/var/lib/transactional-update-demo`` with the MicroOS layout and a minimal Debian root, mounts
-it at ``.../root`` as it would boot, runs a transaction with ``--root`` and shows ``status``
-and ``list``.  The system stays mounted so the admin can try more commands; ``--remove`` takes
-it all down.
+``/var/lib/transactional-update-demo`` with ``transactional-update create-system``: a bootable
+disk (GPT, GRUB on its own ext2 partition, btrfs with the MicroOS layout, a minimal Debian root
+with the cloud kernel).  It mounts the system at ``.../root`` as it would boot, runs a transaction
+with ``--root`` and shows ``status``, ``list`` and the boot menu.  The system stays mounted so the
+admin can try more commands; ``--remove`` takes it all down.  The image also boots in qemu.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import sys
 from pathlib import Path
 
 from transactional_update import image
+from transactional_update.create_system import partitions
 from transactional_update.proc import run
 
 BASE = Path("/var/lib/transactional-update-demo")
 IMAGE = BASE / "disk.img"
 ROOT = BASE / "root"
+KERNEL = "linux-image-cloud-amd64"  # a fraction of the generic kernel, and it boots in qemu
+BTRFS_PART, GRUB_PART = 3, 2  # create-system's layout: 1 BIOS boot, 2 /boot/grub, 3 btrfs
 
 
 def _loop_device() -> str | None:
@@ -38,20 +42,22 @@ def ensure_system() -> None:
     if _is_mounted():
         return
     BASE.mkdir(parents=True, exist_ok=True)
-    fresh = not IMAGE.exists()
-    if fresh:
-        print("building the demo system (minimal Debian root, MicroOS layout) ...", flush=True)
-        with open(IMAGE, "wb") as f:
-            f.truncate(4 << 30)
+    if not IMAGE.exists():
+        print("building the demo system with create-system (first time: a few minutes) ...")
+        argv = ["create-system", "--size", "4G", "--kernel", KERNEL, "--serial-console"]
+        if tu_plain(*argv, str(IMAGE)) != 0:
+            IMAGE.unlink(missing_ok=True)
+            raise SystemExit("demo: create-system failed (see above)")
     device = (
         _loop_device()
-        or run(["losetup", "--show", "-f", str(IMAGE)], what="attach the demo image").stdout.strip()
+        or run(
+            ["losetup", "--show", "-f", "-P", str(IMAGE)], what="attach the demo image"
+        ).stdout.strip()
     )
-    if fresh:
-        uuid = image.make_filesystem(device, label="tu-demo")
-        with image.mounted_top(device, BASE / "top") as top:
-            image.populate(top, image.cached_rootfs(), uuid)
-    image.mount_system(device, ROOT)
+    run(["partx", "-a", device], check=False)  # the kernel makes no partition devices for loops
+    parts = partitions(device)
+    image.mount_system(parts[BTRFS_PART], ROOT)
+    run(["mount", parts[GRUB_PART], str(ROOT / "boot/grub")], what="mount /boot/grub")
 
 
 def remove() -> None:
@@ -59,9 +65,16 @@ def remove() -> None:
         image.unmount_system(ROOT)
     device = _loop_device()
     if device:
+        run(["partx", "-d", device], check=False)
         run(["losetup", "-d", device], what="detach the demo image")
     IMAGE.unlink(missing_ok=True)
     print(f"removed the demo system in {BASE}")
+
+
+def tu_plain(*args: str) -> int:
+    argv = [sys.executable, "-m", "transactional_update", *args]
+    print(f"\n$ transactional-update {shlex.join(args)}", flush=True)
+    return subprocess.run(argv, check=False).returncode
 
 
 def tu(*args: str) -> int:
@@ -89,6 +102,7 @@ def main() -> int:
         ),
         ("status",),
         ("list",),
+        ("boot-menu",),
     ]
     for step in steps:
         if tu(*step) != 0:

@@ -361,7 +361,11 @@ def test_patch(rpm_system: System, tmp_path: Path) -> None:
         assert "a full reboot (its packages ask for one) to use it" in s.tu("status").stdout
         assert "needs: a full reboot" in s.tu("changelog", "3").stdout
         assert "zypper: an installed patch or package requires a reboot" in r.stderr
+        assert r.stdout.splitlines()[-1] == (
+            "snapshot 3 is the new default; a full reboot (its packages ask for one) to use it"
+        )
     else:
+        assert r.stdout.splitlines()[-1] == "snapshot 3 is the new default; reboot to use it"
         assert commands == [
             (["dnf", "makecache", "--refresh"], 0),
             (["dnf", "--assumeno", "upgrade-minimal"], 1),

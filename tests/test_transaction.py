@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -41,6 +42,25 @@ def test_run_commits_and_moves_the_default(system: System) -> None:
     log = (system.root / "var/log/transactional-update.log").read_text()
     assert f"snapshot {new} is the new default; reboot to use it" in log
     assert "Traceback" not in r.stderr
+
+
+def test_run_json_reports_the_transaction(system: System) -> None:
+    r = system.tu("--json", "run", "--", "sh", "-c", "echo hi > /etc/hi")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    new = system.default_number()
+    assert {k: v for k, v in out.items() if k != "commands"} == {
+        "snapshot": new,
+        "base": 1,
+        "dropped": False,
+        "previous_default": 1,
+        "shadowed_writes": [],
+        "summary": "1 file",
+        "reboot": None,
+    }
+    assert [(c["argv"], c["exit"]) for c in out["commands"]] == [
+        (["sh", "-c", "echo hi > /etc/hi"], 0)
+    ]
 
 
 def test_failing_command_discards_and_passes_exit_code(system: System) -> None:

@@ -698,6 +698,8 @@ def report(state: State, result: Any) -> int:
                     "dropped": result.dropped,
                     "previous_default": result.previous_default,
                     "shadowed_writes": result.shadowed_writes,
+                    "summary": result.summary,
+                    "reboot": result.reboot,  # "reboot": the packages ask for a full one
                     "commands": [
                         {"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
                         for c in result.commands
@@ -708,7 +710,8 @@ def report(state: State, result: Any) -> int:
     elif result.dropped:
         click.echo(f"{result.reason or 'nothing changed'}; no snapshot was kept")
     else:
-        click.echo(f"snapshot {result.number} is the new default; reboot to use it")
+        how = "a full reboot (its packages ask for one)" if result.reboot else "reboot"
+        click.echo(f"snapshot {result.number} is the new default; {how} to use it")
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from transactional_update import __version__
+from transactional_update.files import write_atomic
 from transactional_update.summary import STORE, entry_path, summarize
 
 
@@ -95,14 +96,8 @@ def userdata(entry: Entry) -> dict[str, str]:
 
 def save(root: Path, entry: Entry) -> None:
     """Write atomically and durably: the entry exists completely or not at all."""
-    path = entry_path(root, entry.snapshot)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(asdict(entry), f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(asdict(entry), indent=1, ensure_ascii=False)
+    write_atomic(entry_path(root, entry.snapshot), text)
 
 
 def load(root: Path, number: int) -> Entry | None:

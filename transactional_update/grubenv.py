@@ -7,10 +7,10 @@ GRUB cannot do on btrfs - so a managed system keeps it on a small ext2 partition
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from transactional_update.errors import SystemError_, UsageError
+from transactional_update.files import write_atomic
 
 HEADER = "# GRUB Environment Block\n"
 SIZE = 1024
@@ -63,21 +63,9 @@ def read(path: Path) -> dict[str, str]:
 
 def write(path: Path, values: dict[str, str]) -> None:
     """Replace *path* atomically and durably with a block holding *values*."""
-    data = format_block(values)
-    tmp = path.with_name(f".{path.name}.tu-new")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        write_atomic(path, format_block(values))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SystemError_(
             f"cannot write the GRUB environment {path}: {exc.strerror or exc}",
             f"check that {path.parent} is mounted read-write",

@@ -39,6 +39,21 @@ def stale_notes(text: str) -> list[str]:
     return [f"stale {n}\n" for n in list(numbers)[-20:]]
 
 
+def is_locked(path: Path) -> bool:
+    """Whether some process holds an exclusive flock on *path* now (without taking it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class Lock:
     def __init__(self, snapshots_dir: Path, wait: float = 0.0) -> None:
         self.path = snapshots_dir / LOCK_NAME
@@ -106,17 +121,7 @@ class Lock:
 
     def is_held(self) -> bool:
         """Whether some process holds the lock now (without taking it)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return is_locked(self.path)
 
     def release(self) -> None:
         if self.fd is not None:

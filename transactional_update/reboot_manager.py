@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from transactional_update import maintenance
 from transactional_update.config import Window
 from transactional_update.errors import LockedError, SystemError_, TUError
+from transactional_update.files import write_atomic
+from transactional_update.lock import is_locked
 
 if TYPE_CHECKING:
     from transactional_update.config import Config
@@ -87,19 +89,7 @@ def load(root: Path) -> Plan:
 
 def save(root: Path, plan: Plan) -> None:
     """Write atomically (a crash leaves the old plan or the new one)."""
-    path = root / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(plan.to_json(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(root / STATE_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
 
 
 def request(root: Path, snapshot: int, window: Window, now: datetime) -> Plan:
@@ -210,17 +200,7 @@ def _open_lock(root: Path) -> int:
 
 def is_running(root: Path) -> bool:
     """Whether a reboot manager serves *root* now (it holds its lock file for its whole life)."""
-    try:
-        fd = os.open(root / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_locked(root / LOCK_FILE)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,10 @@ started on.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 from pathlib import Path
+
+from transactional_update.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,7 @@ def load(root: Path) -> dict[str, str]:
 
 def save(root: Path, values: dict[str, str]) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path = root / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(render(values))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(root / STATE_FILE, render(values))
 
 
 def last_working(root: Path) -> list[int]:

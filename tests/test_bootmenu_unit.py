@@ -358,9 +358,15 @@ def test_defaults_text_and_kernel_args() -> None:
 
 
 def test_partition_script_and_sizes() -> None:
-    script = partition_script()
-    assert script.startswith("label: gpt\n")
-    assert "type=21686148-6449-6E6F-744E-656564454649" in script  # BIOS boot for core.img
+    script = partition_script("/dev/loop7")
+    assert script.splitlines() == [
+        "label: gpt",
+        '/dev/loop7p1 : size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name="bios-boot"',
+        '/dev/loop7p4 : size=64MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="tu-esp"',
+        '/dev/loop7p2 : size=128MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="tu-grub"',
+        '/dev/loop7p3 : type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name="tu-root"',
+    ]
+    assert partition_script("/dev/sda").splitlines()[1].startswith("/dev/sda1 : ")
     assert parse_size("8G") == 8 << 30
     assert parse_size("4096M") == 4 << 30
     for bad in ("8X", "", "1G", "-5G"):

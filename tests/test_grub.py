@@ -162,12 +162,29 @@ def script_check(text: str, tmp: Path) -> subprocess.CompletedProcess[str]:
 # --- create-system -------------------------------------------------------------------------------
 
 
-def test_create_system_makes_a_bootable_bios_disk(disk: Disk) -> None:
+def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) -> None:
     table = json.loads(sh("sfdisk", "--json", str(disk.image)).stdout)["partitiontable"]
     assert table["label"] == "gpt"
     types = [p["type"] for p in table["partitions"]]
     assert types[0] == "21686148-6449-6E6F-744E-656564454649"  # BIOS boot: core.img
-    assert len(types) == 3
+    assert types[3] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # the ESP, numbered 4
+    assert len(types) == 4
+    assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p4").stdout.strip() == "vfat"
+    # UEFI: GRUB at the removable-media path (no NVRAM entry needed), read back from the ESP
+    # with mtools (this kernel has no FAT driver); it finds grub.cfg and the environment on the
+    # ext2 partition by UUID, like the BIOS GRUB, and loads its modules from there.
+    efi = disk.workdir / "BOOTX64.EFI"
+    mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    esp = f"{disk.device}p4"
+    subprocess.run(
+        ["mcopy", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", str(efi)], check=True, env=mtools
+    )
+    grub_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p2").stdout.strip()
+    data = efi.read_bytes()
+    assert data[:2] == b"MZ" and len(data) > 100_000  # a PE image
+    assert f"search.fs_uuid {grub_uuid} root\nset prefix=($root)/\n".encode() in data
+    assert data == (disk.root / "boot/grub/x86_64-efi/core.efi").read_bytes()
+    assert (disk.root / "boot/grub/x86_64-efi/normal.mod").is_file()
     assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p2").stdout.strip() == "ext2"
     assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p3").stdout.strip() == "btrfs"
     # GRUB's boot code in the MBR and its core image in the BIOS boot partition
@@ -190,6 +207,8 @@ def test_create_system_makes_a_bootable_bios_disk(disk: Disk) -> None:
     grub_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p2").stdout.strip()
     assert f"UUID={uuid} / btrfs ro 0 0\n" in fstab
     assert f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2\n" in fstab
+    esp_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p4").stdout.strip()
+    assert f"UUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2\n" in fstab
     assert "tmpfs /tmp tmpfs" in fstab
     assert (disk.root / "var/lib/dpkg").is_symlink()  # into the snapshot (shared /var)
     assert (disk.snapshot(1) / "etc/snapper/configs/root").is_file()

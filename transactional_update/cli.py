@@ -681,7 +681,8 @@ def create_system_cmd(
         else:
             click.echo(
                 f"created a managed system on {made.target} (btrfs {made.root_uuid}, "
-                f"GRUB partition {made.grub_uuid}, kernel {made.kernel or 'none: will not boot'})"
+                f"GRUB partition {made.grub_uuid}, ESP {made.esp_uuid}, "
+                f"kernel {made.kernel or 'none: will not boot'})"
             )
         return 0
 

@@ -1,10 +1,18 @@
 """``create-system TARGET``: a bootable managed system on a block device or an image file.
 
-The disk (GPT, BIOS boot)::
+The disk (GPT; boots with BIOS and with UEFI), in disk order::
 
-    1  1 MiB    BIOS boot partition     GRUB's core image (grub-install writes it)
+    1  1 MiB    BIOS boot partition     GRUB's core image for BIOS (grub-install writes it)
+    4  64 MiB   FAT32 ESP "tu-esp"      /boot/efi: GRUB's UEFI image, EFI/BOOT/BOOTX64.EFI
     2  128 MiB  ext2 "tu-grub"          /boot/grub: grub.cfg, modules, fonts, grubenv
     3  the rest btrfs "tu-root"         the MicroOS layout of :mod:`image`, snapshot 1 = the root
+
+Both GRUBs read the one ``/boot/grub`` (the UEFI image searches it by UUID), so ``grub.cfg``
+and the environment block are shared, and GRUB can write that environment with either firmware
+(``boot-once``).  The ESP is numbered 4 although it lies second, so that the partitions of a
+BIOS-only layout keep their numbers.  The UEFI image is installed as the removable-media path
+``EFI/BOOT/BOOTX64.EFI``: firmware boots it without an NVRAM entry, which an image file cannot
+carry.
 
 GRUB's directory is a partition of its own so that no snapshot owns the boot configuration
 and GRUB can write its environment (upstream GRUB cannot write to btrfs; ``boot-once`` needs
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transactional_update import btrfs, grub, grubenv, image
-from transactional_update.errors import UsageError
+from transactional_update.errors import SystemError_, UsageError
 from transactional_update.log import step
 from transactional_update.proc import run
 
@@ -44,7 +52,9 @@ log = logging.getLogger(__name__)
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 LINUX_DATA = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 GRUB_PART_MIB = 128
+ESP_MIB = 64
 # What a bootable root needs besides minbase: an init, a kernel with an initrd that can mount
 # btrfs, GRUB for BIOS, and what the tool itself calls on the running system.
 BASE_PACKAGES = (
@@ -54,6 +64,7 @@ BASE_PACKAGES = (
     "btrfs-progs",
     "e2fsprogs",
     "grub-pc-bin",
+    "grub-efi-amd64-bin",
     "grub2-common",
     "snapper",
     "dbus",
@@ -78,16 +89,19 @@ class Created:
     target: str
     root_uuid: str
     grub_uuid: str
+    esp_uuid: str
     kernel: str | None  # the kernel version snapshot 1 boots; None: the image cannot boot
 
 
-def partition_script(grub_mib: int = GRUB_PART_MIB) -> str:
-    """sfdisk input for the layout above."""
+def partition_script(device: str, grub_mib: int = GRUB_PART_MIB) -> str:
+    """sfdisk input for the layout above (lines named by partition, for the ESP's number)."""
+    part = f"{device}p" if device[-1:].isdigit() else device
     return (
         "label: gpt\n"
-        f'size=1MiB, type={BIOS_BOOT}, name="bios-boot"\n'
-        f'size={grub_mib}MiB, type={LINUX_DATA}, name="tu-grub"\n'
-        f'type={ROOT_X86_64}, name="tu-root"\n'
+        f'{part}1 : size=1MiB, type={BIOS_BOOT}, name="bios-boot"\n'
+        f'{part}4 : size={ESP_MIB}MiB, type={ESP}, name="tu-esp"\n'
+        f'{part}2 : size={grub_mib}MiB, type={LINUX_DATA}, name="tu-grub"\n'
+        f'{part}3 : type={ROOT_X86_64}, name="tu-root"\n'
     )
 
 
@@ -258,6 +272,61 @@ def _runner(session: ChrootSession) -> grub.Runner:
     return capture
 
 
+EFI_MODULES = "/usr/lib/grub/x86_64-efi"
+EFI_BOOT = "::/EFI/BOOT/BOOTX64.EFI"  # the removable-media path: no NVRAM entry needed
+
+
+def uefi_load_cfg(grub_uuid: str) -> str:
+    """The config built into GRUB's UEFI image: find /boot/grub (the ext2 partition) by UUID."""
+    return f"search.fs_uuid {grub_uuid} root\nset prefix=($root)/\n"
+
+
+def mkimage_argv(grub_dir: str) -> list[str]:
+    """grub-mkimage for the UEFI image, run inside the new system (its own GRUB's modules)."""
+    return [
+        "grub-mkimage",
+        "-O",
+        "x86_64-efi",
+        "-d",
+        EFI_MODULES,
+        "-c",
+        f"/{grub_dir}/x86_64-efi/load.cfg",
+        "-p",
+        "",
+        "-o",
+        f"/{grub_dir}/x86_64-efi/core.efi",
+        "part_gpt",
+        "part_msdos",
+        "ext2",
+        "search_fs_uuid",
+    ]
+
+
+def install_uefi(runner: grub.Runner, root: Path, rel: str, grub_uuid: str, esp: str) -> None:
+    """GRUB for UEFI on the ESP *esp*, which is written with mtools, never mounted.
+
+    What grub-install does for UEFI, by hand: it needs the ESP mounted, and the machine that
+    builds an image may have no FAT driver in its kernel (this project's CI has none).  The
+    modules go to /boot/grub/x86_64-efi like the BIOS ones; the image keeps a copy there too.
+    """
+    grub_dir = root / rel  # rel: boot/grub, seen the same inside the chroot
+    rc, out = runner(["cp", "-r", EFI_MODULES, f"/{rel}/"])
+    if rc != 0:
+        raise SystemError_(f"cannot copy GRUB's UEFI modules: {out.strip()}", _EFI_HINT)
+    (grub_dir / "x86_64-efi/load.cfg").write_text(uefi_load_cfg(grub_uuid), encoding="utf-8")
+    rc, out = runner(mkimage_argv(rel))
+    if rc != 0:
+        raise SystemError_(f"grub-mkimage for UEFI failed: {out.strip()}", _EFI_HINT)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}  # a partition, not a floppy geometry
+    run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"], env=env, what="create EFI/BOOT on the ESP")
+    core = str(grub_dir / "x86_64-efi/core.efi")
+    run(["mcopy", "-i", esp, core, EFI_BOOT], env=env, what="copy GRUB onto the ESP")
+    log.info("GRUB for UEFI installed on %s (%s)", esp, EFI_BOOT.removeprefix("::"))
+
+
+_EFI_HINT = "the new system needs grub-efi-amd64-bin (see create-system --include)"
+
+
 def create_system(target: Path, opts: CreateOptions) -> Created:
     from transactional_update.chroot import ChrootSession, plan_for
     from transactional_update.context import open_context
@@ -280,14 +349,19 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
             device = stack.enter_context(attached(target))
             with step(f"partitioning {target}"):
                 run(["wipefs", "-q", "-a", device], what="wipefs")
-                run(["sfdisk", "-q", device], input_text=partition_script(), what="sfdisk")
+                script = partition_script(device)
+                run(["sfdisk", "-q", device], input_text=script, what="sfdisk")
                 run(["partx", "-u", device], check=False)
-                if len(partitions(device)) < 3:
+                if len(partitions(device)) < 4:
                     run(["partx", "-a", device], what="partx")
                 parts = partitions(device)
             run(["mkfs.ext2", "-q", "-F", "-L", "tu-grub", parts[2]], what="mkfs.ext2")
             grub_uuid = run(
                 ["blkid", "-s", "UUID", "-o", "value", parts[2]], what="blkid"
+            ).stdout.strip()
+            run(["mkfs.vfat", "-F", "32", "-n", "TU-ESP", parts[4]], what="mkfs.vfat")
+            esp_uuid = run(
+                ["blkid", "-s", "UUID", "-o", "value", parts[4]], what="blkid"
             ).stdout.strip()
             uuid = image.make_filesystem(parts[3])
             work = Path(tempfile.mkdtemp(prefix="tu-create-"))
@@ -298,7 +372,7 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
                 step("unpacking the root filesystem"),
                 image.mounted_top(parts[3], work / "top") as top,
             ):
-                image.populate(top, rootfs, uuid, grub_uuid)
+                image.populate(top, rootfs, uuid, grub_uuid, esp_uuid)
             root = work / "root"
             stack.callback(_unmount_all, root)
             image.mount_system(parts[3], root)
@@ -317,6 +391,7 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
                         for change in grub.install_integration(snap, runner):
                             log.info("%s", change)
                         grub.bootloader(tools, runner)
+                        install_uefi(runner, root, tools.grub_dir, grub_uuid, parts[4])
                         grubenv.write(tools.env(root), {})
                         grub.mkconfig(tools, runner)
             finally:
@@ -330,7 +405,7 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
             if kernel is None:
                 log.warning("snapshot 1 has no kernel in /boot: %s will not boot", target)
             run(["sync"], check=False)
-        return Created(str(target), uuid, grub_uuid, kernel)
+        return Created(str(target), uuid, grub_uuid, esp_uuid, kernel)
     except BaseException:
         if new_file:
             target.unlink(missing_ok=True)

@@ -25,7 +25,8 @@ BASE = Path("/var/lib/transactional-update-demo")
 IMAGE = BASE / "disk.img"
 ROOT = BASE / "root"
 KERNEL = "linux-image-cloud-amd64"  # a fraction of the generic kernel, and it boots in qemu
-BTRFS_PART, GRUB_PART = 3, 2  # create-system's layout: 1 BIOS boot, 2 /boot/grub, 3 btrfs
+# create-system's layout: 1 BIOS boot, 2 /boot/grub, 3 btrfs, 4 the ESP
+BTRFS_PART, GRUB_PART, ESP_PART = 3, 2, 4
 
 
 def _loop_device() -> str | None:
@@ -58,6 +59,8 @@ def ensure_system() -> None:
     parts = partitions(device)
     image.mount_system(parts[BTRFS_PART], ROOT)
     run(["mount", parts[GRUB_PART], str(ROOT / "boot/grub")], what="mount /boot/grub")
+    if ESP_PART in parts:  # demos made before create-system added the ESP have none
+        run(["mount", parts[ESP_PART], str(ROOT / "boot/efi")], what="mount /boot/efi")
 
 
 def remove() -> None:

@@ -384,7 +384,8 @@ def regenerate(ctx: Context, opts: Options, *, reinstall: bool = False) -> Resul
 
 
 def bootloader(tools: Tools, runner: Runner) -> str:
-    """grub-install onto the disk that holds the GRUB directory (BIOS; UEFI with /boot/efi)."""
+    """grub-install onto the disk that holds the GRUB directory: for UEFI into /boot/efi when
+    that is mounted, and for BIOS into the disk's BIOS boot partition when it has one."""
     rc, out = runner([tools.probe, "--target=disk", f"/{tools.grub_dir}"])
     disk = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
     if not disk.startswith("/dev/"):
@@ -393,19 +394,36 @@ def bootloader(tools: Tools, runner: Runner) -> str:
             "the snapshot was discarded; install GRUB by hand with grub-install DISK",
         )
     rc, _ = runner(["mountpoint", "-q", "/boot/efi"])
-    argv = [tools.install, "--boot-directory=/boot"]
+    uefi = rc == 0
+    base = [tools.install, "--boot-directory=/boot"]
+    if uefi:
+        # Also (Debian) or only (openSUSE's grub2-install) at the removable-media path
+        # EFI/BOOT/BOOTX64.EFI, which firmware boots without an NVRAM entry: an image file
+        # cannot carry one.  NVRAM is left alone: this may run for a system mounted elsewhere.
+        extra = "--removable" if tools.install.startswith("grub2-") else "--force-extra-removable"
+        efi = [*base, "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram", extra]
+        _install(tools, runner, efi)
+        log.info("GRUB for UEFI installed in /boot/efi")
+    # BIOS too: a disk with a BIOS boot partition boots with either firmware.  A UEFI-only disk
+    # has none, and grub-install says so; that is no failure there.
+    rc, out = runner([*base, "--target=i386-pc", disk])
+    if rc != 0 and not (uefi and "BIOS Boot Partition" in out):
+        raise CommandFailed(
+            f"{tools.install} failed (exit {rc}): {_last(out)}",
+            "the snapshot was discarded; the previous boot loader stays",
+        )
     if rc == 0:
-        argv += ["--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"]
-    else:
-        argv += ["--target=i386-pc", disk]
+        log.info("GRUB for BIOS installed on %s", disk)
+    return disk
+
+
+def _install(tools: Tools, runner: Runner, argv: list[str]) -> None:
     rc, out = runner(argv)
     if rc != 0:
         raise CommandFailed(
             f"{tools.install} failed (exit {rc}): {_last(out)}",
             "the snapshot was discarded; the previous boot loader stays",
         )
-    log.info("GRUB installed on %s", disk)
-    return disk
 
 
 # --- boot once -----------------------------------------------------------------------------------

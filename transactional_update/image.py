@@ -74,12 +74,12 @@ def info_xml(number: int, description: str, date: datetime | None = None) -> str
     )
 
 
-def fstab(uuid: str, grub_uuid: str | None = None) -> str:
+def fstab(uuid: str, grub_uuid: str | None = None, esp_uuid: str | None = None) -> str:
     """The fstab of a managed system.
 
     ``/`` has no ``subvol=`` (the default subvolume boots) and stays read-only; ``/tmp`` is a
     tmpfs because nothing may write into a read-only snapshot; ``/boot/grub`` (GRUB's own
-    partition, when there is one) belongs to no snapshot.
+    partition, when there is one) belongs to no snapshot, nor does the EFI system partition.
     """
     lines = [
         f"UUID={uuid} / btrfs ro 0 0",
@@ -88,6 +88,8 @@ def fstab(uuid: str, grub_uuid: str | None = None) -> str:
     lines += [f"UUID={uuid} /{d} btrfs subvol=/@/{d} 0 0" for d in DATA_SUBVOLUMES]
     if grub_uuid is not None:
         lines.append(f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2")
+    if esp_uuid is not None:
+        lines.append(f"UUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2")
     lines.append("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0")
     return "\n".join(lines) + "\n"
 
@@ -157,10 +159,17 @@ def _place_dnf_history(snap: Path) -> None:
     conf.write_text("".join(lines), encoding="utf-8")
 
 
-def populate(top: Path, rootfs_tar: Path, uuid: str, grub_uuid: str | None = None) -> Path:
+def populate(
+    top: Path,
+    rootfs_tar: Path,
+    uuid: str,
+    grub_uuid: str | None = None,
+    esp_uuid: str | None = None,
+) -> Path:
     """Create the layout below the mounted top level *top*; returns snapshot 1's directory.
 
-    *grub_uuid* names GRUB's own partition, mounted at /boot/grub (see :func:`fstab`).
+    *grub_uuid* names GRUB's own partition, mounted at /boot/grub, and *esp_uuid* the EFI
+    system partition, mounted at /boot/efi (see :func:`fstab`).
     """
     btrfs.create_subvolume(top / "@")
     btrfs.create_subvolume(top / "@/.snapshots")
@@ -195,9 +204,11 @@ def populate(top: Path, rootfs_tar: Path, uuid: str, grub_uuid: str | None = Non
     (snap / "etc/snapper/configs/root").write_text(SNAPPER_CONFIG, encoding="utf-8")
     (snap / "etc/default").mkdir(exist_ok=True)
     (snap / "etc/default/snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
-    (snap / "etc/fstab").write_text(fstab(uuid, grub_uuid), encoding="utf-8")
+    (snap / "etc/fstab").write_text(fstab(uuid, grub_uuid, esp_uuid), encoding="utf-8")
     if grub_uuid is not None:
         (snap / "boot/grub").mkdir(parents=True, exist_ok=True)
+    if esp_uuid is not None:
+        (snap / "boot/efi").mkdir(parents=True, exist_ok=True)
     (top / "@/.snapshots/1/info.xml").write_text(
         info_xml(1, "first root filesystem"), encoding="utf-8"
     )

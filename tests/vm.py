@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def _input_files() -> list[Path]:
         *(REPO / "systemd-units").iterdir(),
         GUEST / "tu-vm-agent",
         GUEST / "tu-vm-agent.service",
+        GUEST / "emergency-dump.conf",
     ]
     return sorted(f for f in files if f.is_file() and "__pycache__" not in f.parts)
 
@@ -159,6 +161,8 @@ def complete_snapshot(snap: Path) -> None:
     systemd = snap / "etc/systemd/system"
     shutil.copy(GUEST / "tu-vm-agent.service", systemd / "tu-vm-agent.service")
     _link(systemd / "multi-user.target.wants/tu-vm-agent.service", "../tu-vm-agent.service")
+    (systemd / "emergency.service.d").mkdir(exist_ok=True)
+    shutil.copy(GUEST / "emergency-dump.conf", systemd / "emergency.service.d/tu-vm.conf")
     for masked in MASKED:
         _link(systemd / masked, "/dev/null")
     (snap / "etc/apt/sources.list").write_text("")
@@ -182,7 +186,7 @@ def golden(log: Callable[[str], None] = print) -> Path:
         for old in CACHE.glob("golden-*.img*"):
             old.unlink()
         tmp = img.with_name(img.name + ".tmp")
-        log(f"building the golden image {img} (create-system, a few minutes)")
+        log(f"building the golden image {img} (create-system)")
         started = time.monotonic()
         argv = [sys.executable, "-m", "transactional_update", "create-system", "--size", "4G"]
         argv += ["--kernel", KERNEL, "--serial-console", "--kernel-args", "quiet"]
@@ -291,12 +295,12 @@ class Machine:
                 argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog, start_new_session=True
             )
             try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                self.boots.append(Boot(n, serial, time.monotonic() - started, {}, False))
-                raise ScenarioFailed(f"boot {n} did not end within {timeout:.0f} s") from None
+                stuck = _wait(proc, serial, started + timeout)
+                if stuck:
+                    proc.kill()
+                    proc.wait()
+                    self.boots.append(Boot(n, serial, time.monotonic() - started, {}, False))
+                    raise ScenarioFailed(f"boot {n}: {stuck}")
             finally:
                 if proc.poll() is None:  # an exception while waiting (KeyboardInterrupt)
                     proc.kill()
@@ -315,6 +319,20 @@ class Machine:
         if not texts:
             raise ScenarioFailed(f"boot {n}: the guest stored no results")
         return boot
+
+
+EMERGENCY = "You are in emergency mode"
+
+
+def _wait(proc: subprocess.Popen[bytes], serial: Path, deadline: float) -> str | None:
+    """Wait for qemu to end; why it was stuck instead (timeout, systemd's emergency mode)."""
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return "did not end within its timeout"
+        if serial.exists() and EMERGENCY in serial.read_text(errors="replace"):
+            return "the guest fell into emergency mode"
+        time.sleep(1)
+    return None
 
 
 def check(condition: bool, what: str, boot: Boot | None = None, detail: object = "") -> None:
@@ -521,7 +539,9 @@ fact before_list transactional-update --json list
 fact service systemctl start transactional-update.service
 fact service_result systemctl show -p Result --value transactional-update.service
 sleep 20  # a reboot the service asked for would be under way by now
+fact jobs systemctl list-jobs --no-legend
 fact running systemctl is-system-running
+fact journal journalctl -b -u transactional-update.service --no-pager -o cat
 fact after_status transactional-update --json status
 fact after_list transactional-update --json list
 fact shell sh -c 'echo "touch /etc/tu-vm-from-shell; exit 1" | transactional-update shell'
@@ -544,12 +564,17 @@ def scenario_broken(m: Machine, debs: Path) -> None:
         b,
         b.text("service_result"),
     )
+    check("error: apt-get " in b.text("journal"), "the service logged why", b, b.text("journal"))
+    jobs = b.text("jobs")
     check(
-        b.text("running").strip() in ("running", "degraded"),
-        "no reboot is under way",
+        "reboot.target" not in jobs and "shutdown.target" not in jobs,
+        "no reboot is queued",
         b,
-        b.text("running"),
+        jobs,
     )
+    # "starting": this agent's own unit is still running; a shutdown would be "stopping"
+    running = b.text("running").strip()
+    check(running in ("starting", "running", "degraded"), "not shutting down", b, running)
     check(not b.rebooted, "the machine did not reboot", b)
     status = b.json("after_status")
     check(
@@ -585,12 +610,16 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
 # --- the runner ----------------------------------------------------------------------------------
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # GRUB's and systemd's terminal control
+
+
 def serial_tail(path: Path, lines: int = 60) -> str:
     if not path.exists():
         return "(no serial log)"
-    text = path.read_text(errors="replace").replace("\r", "")
+    text = ANSI.sub("", path.read_text(errors="replace").replace("\r", ""))
     printable = "".join(c for c in text if c == "\n" or c.isprintable())
-    return "\n".join(printable.splitlines()[-lines:])
+    kept = [line for line in printable.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
 
 
 @dataclass
@@ -614,7 +643,6 @@ def run_scenario(name: str, golden_image: Path, keep: bool = False) -> Outcome:
     except ScenarioFailed as e:
         return Outcome(name, False, time.monotonic() - started, m.boots, str(e))
     finally:
-        m.image.unlink(missing_ok=True)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -640,7 +668,9 @@ def main(argv: list[str]) -> int:
         metavar="SCENARIO",
         help=f"{', '.join(SCENARIOS)} or 1-{len(SCENARIOS)} (default: all)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep work dirs (serial logs)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep work dirs (serial logs, results, the disk image)"
+    )
     args = parser.parse_args(argv)
     names = resolve(args.scenarios)
     if os.geteuid() != 0:

@@ -642,6 +642,8 @@ def run_scenario(name: str, golden_image: Path, keep: bool = False) -> Outcome:
         return Outcome(name, True, time.monotonic() - started, m.boots)
     except ScenarioFailed as e:
         return Outcome(name, False, time.monotonic() - started, m.boots, str(e))
+    except Exception as e:  # the harness itself broke (qemu, tar, disk space): still a FAIL
+        return Outcome(name, False, time.monotonic() - started, m.boots, f"{type(e).__name__}: {e}")
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -653,9 +655,7 @@ def resolve(names: list[str]) -> list[str]:
     for n in names or order:
         name = order[int(n) - 1] if n.isdigit() and 0 < int(n) <= len(order) else n
         if name not in SCENARIOS:
-            raise SystemExit(
-                f"error: no scenario {n!r}\nhint: pick from {', '.join(order)} (or 1-5)"
-            )
+            raise ValueError(f"no scenario {n!r}")
         picked.append(name)
     return picked
 
@@ -672,7 +672,11 @@ def main(argv: list[str]) -> int:
         "--keep", action="store_true", help="keep work dirs (serial logs, results, the disk image)"
     )
     args = parser.parse_args(argv)
-    names = resolve(args.scenarios)
+    try:
+        names = resolve(args.scenarios)
+    except ValueError as e:
+        print(f"error: {e}\nhint: pick from {', '.join(SCENARIOS)} (or 1-5)", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("error: vm-tests need root (loop devices, mounts)", file=sys.stderr)
         return 2

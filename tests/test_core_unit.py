@@ -80,6 +80,15 @@ def test_plan_for_the_host_root_ignores_api_filesystems() -> None:
     assert [m.target for m in plan if m.kind is chroot.Kind.SHADOW] == ["/var"]
 
 
+def test_plan_leaves_file_mount_points_alone() -> None:
+    # systemd binds /run/machine-id over an empty /etc/machine-id on a read-only root (found by
+    # the VM tests: a tmpfs cannot shadow a file, so every transaction failed on such a system)
+    mounts = ["/", "/var", "/etc/machine-id"]
+    plan = chroot.plan_mounts(PurePosixPath("/"), mounts, [], file_mounts=["/etc/machine-id"])
+    assert [m.target for m in plan if m.kind is chroot.Kind.SHADOW] == ["/var"]
+    assert not [m for m in plan if m.target == "/etc/machine-id"]
+
+
 def test_mountinfo_decodes_escapes() -> None:
     line = "36 35 0:32 / /mnt/with\\040space rw,relatime shared:1 - btrfs /dev/loop0 rw\n"
     assert chroot.parse_mountinfo(line) == ["/mnt/with space"]

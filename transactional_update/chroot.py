@@ -126,6 +126,7 @@ def plan_mounts(
     existing: Iterable[str] = (),
     var_links: Mapping[str, str] | None = None,
     resolv_conf: str | None = None,
+    file_mounts: Iterable[str] = (),
 ) -> list[Mount]:
     """The mounts of a chroot into a snapshot of the system at *root*, in mounting order.
 
@@ -136,9 +137,15 @@ def plan_mounts(
     mounts and *bind_dirs* are bound from the live system.  *existing* lists which of those exist
     on the live system (only they are bound); *var_links* maps package-database links (e.g.
     ``/var/lib/dpkg``) to their targets so they resolve inside the snapshot as on the live system.
+    *file_mounts* are host mount points that are files, not directories: systemd binds a file
+    from /run over an empty ``/etc/machine-id`` on a read-only root.  They are left alone (no
+    tmpfs can shadow a file): the snapshot keeps its own file.
     """
     below: list[str] = []
+    skip = set(file_mounts)
     for point in host_mounts:
+        if point in skip:
+            continue
         p = PurePosixPath(point)
         if p != root and root in p.parents:
             rel = "/" + str(p.relative_to(root))
@@ -558,7 +565,8 @@ def plan_for(root: Path, fork_dir: Path, bind_dirs: Sequence[str]) -> list[Mount
     resolv = Path("/etc/resolv.conf")
     resolv_text = resolv.read_text(encoding="utf-8") if resolv.is_file() else None
     root_pp = PurePosixPath(os.path.realpath(root))
-    return plan_mounts(root_pp, mounts, bind_dirs, existing, links, resolv_text)
+    files = [m for m in mounts if os.path.isfile(m)]
+    return plan_mounts(root_pp, mounts, bind_dirs, existing, links, resolv_text, files)
 
 
 def describe(plan: Sequence[Mount]) -> list[dict[str, Any]]:

@@ -1,0 +1,707 @@
+"""VM tests: real boots of a managed system in qemu, driven and observed from the host.
+
+``vm-tests/run`` and ``tests/test_vm.py`` use this module.  The golden image is made once by
+``create-system`` (the cloud kernel, as in tests/test_grub.py, plus Debian's python3 packages
+this tool needs) and completed in its snapshot 1: this checkout's ``transactional_update``
+package and units, apt pointed at a local repository only (the guest has no network), noisy
+timers and the serial getty masked, and a tiny agent unit (``vm-tests/guest``).  It is cached
+in ``/var/cache/transactional-update-tests/vm`` under a hash of those inputs.
+
+Every scenario boots a sparse copy of it, each boot a fresh ``qemu-system-x86_64 -no-reboot``
+with its own wall-clock timeout and two small extra disks: the *step disk* (a tar: the agent
+script, this boot's shell step, the local package repository) and the *results disk* onto
+which the guest writes a tar of result files (``fact`` outputs, exit codes) before it powers
+off.  The host unpacks that after qemu has exited and asserts on it; the image itself is never
+mounted on the host while a guest runs (and not at all per test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import make_deb
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST = REPO / "vm-tests/guest"
+CACHE = Path(os.environ.get("TU_VM_CACHE", "/var/cache/transactional-update-tests/vm"))
+KERNEL = "linux-image-cloud-amd64"  # boots in qemu and is a fraction of the generic one
+# Debian's packages of this tool's dependencies: the guest is offline, so no pip.
+GUEST_PACKAGES = (
+    "python3",
+    "python3-apscheduler",
+    "python3-btrfsutil",
+    "python3-click",
+    "python3-jeepney",
+    "python3-jinja2",
+)
+# Timers that would run apt or snapper behind a scenario's back, and the getty that hangs up
+# ttyS0 under whoever opened it before.
+MASKED = (
+    "serial-getty@ttyS0.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "snapper-timeline.timer",
+    "snapper-cleanup.timer",
+    "snapper-boot.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+)
+IMAGE_VERSION = "1"  # bump when golden() changes what it writes
+BOOT_TIMEOUT = float(os.environ.get("TU_VM_BOOT_TIMEOUT", "480"))
+SOURCES = "deb [trusted=yes] file:/var/cache/tu-vm/repo ./\n"
+PYTHON_DIR = "usr/lib/python3/dist-packages"
+LAUNCHER = """#!/usr/bin/python3
+# transactional-update, installed by the VM tests from a source checkout
+import sys
+
+from transactional_update.entry import main
+
+sys.exit(main())
+"""
+CONF = "# the VM tests (tests/vm.py): the nightly scenario reboots with systemctl\n"
+CONF += "REBOOT_METHOD=systemd\n"
+
+
+class ScenarioFailed(AssertionError):
+    """A scenario's check failed; the message says which, the boot's serial log shows why."""
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+    return r
+
+
+# --- the golden image ----------------------------------------------------------------------------
+
+
+def _input_files() -> list[Path]:
+    files = [
+        *(REPO / "transactional_update").rglob("*"),
+        *(REPO / "systemd-units").iterdir(),
+        GUEST / "tu-vm-agent",
+        GUEST / "tu-vm-agent.service",
+        GUEST / "emergency-dump.conf",
+    ]
+    return sorted(f for f in files if f.is_file() and "__pycache__" not in f.parts)
+
+
+def image_key() -> str:
+    """A hash of everything the golden image holds (the tool's sources, the guest's packages)."""
+    h = hashlib.sha256()
+    h.update(f"{IMAGE_VERSION} {KERNEL} {' '.join(GUEST_PACKAGES)} {MASKED}\n".encode())
+    for f in _input_files():
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def attached_top(img: Path, where: Path) -> Iterator[Path]:
+    """The btrfs top level of the image mounted at *where* (only while no qemu runs it)."""
+    device = sh("losetup", "--show", "-f", "-P", str(img)).stdout.strip()
+    try:
+        sh("partx", "-a", device, check=False)  # this kernel makes no partition devices itself
+        where.mkdir(parents=True, exist_ok=True)
+        sh("mount", "-o", "subvolid=5", f"{device}p3", str(where))
+        try:
+            yield where
+        finally:
+            sh("umount", str(where))
+    finally:
+        sh("partx", "-d", device, check=False)
+        for _ in range(50):
+            if sh("losetup", "-d", device, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+def _link(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(target)
+
+
+def complete_snapshot(snap: Path) -> None:
+    """Install this checkout, the agent and the offline apt setup into snapshot 1."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    pkg = snap / PYTHON_DIR / "transactional_update"
+    shutil.rmtree(pkg, ignore_errors=True)
+    shutil.copytree(REPO / "transactional_update", pkg, ignore=ignore)
+    launcher = snap / "usr/bin/transactional-update"
+    launcher.write_text(LAUNCHER)
+    launcher.chmod(0o755)
+    # Where units.source_dir() finds them for a wheel installed with prefix /usr; the units are
+    # also in place (not enabled: the timer must not fire during a scenario).
+    units = snap / "usr/share/transactional-update/systemd-units"
+    shutil.rmtree(units, ignore_errors=True)
+    shutil.copytree(REPO / "systemd-units", units)
+    for unit in units.iterdir():
+        shutil.copy(unit, snap / "usr/lib/systemd/system" / unit.name)
+    agent = snap / "usr/libexec/tu-vm-agent"
+    agent.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(GUEST / "tu-vm-agent", agent)
+    agent.chmod(0o755)
+    systemd = snap / "etc/systemd/system"
+    shutil.copy(GUEST / "tu-vm-agent.service", systemd / "tu-vm-agent.service")
+    _link(systemd / "multi-user.target.wants/tu-vm-agent.service", "../tu-vm-agent.service")
+    (systemd / "emergency.service.d").mkdir(exist_ok=True)
+    shutil.copy(GUEST / "emergency-dump.conf", systemd / "emergency.service.d/tu-vm.conf")
+    for masked in MASKED:
+        _link(systemd / masked, "/dev/null")
+    (snap / "etc/apt/sources.list").write_text("")
+    (snap / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
+    (snap / "etc/apt/sources.list.d/tu-vm.list").write_text(SOURCES)
+    (snap / "etc/transactional-update.conf").write_text(CONF)
+    (snap / "etc/hostname").write_text("tu-vm\n")
+
+
+def golden(log: Callable[[str], None] = print) -> Path:
+    """The golden image, built once per :func:`image_key` (concurrent callers wait for it)."""
+    from transactional_update import btrfs
+
+    key = image_key()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    img = CACHE / f"golden-{key}.img"
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if img.exists():
+            return img
+        for old in CACHE.glob("golden-*.img*"):
+            old.unlink()
+        tmp = img.with_name(img.name + ".tmp")
+        log(f"building the golden image {img} (create-system)")
+        started = time.monotonic()
+        argv = [sys.executable, "-m", "transactional_update", "create-system", "--size", "4G"]
+        argv += ["--kernel", KERNEL, "--serial-console", "--kernel-args", "quiet"]
+        for p in GUEST_PACKAGES:
+            argv += ["--include", p]
+        r = subprocess.run([*argv, str(tmp)], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"create-system failed: {r.stdout}{r.stderr}")
+        work = Path(tempfile.mkdtemp(prefix="tu-vm-golden-", dir="/var/tmp"))
+        try:
+            with attached_top(tmp, work / "top") as top:
+                snap = top / "@/.snapshots/1/snapshot"
+                btrfs.set_read_only(snap, False)
+                try:
+                    complete_snapshot(snap)
+                finally:
+                    btrfs.set_read_only(snap, True)
+                sh("sync")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        tmp.rename(img)
+        log(f"golden image ready in {time.monotonic() - started:.0f} s")
+    return img
+
+
+# --- one boot ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Boot:
+    number: int
+    serial: Path
+    seconds: float
+    results: dict[str, str]
+    rebooted: bool  # the guest asked for a reboot (qemu -no-reboot ended there)
+
+    def text(self, name: str) -> str:
+        if name not in self.results:
+            raise ScenarioFailed(f"boot {self.number}: no result {name!r} (the step did not run?)")
+        return self.results[name]
+
+    def rc(self, name: str) -> int:
+        return int(self.text(f"{name}.rc"))
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.text(name))
+
+    def root(self) -> str:
+        """The booted root's subvolume, e.g. ``/@/.snapshots/2/snapshot``."""
+        source = self.text("root").split()[0]  # /dev/vda3[/@/.snapshots/2/snapshot]
+        return source[source.index("[") + 1 : -1] if "[" in source else source
+
+    def root_read_only(self) -> bool:
+        return "ro" in self.text("root").split()[1].split(",")
+
+    def booted(self) -> int | None:
+        booted = self.json("status")["booted"]
+        return None if booted is None else int(booted["number"])
+
+
+@dataclass
+class Machine:
+    """A sparse copy of the golden image in *workdir*, booted once per :meth:`boot`."""
+
+    workdir: Path
+    image: Path
+    boots: list[Boot] = field(default_factory=list)
+
+    @classmethod
+    def from_golden(cls, golden_image: Path, workdir: Path) -> Machine:
+        img = workdir / "disk.img"
+        sh("cp", "--sparse=always", str(golden_image), str(img))
+        return cls(workdir, img)
+
+    def boot(self, step: str, repo: Path | None = None, timeout: float = BOOT_TIMEOUT) -> Boot:
+        n = len(self.boots) + 1
+        d = self.workdir / f"boot-{n}"
+        stage = d / "in"
+        stage.mkdir(parents=True)
+        shutil.copy(GUEST / "agent.sh", stage / "agent.sh")
+        (stage / "step.sh").write_text(step)
+        if repo is not None:
+            shutil.copytree(repo, stage / "repo")
+        sh("tar", "-cf", str(d / "step.tar"), "-C", str(stage), ".")
+        out = d / "results.img"
+        with open(out, "wb") as f:
+            f.truncate(64 << 20)
+        serial = d / "serial.log"
+        argv = [
+            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "2", "-no-reboot",
+            "-nographic", "-monitor", "none", "-serial", f"file:{serial}", "-nic", "none",
+            "-drive", f"file={self.image},format=raw,if=none,id=disk,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=disk,bootindex=0",
+            "-drive", f"file={d / 'step.tar'},format=raw,if=none,id=step,readonly=on",
+            "-device", "virtio-blk-pci,drive=step,serial=tu-step",
+            "-drive", f"file={out},format=raw,if=none,id=out",
+            "-device", "virtio-blk-pci,drive=out,serial=tu-out",
+        ]  # fmt: skip
+        started = time.monotonic()
+        with open(d / "qemu.log", "w") as qlog:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog, start_new_session=True
+            )
+            try:
+                stuck = _wait(proc, serial, started + timeout)
+                if stuck:
+                    proc.kill()
+                    proc.wait()
+                    self.boots.append(Boot(n, serial, time.monotonic() - started, {}, False))
+                    raise ScenarioFailed(f"boot {n}: {stuck}")
+            finally:
+                if proc.poll() is None:  # an exception while waiting (KeyboardInterrupt)
+                    proc.kill()
+                    proc.wait()
+        seconds = time.monotonic() - started
+        results = d / "results"
+        results.mkdir()
+        sh("tar", "-xf", str(out), "-C", str(results), check=False)
+        out.unlink()
+        texts = {f.name: f.read_text(errors="replace") for f in results.iterdir() if f.is_file()}
+        log_text = serial.read_text(errors="replace") if serial.exists() else ""
+        boot = Boot(n, serial, seconds, texts, "reboot: Restarting system" in log_text)
+        self.boots.append(boot)
+        if proc.returncode != 0:
+            raise ScenarioFailed(f"boot {n}: qemu exited {proc.returncode}: {d / 'qemu.log'}")
+        if not texts:
+            raise ScenarioFailed(f"boot {n}: the guest stored no results")
+        return boot
+
+
+EMERGENCY = "You are in emergency mode"
+
+
+def _wait(proc: subprocess.Popen[bytes], serial: Path, deadline: float) -> str | None:
+    """Wait for qemu to end; why it was stuck instead (timeout, systemd's emergency mode)."""
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return "did not end within its timeout"
+        if serial.exists() and EMERGENCY in serial.read_text(errors="replace"):
+            return "the guest fell into emergency mode"
+        time.sleep(1)
+    return None
+
+
+def check(condition: bool, what: str, boot: Boot | None = None, detail: object = "") -> None:
+    if not condition:
+        where = f"boot {boot.number}: " if boot else ""
+        raise ScenarioFailed(f"{where}{what}" + (f": {detail!r}" if detail != "" else ""))
+
+
+def check_booted(boot: Boot, number: int, via_default: bool = True) -> None:
+    """Snapshot *number* is what runs: mounted as root (read-only), and status says so."""
+    check(
+        boot.root() == f"/@/.snapshots/{number}/snapshot",
+        f"snapshot {number} is /",
+        boot,
+        boot.text("root"),
+    )
+    check(boot.root_read_only(), "the root is mounted read-only", boot, boot.text("root"))
+    check(
+        boot.booted() == number,
+        f"status says snapshot {number} is booted",
+        boot,
+        boot.text("status"),
+    )
+    subvol = f"rootflags=subvol=@/.snapshots/{number}/snapshot"
+    if via_default:  # the main entry: no subvol=, the kernel mounts the default subvolume
+        check(
+            "subvol=" not in boot.text("cmdline"),
+            "booted by the main entry",
+            boot,
+            boot.text("cmdline"),
+        )
+    else:
+        check(
+            subvol in boot.text("cmdline"),
+            f"booted by the entry of snapshot {number}",
+            boot,
+            boot.text("cmdline"),
+        )
+    image = f"BOOT_IMAGE=/@/.snapshots/{number}/snapshot/boot/vmlinuz-{boot.text('kernel').strip()}"
+    check(
+        image in boot.text("cmdline"),
+        f"the kernel of snapshot {number} runs",
+        boot,
+        boot.text("cmdline"),
+    )
+
+
+# --- the local repository ------------------------------------------------------------------------
+
+
+def hello_deb(workdir: Path, version: str, postinst: str | None = None) -> Path:
+    script = f"#!/bin/sh\necho hello from tu-hello {version}\n"
+    return make_deb(workdir, "tu-hello", version, postinst, {"/usr/bin/tu-hello": script})
+
+
+def make_repo(workdir: Path, name: str, debs: list[Path]) -> Path:
+    """A flat apt repository (``deb [trusted=yes] file:DIR ./``) of *debs*."""
+    repo = workdir / name
+    repo.mkdir()
+    for deb in debs:
+        shutil.copy(deb, repo)
+    scan = subprocess.run(
+        ["dpkg-scanpackages", "-m", "."], cwd=repo, capture_output=True, text=True, check=True
+    )
+    (repo / "Packages").write_text(scan.stdout)
+    return repo
+
+
+INSTALL_STEP = """
+fact install transactional-update --non-interactive pkg install tu-hello
+fact unchanged_root findmnt -n -o SOURCE,OPTIONS /
+fact unchanged_hello sh -c 'command -v tu-hello'
+fact after_status transactional-update --json status
+"""
+
+VERIFY_STEP = """
+fact hello tu-hello
+fact dpkg dpkg-query -W -f '${Status} ${Version}' tu-hello
+fact changelog transactional-update --json changelog 2
+"""
+
+
+def install_boot(m: Machine, repo: Path) -> Boot:
+    """Boot 1 of several scenarios: `pkg install tu-hello` into snapshot 2, nothing else changes."""
+    b = m.boot(INSTALL_STEP, repo)
+    check_booted(b, 1)
+    check(b.rc("install") == 0, "pkg install succeeds", b, b.text("install.err"))
+    check(b.text("unchanged_root") == b.text("root"), "the running root is unchanged", b)
+    check(b.rc("unchanged_hello") != 0, "the running system has no tu-hello yet", b)
+    after = b.json("after_status")
+    check(
+        after["pending"] == 2 and after["booted"]["number"] == 1, "snapshot 2 is pending", b, after
+    )
+    return b
+
+
+def verify_installed_boot(b: Boot, version: str = "1.0") -> None:
+    check(
+        b.rc("hello") == 0 and b.text("hello") == f"hello from tu-hello {version}\n",
+        "tu-hello works",
+        b,
+        b.text("hello") + b.text("hello.err"),
+    )
+    check(
+        b.text("dpkg") == f"install ok installed {version}", "dpkg has tu-hello", b, b.text("dpkg")
+    )
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+def scenario_update(m: Machine, debs: Path) -> None:
+    repo = make_repo(debs, "repo-update", [hello_deb(debs, "1.0")])
+    install_boot(m, repo)
+    b = m.boot(VERIFY_STEP, repo)
+    check_booted(b, 2)
+    verify_installed_boot(b)
+    status = b.json("status")
+    check(status["pending"] is None and not status["reboot_needed"], "nothing pending", b, status)
+    log = b.json("changelog")
+    check(
+        log["packages"] == [{"name": "tu-hello", "kind": "added", "old": None, "new": "1.0"}],
+        "the changelog names tu-hello",
+        b,
+        log.get("packages"),
+    )
+
+
+def scenario_rollback(m: Machine, debs: Path) -> None:
+    repo = make_repo(debs, "repo-rollback", [hello_deb(debs, "1.0")])
+    install_boot(m, repo)
+    b = m.boot(VERIFY_STEP + "fact rollback transactional-update rollback 1\n", repo)
+    check_booted(b, 2)
+    verify_installed_boot(b)
+    check(b.rc("rollback") == 0, "rollback 1 succeeds", b, b.text("rollback.err"))
+    b = m.boot(VERIFY_STEP, repo)
+    check_booted(b, 1)
+    check(b.rc("hello") != 0, "tu-hello is gone", b, b.text("hello"))
+    check(
+        b.rc("dpkg") != 0 or not b.text("dpkg").startswith("install ok installed"),
+        "dpkg agrees: tu-hello is not installed",
+        b,
+        b.text("dpkg"),
+    )
+    status = b.json("status")
+    check(
+        status["default"]["number"] == 1 and status["pending"] is None,
+        "1 is the default",
+        b,
+        status,
+    )
+
+
+def scenario_grub(m: Machine, debs: Path) -> None:
+    repo = make_repo(debs, "repo-grub", [hello_deb(debs, "1.0")])
+    b = m.boot(INSTALL_STEP + "fact once transactional-update --json boot-once 1\n", repo)
+    check_booted(b, 1)
+    check(
+        b.rc("install") == 0 and b.rc("once") == 0,
+        "install and boot-once 1 succeed",
+        b,
+        b.text("install.err") + b.text("once.err"),
+    )
+    check(b.json("once")["next_entry"] == "tu-snapshots>tu-snapshot-1", "next_entry is set", b)
+    b = m.boot(VERIFY_STEP, repo)
+    check_booted(b, 1, via_default=False)  # the default is 2: GRUB picked the older entry
+    check(b.rc("hello") != 0, "snapshot 1 has no tu-hello", b)
+    check(b.json("status")["default"]["number"] == 2, "2 stays the default", b, b.text("status"))
+    # GRUB's 00_header clears it as `set next_entry=` + `save_env next_entry`: an empty value
+    env = b.text("grubenv").split()
+    check(env in ([], ["next_entry="]), "GRUB cleared the one-shot choice", b, b.text("grubenv"))
+    b = m.boot(VERIFY_STEP, repo)
+    check_booted(b, 2)
+    verify_installed_boot(b)
+
+
+NIGHTLY_STEP = """
+fact before_status transactional-update --json status
+save
+NO_POWEROFF=1
+# as the timer would start it (the agent's unit is ordered after multi-user.target)
+fact service systemctl start transactional-update.service
+fact after_service transactional-update --json status
+"""
+
+
+def scenario_nightly(m: Machine, debs: Path) -> None:
+    old = make_repo(debs, "repo-nightly-1", [hello_deb(debs, "1.0")])
+    install_boot(m, old)
+    new_dir = debs / "new"
+    new_dir.mkdir()
+    new = make_repo(debs, "repo-nightly-2", [hello_deb(new_dir, "2.0")])
+    b = m.boot(VERIFY_STEP + NIGHTLY_STEP, new)
+    check_booted(b, 2)
+    verify_installed_boot(b)
+    check(b.rebooted, "the nightly service rebooted the machine", b)
+    b = m.boot(VERIFY_STEP, new)
+    check_booted(b, 3)
+    verify_installed_boot(b, "2.0")
+
+
+BROKEN_STEP = """
+fact before_list transactional-update --json list
+fact service systemctl start transactional-update.service
+fact service_result systemctl show -p Result --value transactional-update.service
+sleep 20  # a reboot the service asked for would be under way by now
+fact jobs systemctl list-jobs --no-legend
+fact running systemctl is-system-running
+fact journal journalctl -b -u transactional-update.service --no-pager -o cat
+fact after_status transactional-update --json status
+fact after_list transactional-update --json list
+fact shell sh -c 'echo "touch /etc/tu-vm-from-shell; exit 1" | transactional-update shell'
+fact shell_list transactional-update --json list
+"""
+
+
+def scenario_broken(m: Machine, debs: Path) -> None:
+    old = make_repo(debs, "repo-broken-1", [hello_deb(debs, "1.0")])
+    install_boot(m, old)
+    new_dir = debs / "new"
+    new_dir.mkdir()
+    broken = make_repo(debs, "repo-broken-2", [hello_deb(new_dir, "2.0", postinst="exit 1")])
+    b = m.boot(VERIFY_STEP + BROKEN_STEP, broken)
+    check_booted(b, 2)
+    check(b.rc("service") != 0, "the update service fails", b, b.text("service.err"))
+    check(
+        b.text("service_result").strip() == "exit-code",
+        "it failed by its exit code",
+        b,
+        b.text("service_result"),
+    )
+    check("error: apt-get " in b.text("journal"), "the service logged why", b, b.text("journal"))
+    jobs = b.text("jobs")
+    check(
+        "reboot.target" not in jobs and "shutdown.target" not in jobs,
+        "no reboot is queued",
+        b,
+        jobs,
+    )
+    # "starting": this agent's own unit is still running; a shutdown would be "stopping"
+    running = b.text("running").strip()
+    check(running in ("starting", "running", "degraded"), "not shutting down", b, running)
+    check(not b.rebooted, "the machine did not reboot", b)
+    status = b.json("after_status")
+    check(
+        status["default"]["number"] == 2 and status["pending"] is None,
+        "default unchanged",
+        b,
+        status,
+    )
+    check(
+        b.text("after_list") == b.text("before_list"),
+        "no snapshot was added",
+        b,
+        b.text("after_list"),
+    )
+    check(b.rc("shell") == 1, "shell exiting 1 fails", b, b.text("shell.err"))
+    check(
+        b.text("shell_list") == b.text("before_list"),
+        "shell left nothing behind",
+        b,
+        b.text("shell_list"),
+    )
+
+
+SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
+    "update": scenario_update,
+    "rollback": scenario_rollback,
+    "grub": scenario_grub,
+    "nightly": scenario_nightly,
+    "broken": scenario_broken,
+}
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # GRUB's and systemd's terminal control
+
+
+def serial_tail(path: Path, lines: int = 60) -> str:
+    if not path.exists():
+        return "(no serial log)"
+    text = ANSI.sub("", path.read_text(errors="replace").replace("\r", ""))
+    printable = "".join(c for c in text if c == "\n" or c.isprintable())
+    kept = [line for line in printable.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+@dataclass
+class Outcome:
+    name: str
+    passed: bool
+    seconds: float
+    boots: list[Boot]
+    error: str = ""
+
+
+def run_scenario(name: str, golden_image: Path, keep: bool = False) -> Outcome:
+    workdir = Path(tempfile.mkdtemp(prefix=f"tu-vm-{name}-", dir="/var/tmp"))
+    started = time.monotonic()
+    m = Machine.from_golden(golden_image, workdir)
+    debs = workdir / "debs"
+    debs.mkdir()
+    try:
+        SCENARIOS[name](m, debs)
+        return Outcome(name, True, time.monotonic() - started, m.boots)
+    except ScenarioFailed as e:
+        return Outcome(name, False, time.monotonic() - started, m.boots, str(e))
+    except Exception as e:  # the harness itself broke (qemu, tar, disk space): still a FAIL
+        return Outcome(name, False, time.monotonic() - started, m.boots, f"{type(e).__name__}: {e}")
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def resolve(names: list[str]) -> list[str]:
+    order = list(SCENARIOS)
+    picked = []
+    for n in names or order:
+        name = order[int(n) - 1] if n.isdigit() and 0 < int(n) <= len(order) else n
+        if name not in SCENARIOS:
+            raise ValueError(f"no scenario {n!r}")
+        picked.append(name)
+    return picked
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vm-tests/run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"{', '.join(SCENARIOS)} or 1-{len(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep work dirs (serial logs, results, the disk image)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        names = resolve(args.scenarios)
+    except ValueError as e:
+        print(f"error: {e}\nhint: pick from {', '.join(SCENARIOS)} (or 1-5)", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("error: vm-tests need root (loop devices, mounts)", file=sys.stderr)
+        return 2
+    if shutil.which("qemu-system-x86_64") is None:
+        print("error: qemu-system-x86_64 is missing\nhint: ./tu-dev install", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    img = golden(lambda s: print(s, flush=True))
+    outcomes = []
+    for name in names:
+        print(f"--- {name}", flush=True)
+        o = run_scenario(name, img, args.keep)
+        outcomes.append(o)
+        boots = ", ".join(f"{b.seconds:.0f}" for b in o.boots)
+        if o.passed:
+            print(f"PASS {name} in {o.seconds:.0f} s (boots: {boots} s)", flush=True)
+        else:
+            print(f"FAIL {name} in {o.seconds:.0f} s (boots: {boots} s): {o.error}", flush=True)
+            if o.boots:
+                last = o.boots[-1]
+                print(f"--- serial log of boot {last.number} (tail) ---")
+                print(serial_tail(last.serial), flush=True)
+    failed = [o.name for o in outcomes if not o.passed]
+    print(
+        f"{len(outcomes) - len(failed)} passed, {len(failed)} failed"
+        f"{' (' + ', '.join(failed) + ')' if failed else ''} in {time.monotonic() - started:.0f} s"
+    )
+    return 1 if failed else 0

@@ -1,0 +1,51 @@
+#!/bin/sh
+# One boot of a VM test scenario, in the guest (started by tu-vm-agent from the step disk).
+# Records what booted, runs step.sh (sourced: it uses fact and save), stores every result file
+# on the results disk (a tar the host unpacks after qemu exits), then powers off unless the
+# step said a reboot is coming (NO_POWEROFF=1: the host then sees qemu end on that reboot).
+IN=/run/tu-vm
+OUT=/run/tu-vm-out
+RESULTS=/dev/disk/by-id/virtio-tu-out
+NO_POWEROFF=0
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+say() { echo "TU-VM $*"; }
+
+# fact NAME COMMAND...: stdout to NAME, stderr to NAME.err, exit code to NAME.rc
+fact() {
+    name=$1
+    shift
+    say "fact $name: $*"
+    "$@" >"$OUT/$name" 2>"$OUT/$name.err" </dev/null
+    echo $? >"$OUT/$name.rc"
+    say "fact $name: exit $(cat "$OUT/$name.rc")"
+}
+
+save() {
+    sync
+    tar -cf "$RESULTS" -C "$OUT" . && blockdev --flushbufs "$RESULTS" && say "results saved"
+}
+
+if [ -d "$IN/repo" ]; then  # this boot's local package repository (apt's file: source)
+    rm -rf /var/cache/tu-vm/repo
+    mkdir -p /var/cache/tu-vm
+    cp -a "$IN/repo" /var/cache/tu-vm/repo
+fi
+say "boot: $(cat /proc/cmdline)"
+fact cmdline cat /proc/cmdline
+fact root findmnt -n -o SOURCE,OPTIONS /
+fact kernel uname -r
+fact default btrfs subvolume get-default /
+fact status transactional-update --json status
+fact grubenv grub-editenv /boot/grub/grubenv list
+. "$IN/step.sh"
+echo "$?" >"$OUT/step.rc"
+save
+if [ "$NO_POWEROFF" = 1 ]; then
+    say "step done; waiting for the reboot it started"
+    sleep 600
+    save
+fi
+say "done: powering off"
+systemctl poweroff

@@ -1,8 +1,9 @@
 """Real boots in qemu (tests/vm.py, vm-tests/run): scenarios 1-3, the ones CI is meant to run.
 
-Slow (a few minutes per scenario under TCG), so skipped unless ``TU_VM_TESTS=1``; the golden
-image is cached in /var/cache/transactional-update-tests/vm.  Scenarios 4 and 5 run with
-``vm-tests/run nightly broken`` (or ``TU_VM_TESTS=all``).
+About 4.5 minutes for the three under TCG, part of every ``./tu-dev test`` (and so of CI);
+``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds scenarios 4 and 5 (also run with
+``vm-tests/run nightly broken``).  The golden image is cached in
+/var/cache/transactional-update-tests/vm.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import pytest
 
 from tests import vm
 
-SELECTED = os.environ.get("TU_VM_TESTS", "")
+SELECTED = os.environ.get("TU_VM_TESTS", "1")
 
 pytestmark = [
     pytest.mark.privileged,
     pytest.mark.vm,
-    pytest.mark.skipif(SELECTED not in ("1", "all"), reason="VM tests run with TU_VM_TESTS=1"),
+    pytest.mark.skipif(SELECTED not in ("1", "all"), reason="TU_VM_TESTS=0 skips the VM tests"),
     pytest.mark.skipif(
         shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86 (./tu-dev test)"
     ),

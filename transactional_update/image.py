@@ -203,7 +203,11 @@ def populate(
     (snap / "etc/snapper/configs").mkdir(parents=True, exist_ok=True)
     (snap / "etc/snapper/configs/root").write_text(SNAPPER_CONFIG, encoding="utf-8")
     (snap / "etc/default").mkdir(exist_ok=True)
-    (snap / "etc/default/snapper").write_text('SNAPPER_CONFIGS="root"\n', encoding="utf-8")
+    # Debian's snapper apt hook would take pre/post snapshots from inside every transaction's
+    # chroot (and fail there): the transaction is the snapshot.
+    (snap / "etc/default/snapper").write_text(
+        'SNAPPER_CONFIGS="root"\nDISABLE_APT_SNAPSHOT="yes"\n', encoding="utf-8"
+    )
     (snap / "etc/fstab").write_text(fstab(uuid, grub_uuid, esp_uuid), encoding="utf-8")
     if grub_uuid is not None:
         (snap / "boot/grub").mkdir(parents=True, exist_ok=True)

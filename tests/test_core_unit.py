@@ -215,3 +215,13 @@ def test_quick_queries_are_only_plain_status_and_list() -> None:
     assert parse_query(["--root=/mnt", "status"]) == (Path("/mnt"), False, "status")
     for argv in (["status", "list"], ["-v", "status"], ["cleanup", "status"], ["--root"], []):
         assert parse_query(argv) is None
+
+
+def test_rootfs_cache_names_fit_a_file_name() -> None:
+    from transactional_update.image import rootfs_name
+
+    assert rootfs_name("bookworm", ["dnf", "rpm"]) == "debian-bookworm-minbase+dnf+rpm.tar"
+    many = [f"package-with-a-long-name-{i}" for i in range(20)]
+    name = rootfs_name("bookworm", many)
+    assert len(name) <= 200 and name.startswith("debian-bookworm-minbase+20pkgs-")
+    assert name != rootfs_name("bookworm", many[:-1])

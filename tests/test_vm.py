@@ -26,7 +26,8 @@ pytestmark = [
     ),
 ]
 
-SCENARIOS = ["update", "rollback", "grub"] + (["nightly", "broken"] if SELECTED == "all" else [])
+MORE = ["nightly", "broken", "uefi"]
+SCENARIOS = ["update", "rollback", "grub"] + (MORE if SELECTED == "all" else [])
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -258,6 +258,7 @@ class Machine:
     workdir: Path
     image: Path
     boots: list[Boot] = field(default_factory=list)
+    uefi: bool = False  # boot with OVMF's UEFI firmware instead of SeaBIOS
 
     @classmethod
     def from_golden(cls, golden_image: Path, workdir: Path) -> Machine:
@@ -289,6 +290,8 @@ class Machine:
             "-drive", f"file={out},format=raw,if=none,id=out",
             "-device", "virtio-blk-pci,drive=out,serial=tu-out",
         ]  # fmt: skip
+        if self.uefi:
+            argv += ["-bios", OVMF]
         started = time.monotonic()
         with open(d / "qemu.log", "w") as qlog:
             proc = subprocess.Popen(
@@ -322,6 +325,7 @@ class Machine:
 
 
 EMERGENCY = "You are in emergency mode"
+OVMF = "/usr/share/ovmf/OVMF.fd"  # Debian's ovmf: UEFI firmware for qemu
 
 
 def _wait(proc: subprocess.Popen[bytes], serial: Path, deadline: float) -> str | None:
@@ -598,12 +602,23 @@ def scenario_broken(m: Machine, debs: Path) -> None:
     )
 
 
+def scenario_uefi(m: Machine, debs: Path) -> None:
+    """Scenario 1 with UEFI firmware: GRUB from the ESP, the menu and grubenv from ext2."""
+    m.uefi = True
+    scenario_update(m, debs)
+    for b in m.boots:
+        text = b.serial.read_text(errors="replace")
+        check("BdsDxe: starting" in text, "the UEFI firmware started the boot loader", b)
+        check("Welcome to GRUB!" in text, "GRUB for UEFI ran from the ESP", b)
+
+
 SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "update": scenario_update,
     "rollback": scenario_rollback,
     "grub": scenario_grub,
     "nightly": scenario_nightly,
     "broken": scenario_broken,
+    "uefi": scenario_uefi,
 }
 
 
@@ -675,7 +690,8 @@ def main(argv: list[str]) -> int:
     try:
         names = resolve(args.scenarios)
     except ValueError as e:
-        print(f"error: {e}\nhint: pick from {', '.join(SCENARIOS)} (or 1-5)", file=sys.stderr)
+        choices = f"{', '.join(SCENARIOS)} (or 1-{len(SCENARIOS)})"
+        print(f"error: {e}\nhint: pick from {choices}", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         print("error: vm-tests need root (loop devices, mounts)", file=sys.stderr)

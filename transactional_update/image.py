@@ -232,6 +232,18 @@ def host_suite() -> str:
     return "bookworm"
 
 
+def rootfs_name(suite: str, extra: Sequence[str]) -> str:
+    """The cache file of a root with the *extra* packages: readable while it fits a file name
+    (255 bytes; mmdebstrap also needs room for its ``.tmp``), else named by a digest."""
+    name = f"debian-{suite}-minbase{''.join('+' + p for p in extra)}.tar"
+    if len(name) <= 200:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(",".join(extra).encode()).hexdigest()[:16]
+    return f"debian-{suite}-minbase+{len(extra)}pkgs-{digest}.tar"
+
+
 def cached_rootfs(
     cache: Path = ROOTFS_CACHE, suite: str | None = None, include: Sequence[str] = ()
 ) -> Path:
@@ -245,7 +257,7 @@ def cached_rootfs(
     suite = suite or host_suite()
     extra = sorted(set(include))
     cache.mkdir(parents=True, exist_ok=True)
-    tar = cache / f"debian-{suite}-minbase{''.join('+' + p for p in extra)}.tar"
+    tar = cache / rootfs_name(suite, extra)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders wait and reuse the result
         if not tar.exists():

@@ -225,3 +225,19 @@ def test_rootfs_cache_names_fit_a_file_name() -> None:
     name = rootfs_name("bookworm", many)
     assert len(name) <= 200 and name.startswith("debian-bookworm-minbase+20pkgs-")
     assert name != rootfs_name("bookworm", many[:-1])
+
+
+def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path) -> None:
+    from transactional_update.files import write_atomic
+
+    target = tmp_path / "state"
+    write_atomic(target, "old\n")
+    assert target.read_text() == "old\n"
+    # A target that cannot be replaced (a directory in its place): the error propagates, the
+    # temporary file is gone, and what was there stays.
+    blocked = tmp_path / "blocked"
+    (blocked / "keep").mkdir(parents=True)
+    with pytest.raises(OSError):
+        write_atomic(blocked, b"new")
+    assert (blocked / "keep").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "state"]

@@ -178,6 +178,18 @@ def test_marker_methods_and_the_refusal_for_another_root(
     ]
 
 
+def _daemon(system: System, log: Path) -> subprocess.Popen[bytes]:
+    """The reboot manager as its service runs it, polling fast; output to *log*, not a pipe
+    nobody reads while it runs (a full pipe would block it)."""
+    argv = ["--root", str(system.root), "reboot-manager", "--poll", "0.3"]
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "transactional_update", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def test_reboot_manager_plans_in_the_window_and_reboots_there(
     managed_system: System, tmp_path: Path
 ) -> None:
@@ -207,22 +219,7 @@ def test_reboot_manager_plans_in_the_window_and_reboots_there(
     assert s.tu("reboot").returncode == 0  # planned again
 
     # The daemon, as its service runs it; it reboots inside the window, exactly once.
-    # Output to a file, not a pipe nobody reads while the daemon runs (a full pipe blocks it).
-    with open(tmp_path / "daemon.log", "w") as out:
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "transactional_update",
-                "--root",
-                str(s.root),
-                "reboot-manager",
-                "--poll",
-                "0.3",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = _daemon(s, tmp_path / "daemon.log")
     try:
         deadline = time.monotonic() + 30
         while not log.exists() and time.monotonic() < deadline and daemon.poll() is None:
@@ -251,21 +248,7 @@ def test_reboot_manager_plans_in_the_window_and_reboots_there(
     _boot_default(s)
     plan = reboot_manager.load(s.root)
     assert plan.snapshot == 2
-    with open(tmp_path / "daemon2.log", "w") as out:
-        again = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "transactional_update",
-                "--root",
-                str(s.root),
-                "reboot-manager",
-                "--poll",
-                "0.3",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    again = _daemon(s, tmp_path / "daemon2.log")
     try:
         deadline = time.monotonic() + 30
         while reboot_manager.load(s.root).snapshot is not None and time.monotonic() < deadline:

@@ -135,15 +135,25 @@ def _deb_split(version: str) -> tuple[int, str, str]:
     return epoch, upstream, revision
 
 
-def debian_compare(a: str, b: str) -> int:
-    """-1, 0 or 1 as Debian version *a* sorts before, with or after *b* (Policy 5.6.12)."""
+def _compare_evr(
+    a: str,
+    b: str,
+    split: Callable[[str], tuple[int, str, str]],
+    part_compare: Compare,
+) -> int:
+    """Epoch, then version, then revision/release: how dpkg and rpm both order versions."""
     if a == b:
         return 0
-    ea, ua, ra = _deb_split(a)
-    eb, ub, rb = _deb_split(b)
+    ea, va, ra = split(a)
+    eb, vb, rb = split(b)
     if ea != eb:
         return -1 if ea < eb else 1
-    return _deb_part_compare(ua, ub) or _deb_part_compare(ra, rb)
+    return part_compare(va, vb) or part_compare(ra, rb)
+
+
+def debian_compare(a: str, b: str) -> int:
+    """-1, 0 or 1 as Debian version *a* sorts before, with or after *b* (Policy 5.6.12)."""
+    return _compare_evr(a, b, _deb_split, _deb_part_compare)
 
 
 # One pass over the whole file: a field used (dpkg writes them spelled so at the start of a line),
@@ -266,13 +276,7 @@ def _rpm_split(evr: str) -> tuple[int, str, str]:
 
 def rpm_compare(a: str, b: str) -> int:
     """-1, 0 or 1 comparing rpm ``[EPOCH:]VERSION-RELEASE`` strings (no epoch means 0)."""
-    if a == b:
-        return 0
-    ea, va, ra = _rpm_split(a)
-    eb, vb, rb = _rpm_split(b)
-    if ea != eb:
-        return -1 if ea < eb else 1
-    return rpmvercmp(va, vb) or rpmvercmp(ra, rb)
+    return _compare_evr(a, b, _rpm_split, rpmvercmp)
 
 
 # EPOCHNUM is 0 where the package has none; rpm's own display leaves such an epoch out.

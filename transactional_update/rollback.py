@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from transactional_update import btrfs, state
 from transactional_update.context import Context
 from transactional_update.errors import SnapshotError, UsageError
-from transactional_update.grub import refresh as refresh_boot_menu
 from transactional_update.lock import Lock
 from transactional_update.system import require_finished
 
@@ -68,5 +67,7 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         )
         btrfs.set_default(path)
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
-        refresh_boot_menu(ctx)  # GRUB's main entry follows; never raises
+        from transactional_update import grub  # here: GRUB's modules cost start-up time
+
+        grub.refresh(ctx)  # GRUB's main entry follows; never raises
         return RollbackResult(number, default)

@@ -25,7 +25,6 @@ from transactional_update import packages as pkgs
 from transactional_update.chroot import ChrootSession, command_env, plan_for
 from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
-from transactional_update.grub import refresh as refresh_boot_menu
 from transactional_update.lock import Lock
 from transactional_update.log import step
 from transactional_update.system import CONTINUE_DEFAULT, FAILED, IN_PROGRESS, require_finished
@@ -264,7 +263,9 @@ class Transaction:
         btrfs.set_default(fork_dir)
         self.result.number = self.number
         log.info("snapshot %d is the new default; reboot to use it", self.number)
-        refresh_boot_menu(self.ctx)  # GRUB's menu follows the new default; never raises
+        from transactional_update import grub  # here: GRUB's modules cost start-up time
+
+        grub.refresh(self.ctx)  # GRUB's menu follows the new default; never raises
 
     def _record(self, base_dir: Path, fork_dir: Path) -> changelog.Entry:
         """The changelog entry: what ran, and what changed according to btrfs and the databases."""

@@ -165,6 +165,20 @@ def test_continue_takes_a_number_only_when_one_follows() -> None:
     ]
     assert normalize_continue(["--continue", "7", "shell"]) == ["--continue=7", "shell"]
     assert normalize_continue(["-c"]) == ["--continue=default"]
+    # A command's own -c is not the global option, with or without "--".
+    assert normalize_continue(["-c", "2", "run", "sh", "-c", "exit 3"]) == [
+        "--continue=2",
+        "run",
+        "sh",
+        "-c",
+        "exit 3",
+    ]
+    assert normalize_continue(["--description", "-c", "run", "true"]) == [
+        "--description",
+        "-c",
+        "run",
+        "true",
+    ]
 
 
 def test_rollback_target_parsing() -> None:
@@ -215,6 +229,70 @@ def test_quick_queries_are_only_plain_status_and_list() -> None:
     assert parse_query(["--root=/mnt", "status"]) == (Path("/mnt"), False, "status")
     for argv in (["status", "list"], ["-v", "status"], ["cleanup", "status"], ["--root"], []):
         assert parse_query(argv) is None
+
+
+def _click_run(argv: list[str]) -> tuple[dict[str, object], list[str]]:
+    """What the full command line makes of ``[OPTIONS] run CMD…``: global options and argv."""
+    from transactional_update import cli
+
+    ctx = cli.cli.make_context("transactional-update", normalize_continue(argv))
+    rest = list(ctx.protected_args) + list(ctx.args) if hasattr(ctx, "protected_args") else []
+    assert rest[0] == "run"
+    sub = cli.cli.get_command(ctx, "run")
+    assert sub is not None
+    command = list(sub.make_context("run", rest[1:], parent=ctx).params["command"])
+    return dict(ctx.params), command
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # click 8.2 deprecates protected_args
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "true"],
+        ["--root", "/mnt", "run", "--", "ls", "-l"],
+        ["--root=/mnt", "--json", "-vv", "run", "grep", "-x", "--", "-y", "f"],
+        ["-d", "-k", "--description", "a 'b' $c", "-q", "run", "sh", "-c", "exit 3"],
+        ["--debug", "-nd", "--keep", "--drop-if-no-change", "run", "status", "list"],
+        ["--verbose", "--quiet", "--non-interactive", "run", "--", "--", "x"],
+    ],
+)
+def test_quick_run_parses_as_the_full_command_line(argv: list[str]) -> None:
+    from transactional_update.entry import parse_run
+
+    quick = parse_run(argv)
+    assert quick is not None
+    opts, command = quick
+    params, click_command = _click_run(argv)
+    assert command == click_command
+    assert Path(str(opts.get("root", "/"))) == params["root"]
+    assert bool(opts.get("json")) == params["json_out"]
+    assert opts["verbose"] == params["verbose"]
+    for key in ("debug", "quiet", "non_interactive", "drop_if_no_change", "keep"):
+        assert bool(opts.get(key)) == params[key], key
+    assert opts.get("description") == params["description"]
+
+
+def test_quick_run_leaves_everything_else_to_click() -> None:
+    from transactional_update.entry import parse_run
+
+    for argv in (
+        ["run"],
+        ["run", "--help"],
+        ["run", "-x", "y"],
+        ["-c", "run", "true"],
+        ["-c", "3", "run", "true"],
+        ["-i", "run", "true"],
+        ["--root", "run", "true"],  # --root's value would be "run"
+        ["--root"],
+        ["--root=", "run", "true"],
+        ["--description", "a", "--description", "b", "run", "true"],
+        ["-vx", "run", "true"],
+        ["--version"],
+        ["cleanup", "run", "true"],
+        ["status"],
+        [],
+    ):
+        assert parse_run(argv) is None, argv
 
 
 def test_rootfs_cache_names_fit_a_file_name() -> None:

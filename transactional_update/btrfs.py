@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from transactional_update.errors import NoSpaceError, NotManagedError, SystemError_
+from transactional_update.errors import NoSpaceError, NotManagedError, SystemError_, TUError
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
 if TYPE_CHECKING:
@@ -194,6 +194,23 @@ def sync(fs_path: Path) -> None:
         _lib().sync(fs_path)
     except Exception as exc:
         raise _fail("cannot sync", fs_path, exc) from exc
+
+
+def committed_generation(subvolume: Path) -> int:
+    """The transaction that last changed *subvolume*'s tree, after committing pending changes.
+
+    btrfs updates a subvolume's root item only when a transaction commits, so the sync comes
+    first; two equal values mean nothing in the subvolume changed in between (time stamps
+    included: an access time update is a change too).
+    """
+    try:
+        lib = _lib()
+        lib.sync(subvolume)
+        return int(lib.subvolume_info(subvolume).generation)
+    except TUError:
+        raise
+    except Exception as exc:
+        raise _fail("cannot read the generation of", subvolume, exc) from exc
 
 
 @contextmanager

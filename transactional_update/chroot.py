@@ -33,7 +33,8 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
-from transactional_update.errors import SystemError_
+from transactional_update import btrfs
+from transactional_update.errors import SystemError_, TUError
 from transactional_update.paths import resolve_under
 
 CLONE_NEWNS = 0x00020000
@@ -42,6 +43,7 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -107,6 +109,9 @@ class RunResult:
 @dataclass
 class CloseReport:
     shadowed_writes: list[str] = field(default_factory=list)
+    # Nothing in the snapshot changed while it was open (see _Holder.setup): the changelog
+    # need not ask btrfs what changed.
+    untouched: bool = False
 
 
 def parse_mountinfo(text: str) -> list[str]:
@@ -260,6 +265,7 @@ class _Holder:
         self.created: list[Path] = []
         self.shadows: list[str] = []
         self.scaffold: set[str] = set()
+        self.generation = -1
 
     def host(self, target: str) -> Path:
         # Mount targets are resolved inside the snapshot: a symlink there must not lead outside.
@@ -284,6 +290,9 @@ class _Holder:
         # grub-probe (update-grub, run by kernel packages) and findmnt / fail without it.
         _mount(str(self.fork_dir), str(self.fork_dir), None, MS_BIND)
         self.mounted.append(str(self.fork_dir))
+        # Reading a file must not change the snapshot: with relatime, running anything updated
+        # access times and so the snapshot's generation (see untouched()).
+        _mount("none", str(self.fork_dir), None, MS_BIND | MS_REMOUNT | MS_NOATIME)
         for m in self.plan:
             target = self.host(m.target)
             if m.kind is Kind.TEXT:
@@ -323,6 +332,16 @@ class _Holder:
                 if m.read_only:
                     _mount("none", str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
             self.mounted.append(str(target))
+        # The snapshot's generation once the mount points above exist: equal at close means the
+        # commands changed nothing (the mount points we created are removed again at teardown).
+        self.generation = btrfs.committed_generation(self.fork_dir)
+
+    def untouched(self) -> bool:
+        """Whether no command changed the snapshot (call after every process is gone)."""
+        try:
+            return btrfs.committed_generation(self.fork_dir) == self.generation
+        except TUError:
+            return False  # the changelog then asks btrfs send, which reports its own error
 
     def shadowed_writes(self) -> list[str]:
         found = []
@@ -344,7 +363,7 @@ class _Holder:
                         found.append(rel + "/")
         return sorted(found)
 
-    def teardown(self) -> None:
+    def kill_all(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)  # every process left in our PID namespace
         while True:
@@ -352,6 +371,9 @@ class _Holder:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
+
+    def teardown(self) -> None:
+        self.kill_all()
         for target in reversed(self.mounted):
             _umount(target)
         for path in reversed(self.created):
@@ -418,8 +440,10 @@ class _Holder:
                 self._send({"rc": self.run(request, fds)})
             elif request["op"] == "close":
                 report = self.shadowed_writes()
+                self.kill_all()  # a daemon left running could still write
+                untouched = self.untouched()
                 self.teardown()
-                self._send({"shadowed": report})
+                self._send({"shadowed": report, "untouched": untouched})
                 return
         self.teardown()
 
@@ -531,7 +555,10 @@ class ChrootSession:
             return self.report
         self.sock.send(json.dumps({"op": "close"}).encode())
         reply = self._recv()
-        self.report = CloseReport(shadowed_writes=list(reply.get("shadowed", [])))
+        self.report = CloseReport(
+            shadowed_writes=list(reply.get("shadowed", [])),
+            untouched=bool(reply.get("untouched", False)),
+        )
         self._reap()
         return self.report
 

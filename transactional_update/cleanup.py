@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from transactional_update import btrfs, changelog
+from transactional_update import btrfs, changelog, grubenv
 from transactional_update.context import Context
 from transactional_update.errors import ConfigError
 from transactional_update.lock import Lock
@@ -126,9 +126,7 @@ def cleanup(ctx: Context) -> CleanupResult:
             btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
         # Changelog entries go with their snapshots (also those snapper's own cleanup removed).
         changelog.prune(ctx.root)
-        from transactional_update import grub  # here: GRUB's modules cost start-up time
-
-        grub.refresh(ctx)  # removed snapshots leave GRUB's menu; never raises
+        grubenv.refresh_menu(ctx)  # removed snapshots leave GRUB's menu; never raises
         for n in result.stale:
             log.info("cleanup: removed snapshot %d left by an interrupted transaction", n)
         for n in result.number:

@@ -15,15 +15,16 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from transactional_update.commands import State, execute, failed, global_options, report, run_step
+
 if TYPE_CHECKING:
-    from transactional_update.context import Context
-    from transactional_update.transaction import Options
+    from transactional_update.commands import Step
 
 log = logging.getLogger("transactional_update")
 
@@ -33,58 +34,37 @@ Exit codes: 0 ok, 1 transaction failed (run: the command's code), 2 usage,
 6 bad config, 7 btrfs/snapper failure, 8 no space left, 130 interrupted.
 """
 
-Step = Callable[["State"], int]
 
-
-class State:
-    """What the global options decided; the context is opened once, on first need."""
-
-    def __init__(self, root: Path, json_out: bool, opts: dict[str, Any]) -> None:
-        self.root = root
-        self.json = json_out
-        self.opts = opts
-        self._ctx: Context | None = None
-
-    @property
-    def ctx(self) -> Context:
-        if self._ctx is None:
-            from transactional_update.context import open_context
-            from transactional_update.log import attach_file
-
-            self._ctx = open_context(self.root)
-            attach_file(self.root)
-        return self._ctx
-
-    def options(self, description: str) -> Options:
-        from transactional_update.transaction import Options
-
-        return Options(
-            description=self.opts["description"] or description,
-            summarize=self.opts["description"] is None,
-            continue_from=self.opts["continue_from"],
-            keep=self.opts["keep"],
-            drop_if_no_change=self.opts["drop_if_no_change"],
-        )
+# Global options that take a value as the next argument (which may look like anything).
+VALUE_OPTIONS = ("--root", "--description")
 
 
 def normalize_continue(argv: Sequence[str]) -> list[str]:
-    """``-c [N]``/``--continue [N]`` take a number only when one follows (as in openSUSE's tool)."""
+    """``-c [N]``/``--continue [N]`` take a number only when one follows (as in openSUSE's tool).
+
+    Only the global options are rewritten: from the first command on, arguments belong to the
+    commands (``run sh -c 'exit 3'`` keeps its ``-c``).
+    """
     out: list[str] = []
-    it = iter(range(len(argv)))
-    for i in it:
+    i = 0
+    while i < len(argv):
         arg = argv[i]
-        if arg == "--":
-            out += argv[i:]
-            break
         if arg in ("-c", "--continue"):
             nxt = argv[i + 1] if i + 1 < len(argv) else ""
             if re.fullmatch(r"\d+", nxt):
                 out.append(f"--continue={nxt}")
-                next(it)
+                i += 1
             else:
                 out.append("--continue=default")
+        elif arg in VALUE_OPTIONS:
+            out += argv[i : i + 2]
+            i += 1
+        elif arg == "--" or not arg.startswith("-"):
+            out += argv[i:]
+            break
         else:
             out.append(arg)
+        i += 1
     return out
 
 
@@ -154,47 +134,34 @@ def cli(
     ctx.obj = State(
         root.absolute(),
         json_out,
-        {
-            "continue_from": parse_continue(continue_),
-            "drop_if_no_change": drop_if_no_change,
-            "keep": keep,
-            "description": description,
-            "interactive": interactive and not non_interactive,
-            "debug": debug,
-        },
+        global_options(
+            continue_from=parse_continue(continue_),
+            drop_if_no_change=drop_if_no_change,
+            keep=keep,
+            description=description,
+            interactive=interactive and not non_interactive,
+            debug=debug,
+        ),
     )
 
 
 @cli.result_callback()
 @click.pass_obj
 def run_steps(state: State, /, steps: list[Step], **_: Any) -> None:
-    for s in steps:
-        code = s(state)
-        if code != 0:
-            sys.exit(code)
+    code = execute(steps, state)
+    if code != 0:
+        sys.exit(code)
 
 
-@cli.command("run", context_settings={"ignore_unknown_options": True})
+# Everything after the command's name is its argv, "--" included (``run grep -- -x f``); a first
+# "--" only ends the options of ``run`` itself.
+@cli.command(
+    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_cmd(command: tuple[str, ...]) -> Step:
     """Run COMMAND in a new snapshot; a non-zero exit discards it and is passed through."""
-
-    def step(state: State) -> int:
-        from transactional_update.errors import CommandFailed
-        from transactional_update.transaction import Transaction, default_description
-
-        tx = Transaction(state.ctx, state.options(default_description("run", command)))
-        with tx:
-            rc = tx.run(list(command))
-            if rc != 0:
-                raise CommandFailed(
-                    f"command exited with {rc}: {command[0]}",
-                    "the snapshot was discarded; the default is unchanged",
-                    code=rc,
-                )
-        return report(state, tx.result)
-
-    return step
+    return run_step(command)
 
 
 @cli.command("shell")
@@ -689,33 +656,6 @@ def create_system_cmd(
     return step
 
 
-def report(state: State, result: Any) -> int:
-    if state.json:
-        click.echo(
-            json.dumps(
-                {
-                    "snapshot": result.number,
-                    "base": result.base,
-                    "dropped": result.dropped,
-                    "previous_default": result.previous_default,
-                    "shadowed_writes": result.shadowed_writes,
-                    "summary": result.summary,
-                    "reboot": result.reboot,  # "reboot": the packages ask for a full one
-                    "commands": [
-                        {"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
-                        for c in result.commands
-                    ],
-                }
-            )
-        )
-    elif result.dropped:
-        click.echo(f"{result.reason or 'nothing changed'}; no snapshot was kept")
-    else:
-        how = "a full reboot (its packages ask for one)" if result.reboot else "reboot"
-        click.echo(f"snapshot {result.number} is the new default; {how} to use it")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = normalize_continue(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
@@ -733,14 +673,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; the default snapshot is unchanged", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        from transactional_update.errors import report
-
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        sys.exit(report(exc))
+    except (Exception, KeyboardInterrupt) as exc:
+        sys.exit(failed(exc, debug))

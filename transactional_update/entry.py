@@ -1,8 +1,11 @@
-"""The ``transactional-update`` executable: a click-free path for the read-only queries.
+"""The ``transactional-update`` executable: click-free paths for the most frequent invocations.
 
 ``status`` and ``list`` are what monitoring and admins' scripts call most, often every minute; they
 run here without importing click or the transaction machinery (half of the start-up time).
-Anything beyond ``[--root PATH] [--json] status|list`` goes to the full command line in :mod:`cli`.
+``run CMD…`` is what scripts and configuration management call for every change; it runs here
+without click (a third of a no-op transaction's start-up), through the same steps as :mod:`cli`.
+Anything else (``-c``, chained commands, ``--help``, any option not listed below, bad input)
+goes to the full command line in :mod:`cli`, which parses it with click.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
 
 def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
@@ -32,6 +36,84 @@ def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
         else:
             return None
     return (root.absolute(), as_json, command) if command else None
+
+
+# Global options the quick path of ``run`` understands, as the full command line defines them.
+_FLAGS = {
+    "--json": "json",
+    "-v": "verbose",
+    "--verbose": "verbose",
+    "--debug": "debug",
+    "-q": "quiet",
+    "--quiet": "quiet",
+    "-n": "non_interactive",
+    "--non-interactive": "non_interactive",
+    "-d": "drop_if_no_change",
+    "--drop-if-no-change": "drop_if_no_change",
+    "-k": "keep",
+    "--keep": "keep",
+}
+_VALUES = {"--root": "root", "--description": "description"}
+
+
+def parse_run(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]] | None:
+    """``(options, command)`` for ``[OPTIONS] run [--] CMD…`` with the options above, else None.
+
+    Everything after ``run`` is the command, as in the full command line: its first ``--`` ends
+    the options of ``run``; an option of ``run`` itself (``run --help``) goes to click.
+    """
+    opts: dict[str, Any] = {"verbose": 0}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "run":
+            if args and args[0] == "--":
+                args.pop(0)
+            elif args and args[0].startswith("-"):
+                return None
+            return (opts, args) if args else None
+        name, eq, value = arg.partition("=")
+        if name in _VALUES:
+            if not eq:
+                if not args:
+                    return None
+                value = args.pop(0)
+            if not value or _VALUES[name] in opts:
+                return None
+            opts[_VALUES[name]] = value
+        elif arg in _FLAGS:
+            key = _FLAGS[arg]
+            opts[key] = (int(opts["verbose"]) + 1) if key == "verbose" else True
+        elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            for c in arg[1:]:  # -vv, -nd: bundled short flags
+                if f"-{c}" not in _FLAGS:
+                    return None
+                args.insert(0, f"-{c}")
+        else:
+            return None
+    return None
+
+
+def quick_run(opts: dict[str, Any], command: list[str]) -> int:
+    from transactional_update import commands
+    from transactional_update import log as logmod
+
+    debug = bool(opts.get("debug"))
+    try:
+        logmod.setup(2 if debug else int(opts["verbose"]), bool(opts.get("quiet")))
+        state = commands.State(
+            Path(str(opts.get("root", "/"))).absolute(),
+            bool(opts.get("json")),
+            commands.global_options(
+                drop_if_no_change=bool(opts.get("drop_if_no_change")),
+                keep=bool(opts.get("keep")),
+                description=opts.get("description"),
+                debug=debug,
+            ),
+        )
+        return commands.execute([commands.run_step(command)], state)
+    except (Exception, KeyboardInterrupt) as exc:
+        return commands.failed(exc, debug)
 
 
 def query(root: Path, as_json: bool, command: str) -> int:
@@ -60,6 +142,9 @@ def main() -> None:
     quick = parse_query(sys.argv[1:])
     if quick is not None:
         sys.exit(query(*quick))
+    run = parse_run(sys.argv[1:])
+    if run is not None:
+        sys.exit(quick_run(*run))
     from transactional_update.cli import main as full
 
     full()

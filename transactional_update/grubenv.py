@@ -3,16 +3,24 @@
 The file is exactly 1024 bytes: a header line, ``name=value`` lines, and ``#`` padding.  GRUB
 itself rewrites it in place at boot (``save_env``, e.g. to clear ``next_entry``), which upstream
 GRUB cannot do on btrfs - so a managed system keeps it on a small ext2 partition (``/boot/grub``).
+
+It also holds :func:`refresh_menu`, which every commit calls: light, so that a root without GRUB
+never loads the modules that write GRUB's menu.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transactional_update.errors import SystemError_, UsageError
 from transactional_update.files import write_atomic
 
+if TYPE_CHECKING:
+    from transactional_update.context import Context
+
 HEADER = "# GRUB Environment Block\n"
+GRUB_DIRS = ("boot/grub", "boot/grub2")  # Debian's and openSUSE's/Fedora's
 SIZE = 1024
 
 
@@ -82,3 +90,11 @@ def update(path: Path, **changes: str | None) -> dict[str, str]:
             values[name] = value
     write(path, values)
     return values
+
+
+def refresh_menu(ctx: Context) -> None:
+    """Refresh GRUB's menu after the snapshots changed, if the root has a grub.cfg; never raises."""
+    if any((ctx.root / d / "grub.cfg").is_file() for d in GRUB_DIRS):
+        from transactional_update import grub  # here: GRUB's modules cost start-up time
+
+        grub.refresh(ctx)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from transactional_update import btrfs, state
+from transactional_update import btrfs, grubenv, state
 from transactional_update.context import Context
 from transactional_update.errors import SnapshotError, UsageError
 from transactional_update.lock import Lock
@@ -67,7 +67,5 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         )
         btrfs.set_default(path)
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
-        from transactional_update import grub  # here: GRUB's modules cost start-up time
-
-        grub.refresh(ctx)  # GRUB's main entry follows; never raises
+        grubenv.refresh_menu(ctx)  # GRUB's main entry follows; never raises
         return RollbackResult(number, default)

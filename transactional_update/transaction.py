@@ -13,21 +13,22 @@ import logging
 import os
 import shlex
 import signal
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transactional_update import btrfs, changelog, filediff, pkgdiff, state
-from transactional_update import packages as pkgs
+from transactional_update import btrfs, changelog, grubenv, state
 from transactional_update.chroot import ChrootSession, command_env, plan_for
 from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
 from transactional_update.lock import Lock
 from transactional_update.log import step
 from transactional_update.system import CONTINUE_DEFAULT, FAILED, IN_PROGRESS, require_finished
+
+if TYPE_CHECKING:
+    from transactional_update.packages import Manager
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class Transaction:
     ) -> tuple[int, str]:
         """Run *argv* in the snapshot and return its exit code and output (stdout and stderr)."""
         assert self.session is not None
+        import tempfile  # here: only dry runs need it
+
         # A file, not a pipe: the output of a dry run can exceed a pipe's buffer.
         with tempfile.TemporaryFile() as out:
             res = self.session.run(
@@ -238,7 +241,7 @@ class Transaction:
             )
         fork_dir, base = managed.snapshot_dir(self.number), self.result.base
         assert base is not None
-        entry = self._record(managed.snapshot_dir(base), fork_dir)
+        entry = self._record(managed.snapshot_dir(base), fork_dir, report.untouched)
         if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
             log.info("nothing changed; dropping snapshot %d", self.number)
             self._delete()
@@ -263,31 +266,21 @@ class Transaction:
         btrfs.set_default(fork_dir)
         self.result.number = self.number
         log.info("snapshot %d is the new default; reboot to use it", self.number)
-        from transactional_update import grub  # here: GRUB's modules cost start-up time
+        grubenv.refresh_menu(self.ctx)  # GRUB's menu follows the new default; never raises
 
-        grub.refresh(self.ctx)  # GRUB's menu follows the new default; never raises
+    def _record(self, base_dir: Path, fork_dir: Path, untouched: bool) -> changelog.Entry:
+        """The changelog entry: what ran, and what changed according to btrfs and the databases.
 
-    def _record(self, base_dir: Path, fork_dir: Path) -> changelog.Entry:
-        """The changelog entry: what ran, and what changed according to btrfs and the databases."""
+        A snapshot the commands left *untouched* (its btrfs generation did not move) holds
+        exactly what its base held: nothing to compare, and the comparing modules stay unloaded.
+        """
         assert self.number is not None and self.result.base is not None
         files: list[dict[str, Any]] = []
         files_error = None
-        try:
-            files = [
-                {"path": f.path, "kind": str(f.kind), "dir": f.is_dir}
-                for f in filediff.file_changes(base_dir, fork_dir)
-            ]
-        except TUError as err:  # e.g. a writable base cannot be sent
-            files_error = err.message
         packages: list[dict[str, Any]] = []
-        try:
-            manager = pkgs.manager_for(fork_dir, self.ctx.config.package_manager)
-            packages = [
-                {"name": p.name, "kind": str(p.kind), "old": p.old, "new": p.new}
-                for p in pkgdiff.package_changes(base_dir, fork_dir, manager)
-            ]
-        except TUError as err:
-            log.debug("no package changes recorded: %s", err)
+        if not untouched:
+            files, files_error = _file_changes(base_dir, fork_dir)
+            packages = _package_changes(base_dir, fork_dir, self.ctx.config.package_manager)
         commands = [
             changelog.Command(c.argv, c.returncode, round(c.duration, 3), c.interactive)
             for c in self.result.commands
@@ -376,6 +369,32 @@ class Transaction:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
+
+
+def _file_changes(base_dir: Path, fork_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    from transactional_update import filediff
+
+    try:
+        changes = filediff.file_changes(base_dir, fork_dir)
+    except TUError as err:  # e.g. a writable base cannot be sent
+        return [], err.message
+    return [{"path": f.path, "kind": str(f.kind), "dir": f.is_dir} for f in changes], None
+
+
+def _package_changes(
+    base_dir: Path, fork_dir: Path, forced: Manager | None
+) -> list[dict[str, Any]]:
+    from transactional_update import packages, pkgdiff
+
+    try:
+        manager = packages.manager_for(fork_dir, forced)
+        return [
+            {"name": p.name, "kind": str(p.kind), "old": p.old, "new": p.new}
+            for p in pkgdiff.package_changes(base_dir, fork_dir, manager)
+        ]
+    except TUError as err:
+        log.debug("no package changes recorded: %s", err)
+        return []
 
 
 def default_description(kind: str, argv: Sequence[str] = ()) -> str:

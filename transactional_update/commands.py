@@ -1,0 +1,148 @@
+"""What the commands do once their arguments are parsed, without click.
+
+The command line (:mod:`cli`) parses with click; the executable's quick path (:mod:`entry`) parses
+the most frequent invocations by hand, because importing click is a third of a no-op transaction's
+start-up.  Both hand the same :class:`State` to the same steps here, so they cannot disagree about
+what a command does, how its result is printed, or which exit code an error gets.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from transactional_update.context import Context
+    from transactional_update.transaction import Options, Result
+
+    Step = Callable[["State"], int]
+
+
+class State:
+    """What the global options decided; the context is opened once, on first need."""
+
+    def __init__(self, root: Path, json_out: bool, opts: dict[str, Any]) -> None:
+        self.root = root
+        self.json = json_out
+        self.opts = opts
+        self._ctx: Context | None = None
+
+    @property
+    def ctx(self) -> Context:
+        if self._ctx is None:
+            from transactional_update.context import open_context
+            from transactional_update.log import attach_file
+
+            self._ctx = open_context(self.root)
+            attach_file(self.root)
+        return self._ctx
+
+    def options(self, description: str) -> Options:
+        from transactional_update.transaction import Options
+
+        return Options(
+            description=self.opts["description"] or description,
+            summarize=self.opts["description"] is None,
+            continue_from=self.opts["continue_from"],
+            keep=self.opts["keep"],
+            drop_if_no_change=self.opts["drop_if_no_change"],
+        )
+
+
+def global_options(
+    *,
+    continue_from: int | None = None,
+    drop_if_no_change: bool = False,
+    keep: bool = False,
+    description: str | None = None,
+    interactive: bool = False,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """``State.opts``: what the global options say about the transactions of this invocation."""
+    return {
+        "continue_from": continue_from,
+        "drop_if_no_change": drop_if_no_change,
+        "keep": keep,
+        "description": description,
+        "interactive": interactive,
+        "debug": debug,
+    }
+
+
+def run_step(command: Sequence[str]) -> Step:
+    """``run COMMAND…``: the command in a new snapshot; its non-zero exit discards it."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import CommandFailed
+        from transactional_update.transaction import Transaction, default_description
+
+        tx = Transaction(state.ctx, state.options(default_description("run", command)))
+        with tx:
+            rc = tx.run(list(command))
+            if rc != 0:
+                raise CommandFailed(
+                    f"command exited with {rc}: {command[0]}",
+                    "the snapshot was discarded; the default is unchanged",
+                    code=rc,
+                )
+        return report(state, tx.result)
+
+    return step
+
+
+def report(state: State, result: Result) -> int:
+    """Print what a transaction did: one line, or one JSON object with ``--json``."""
+    if state.json:
+        import json
+
+        print(
+            json.dumps(
+                {
+                    "snapshot": result.number,
+                    "base": result.base,
+                    "dropped": result.dropped,
+                    "previous_default": result.previous_default,
+                    "shadowed_writes": result.shadowed_writes,
+                    "summary": result.summary,
+                    "reboot": result.reboot,  # "reboot": the packages ask for a full one
+                    "commands": [
+                        {"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
+                        for c in result.commands
+                    ],
+                }
+            ),
+            flush=True,
+        )
+    elif result.dropped:
+        print(f"{result.reason or 'nothing changed'}; no snapshot was kept", flush=True)
+    else:
+        how = "a full reboot (its packages ask for one)" if result.reboot else "reboot"
+        print(f"snapshot {result.number} is the new default; {how} to use it", flush=True)
+    return 0
+
+
+def execute(steps: Sequence[Step], state: State) -> int:
+    """Run *steps* in order; the first non-zero exit code stops the chain and is returned."""
+    for s in steps:
+        code = s(state)
+        if code != 0:
+            return code
+    return 0
+
+
+def failed(exc: BaseException, debug: bool) -> int:
+    """Report an exception that ended the command (one error line and a hint); its exit code."""
+    if isinstance(exc, KeyboardInterrupt):
+        print("error: interrupted; the default snapshot is unchanged", file=sys.stderr)
+        return 130
+    from transactional_update.errors import report as report_error
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    return report_error(exc)

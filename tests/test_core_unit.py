@@ -319,3 +319,20 @@ def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path) ->
         write_atomic(blocked, b"new")
     assert (blocked / "keep").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "state"]
+
+
+def test_created_systems_get_a_machine_id_of_their_own(tmp_path: Path) -> None:
+    from transactional_update.image import _give_identity
+
+    first, second, kept = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    (first / "etc").mkdir(parents=True)
+    (first / "etc/machine-id").write_text("")  # as mmdebstrap leaves it
+    (second / "etc").mkdir(parents=True)  # no file at all
+    (kept / "etc").mkdir(parents=True)
+    (kept / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    for snap in (first, second, kept):
+        _give_identity(snap)
+    ids = [(s / "etc/machine-id").read_text() for s in (first, second, kept)]
+    assert all(len(i) == 33 and i.endswith("\n") and int(i, 16) for i in ids)
+    assert ids[0] != ids[1]
+    assert ids[2] == "0123456789abcdef0123456789abcdef\n"

@@ -377,7 +377,7 @@ def mkconfig_in(disk: Disk, number: int) -> str:
     btrfs.set_read_only(snap, False)  # the chroot adds policy-rc.d and mount points
     try:
         with (
-            ChrootSession(snap, plan_for(disk.root, snap, ())) as session,
+            ChrootSession(snap, plan_for(disk.root, ())) as session,
             tempfile.TemporaryFile() as out,
             tempfile.TemporaryFile() as err,
         ):

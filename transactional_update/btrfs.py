@@ -196,6 +196,18 @@ def sync(fs_path: Path) -> None:
         raise _fail("cannot sync", fs_path, exc) from exc
 
 
+def start_sync(path: Path) -> int:
+    """Start committing the filesystem's current transaction, without waiting; returns its id.
+
+    Everything changed before the call is in that transaction or an earlier one; everything
+    changed after it goes into a later one.
+    """
+    try:
+        return int(_lib().start_sync(path))
+    except Exception as exc:
+        raise _fail("cannot start a sync of", path, exc) from exc
+
+
 def committed_generation(subvolume: Path) -> int:
     """The transaction that last changed *subvolume*'s tree, after committing pending changes.
 

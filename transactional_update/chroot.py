@@ -2,8 +2,8 @@
 
 :class:`ChrootSession` is the only way the tool runs anything in a snapshot.  Entering it forks a
 *holder* process that unshares a mount namespace and a PID namespace, mounts what the chroot needs
-under the snapshot, and then runs each requested command (fork, chroot, exec) until it is closed; it
-unmounts in reverse order before it exits.
+under the snapshot, chroots itself there and then starts each requested command (``posix_spawn``)
+until it is closed; it unmounts in reverse order before it exits.
 
 Why a holder process rather than ``mount`` calls in the tool itself:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -246,6 +247,31 @@ def _umount(target: str) -> None:
         _c().umount2(target.encode(), MNT_DETACH)
 
 
+# Dispositions a command must not inherit: the holder ignores the terminal's signals (the tool
+# decides), and Python ignores SIGPIPE.
+CHILD_DEFAULT_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGTSTP,
+    signal.SIGTTOU,
+    signal.SIGTTIN,
+    signal.SIGPIPE,
+)
+
+
+def _which(name: str, search: str) -> str:
+    """*name* looked up like ``execvp`` does, in the (chrooted) caller's file system."""
+    if "/" in name:
+        return name
+    for d in search.split(":") if search else ("/usr/bin", "/bin"):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
 def _die_with_parent(parent: int | None) -> None:
     _check(_c().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     # The parent may have died before prctl took effect.  PID 1 of a new PID namespace sees
@@ -257,15 +283,16 @@ def _die_with_parent(parent: int | None) -> None:
 class _Holder:
     """PID 1 of the transaction's namespaces: mounts, runs commands, unmounts."""
 
-    def __init__(self, sock: socket.socket, fork_dir: Path, plan: list[Mount]) -> None:
+    def __init__(self, sock: socket.socket, plan: list[Mount]) -> None:
         self.sock = sock
-        self.fork_dir = fork_dir
+        self.fork_dir = Path()  # the snapshot, named by the setup request
         self.plan = plan
         self.mounted: list[str] = []
         self.created: list[Path] = []
         self.shadows: list[str] = []
         self.scaffold: set[str] = set()
-        self.generation = -1
+        self.baseline = -1
+        self.way_back: int | None = None  # the host's root while the holder is chrooted
 
     def host(self, target: str) -> Path:
         # Mount targets are resolved inside the snapshot: a symlink there must not lead outside.
@@ -332,14 +359,15 @@ class _Holder:
                 if m.read_only:
                     _mount("none", str(target), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
             self.mounted.append(str(target))
-        # The snapshot's generation once the mount points above exist: equal at close means the
-        # commands changed nothing (the mount points we created are removed again at teardown).
-        self.generation = btrfs.committed_generation(self.fork_dir)
+        # The transaction that holds the mount points created above (removed again at teardown):
+        # a snapshot whose generation is no later at close was changed by no command.  Starting
+        # the commit is enough; waiting for it would cost every transaction a few ms here.
+        self.baseline = btrfs.start_sync(self.fork_dir)
 
     def untouched(self) -> bool:
         """Whether no command changed the snapshot (call after every process is gone)."""
         try:
-            return btrfs.committed_generation(self.fork_dir) == self.generation
+            return btrfs.committed_generation(self.fork_dir) <= self.baseline
         except TUError:
             return False  # the changelog then asks btrfs send, which reports its own error
 
@@ -380,36 +408,50 @@ class _Holder:
             with contextlib.suppress(OSError):
                 path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
 
+    def enter(self) -> None:
+        """Chroot the holder itself into the snapshot, keeping a way back for the teardown.
+
+        Commands are then started with ``posix_spawn`` (a vfork): forking this Python process
+        for every command copied its page tables and then page after page on the way to
+        ``exec`` - a few ms per command, several commands per package transaction.
+        """
+        self.way_back = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        os.chroot(self.fork_dir)
+        os.chdir("/")
+
+    def leave(self) -> None:
+        if self.way_back is not None:
+            os.fchdir(self.way_back)
+            os.chroot(".")
+            os.close(self.way_back)
+            self.way_back = None
+
     def run(self, request: dict[str, Any], fds: list[int]) -> int:
-        pid = os.fork()
-        if pid == 0:
+        argv, env = request["argv"], request["env"]
+        try:
             try:
-                for i, fd in enumerate(fds[:3]):
-                    os.dup2(fd, i)
-                for sig in (
-                    signal.SIGINT,
-                    signal.SIGTERM,
-                    signal.SIGHUP,
-                    signal.SIGQUIT,
-                    signal.SIGTSTP,
-                    signal.SIGTTOU,
-                    signal.SIGTTIN,
-                    signal.SIGPIPE,
-                ):
-                    signal.signal(sig, signal.SIG_DFL)
-                os.chroot(self.fork_dir)
                 os.chdir(request.get("cwd", "/"))
-                os.execvpe(request["argv"][0], request["argv"], request["env"])
-            except OSError as exc:
-                os.write(
-                    2,
-                    f"transactional-update: cannot run {request['argv'][0]}: "
-                    f"{exc.strerror}\n".encode(),
+                pid = os.posix_spawn(
+                    _which(argv[0], env.get("PATH", "")),
+                    argv,
+                    env,
+                    file_actions=[
+                        *((os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds[:3])),
+                        *((os.POSIX_SPAWN_CLOSE, fd) for fd in fds if fd > 2),
+                    ],
+                    setsigdef=CHILD_DEFAULT_SIGNALS,
                 )
-                os._exit(127)
-            os._exit(127)
-        for fd in fds:
-            os.close(fd)
+            except OSError as exc:
+                err = fds[2] if len(fds) > 2 else 2
+                os.write(
+                    err, f"transactional-update: cannot run {argv[0]}: {exc.strerror}\n".encode()
+                )
+                return 127
+            finally:
+                os.chdir("/")
+        finally:
+            for fd in fds:
+                os.close(fd)
         while True:
             done, status = os.waitpid(pid, 0)
             if done == pid:
@@ -422,8 +464,17 @@ class _Holder:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)  # the tool decides; we die with it (PDEATHSIG)
         try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:  # the tool went away before there was a snapshot: nothing to undo
+            return
+        self.fork_dir = Path(json.loads(data)["fork_dir"])
+        try:
             self.setup()
+            self.enter()
         except Exception as exc:
+            self.leave()
             self._send({"error": f"{type(exc).__name__}: {exc}"})
             self.teardown()
             return
@@ -439,12 +490,14 @@ class _Holder:
             if request["op"] == "run":
                 self._send({"rc": self.run(request, fds)})
             elif request["op"] == "close":
+                self.leave()
                 report = self.shadowed_writes()
                 self.kill_all()  # a daemon left running could still write
                 untouched = self.untouched()
                 self.teardown()
                 self._send({"shadowed": report, "untouched": untouched})
                 return
+        self.leave()
         self.teardown()
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -452,7 +505,7 @@ class _Holder:
             self.sock.send(json.dumps(message).encode())
 
 
-def _holder_main(sock: socket.socket, fork_dir: Path, plan: list[Mount], tool_pid: int) -> None:
+def _holder_main(sock: socket.socket, plan: list[Mount], tool_pid: int) -> None:
     """First child: join new namespaces, fork PID 1 of the new PID namespace, wait for it."""
     _die_with_parent(tool_pid)
     keep = {0, 1, 2, sock.fileno()}
@@ -464,16 +517,20 @@ def _holder_main(sock: socket.socket, fork_dir: Path, plan: list[Mount], tool_pi
     pid = os.fork()
     if pid == 0:
         _die_with_parent(None)
-        _Holder(sock, fork_dir, plan).serve()
+        _Holder(sock, plan).serve()
         os._exit(0)
     _pid, status = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
 class ChrootSession:
-    """A snapshot with its chroot mounts, ready to run commands; closing unmounts everything."""
+    """A snapshot with its chroot mounts, ready to run commands; closing unmounts everything.
 
-    def __init__(self, fork_dir: Path, plan: list[Mount]) -> None:
+    :meth:`start` prepares the holder's namespaces before the snapshot exists (the transaction
+    does so while snapper creates it); :meth:`open` mounts the snapshot's chroot.
+    """
+
+    def __init__(self, fork_dir: Path | None, plan: list[Mount]) -> None:
         self.fork_dir = fork_dir
         self.plan = plan
         self.pid: int | None = None
@@ -492,14 +549,15 @@ class ChrootSession:
         else:
             self.kill()
 
-    def open(self) -> None:
+    def start(self) -> None:
+        """Fork the holder; it makes its namespaces and waits for :meth:`open`."""
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tool_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 parent_sock.close()
-                _holder_main(child_sock, self.fork_dir, self.plan, tool_pid)
+                _holder_main(child_sock, self.plan, tool_pid)
             except BaseException as exc:
                 try:
                     child_sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
@@ -508,6 +566,18 @@ class ChrootSession:
             os._exit(1)
         child_sock.close()
         self.pid, self.sock = pid, parent_sock
+
+    def open(self, fork_dir: Path | None = None) -> None:
+        """Mount the chroot of *fork_dir* (or the snapshot given at creation)."""
+        if fork_dir is not None:
+            self.fork_dir = fork_dir
+        assert self.fork_dir is not None
+        if self.sock is None:
+            self.start()
+        assert self.sock is not None
+        # A holder that failed has sent its error and gone: the reply below reads it.
+        with contextlib.suppress(OSError):
+            self.sock.send(json.dumps({"op": "setup", "fork_dir": str(self.fork_dir)}).encode())
         reply = self._recv()
         if "error" in reply:
             self.kill()
@@ -579,7 +649,7 @@ class ChrootSession:
             self.sock = None
 
 
-def plan_for(root: Path, fork_dir: Path, bind_dirs: Sequence[str]) -> list[Mount]:
+def plan_for(root: Path, bind_dirs: Sequence[str]) -> list[Mount]:
     """Read the live mount table and the root's links, then :func:`plan_mounts`."""
     mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text(encoding="utf-8"))
     candidates = [*ALWAYS_BIND, *bind_dirs, *SHARED_VAR]

@@ -385,7 +385,7 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
                 (snap / grub.DEFAULTS_PATH.lstrip("/")).write_text(
                     grub.defaults_text(opts.serial_console, opts.kernel_args), encoding="utf-8"
                 )
-                with ChrootSession(snap, plan_for(root, snap, ())) as session:
+                with ChrootSession(snap, plan_for(root, ())) as session:
                     runner = _runner(session)
                     with step("setting up GRUB"):
                         for change in grub.install_integration(snap, runner):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid as uuid_mod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -159,6 +160,24 @@ def _place_dnf_history(snap: Path) -> None:
     conf.write_text("".join(lines), encoding="utf-8")
 
 
+def _give_identity(snap: Path) -> None:
+    """A machine ID of its own, as an installer writes one.
+
+    mmdebstrap leaves ``/etc/machine-id`` empty for images.  systemd then makes up a new ID at
+    every boot, because a read-only root never lets it commit one: every boot would count as the
+    first (presets re-applied) and the journal would start a new directory each time.
+    """
+    path = snap / "etc/machine-id"
+    try:
+        current = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        current = ""
+    if not current or current == "uninitialized":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{uuid_mod.uuid4().hex}\n", encoding="ascii")
+        path.chmod(0o444)
+
+
 def populate(
     top: Path,
     rootfs_tar: Path,
@@ -209,6 +228,7 @@ def populate(
         'SNAPPER_CONFIGS="root"\nDISABLE_APT_SNAPSHOT="yes"\n', encoding="utf-8"
     )
     (snap / "etc/fstab").write_text(fstab(uuid, grub_uuid, esp_uuid), encoding="utf-8")
+    _give_identity(snap)
     if grub_uuid is not None:
         (snap / "boot/grub").mkdir(parents=True, exist_ok=True)
     if esp_uuid is not None:

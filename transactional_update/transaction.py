@@ -102,6 +102,7 @@ class Transaction:
         try:
             self.lock.acquire()
             base = self._choose_base()
+            self._start_chroot()  # its namespaces are made while snapper creates the fork
             self._fork(base)
             self._enter_chroot()
         except BaseException as exc:
@@ -220,12 +221,14 @@ class Transaction:
         self.lock.note(f"snapshot {self.number}")
         log.info("working in snapshot %d (from %d)", self.number, base)
 
+    def _start_chroot(self) -> None:
+        plan = plan_for(self.ctx.root, self.ctx.config.bind_dirs)
+        self.session = ChrootSession(None, plan)
+        self.session.start()
+
     def _enter_chroot(self) -> None:
-        assert self.number is not None
-        fork_dir = self.ctx.managed.snapshot_dir(self.number)
-        plan = plan_for(self.ctx.root, fork_dir, self.ctx.config.bind_dirs)
-        self.session = ChrootSession(fork_dir, plan)
-        self.session.open()
+        assert self.number is not None and self.session is not None
+        self.session.open(self.ctx.managed.snapshot_dir(self.number))
 
     def _commit(self) -> None:
         assert self.session is not None and self.number is not None

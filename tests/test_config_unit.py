@@ -233,3 +233,10 @@ def test_good_values_of_the_new_keys() -> None:
     assert cfg.window == Window(time(3, 5), timedelta(minutes=45), (0, 4, 5, 6), "UTC")
     assert cfg.reboot_command == ("ssh", "node 1", "reboot")
     assert cfg.package_manager is None
+
+
+def test_the_allowed_package_managers_are_the_backends() -> None:
+    from transactional_update.config import MANAGERS
+    from transactional_update.packages import Manager
+
+    assert MANAGERS == ", ".join(m.value for m in Manager)

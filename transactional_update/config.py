@@ -16,12 +16,14 @@ from dataclasses import dataclass, field, fields
 from datetime import time, timedelta
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from transactional_update import conffile
 from transactional_update.errors import ConfigError
-from transactional_update.packages import Manager
 from transactional_update.snapper import Backend
+
+if TYPE_CHECKING:
+    from transactional_update.packages import Manager
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,14 @@ def _lock_wait(key: str, value: str) -> float:
 
 
 def _package_manager(key: str, value: str) -> Manager | None:
+    # Imported here: the package modules cost every transaction's start-up, and only package
+    # commands and a configured PACKAGE_MANAGER need them.
+    from transactional_update.packages import Manager
+
     return None if value == "" else _enum(Manager)(key, value)
+
+
+MANAGERS = "apt, zypper, dnf"  # packages.Manager's values (a unit test keeps them equal)
 
 
 def _command(key: str, value: str) -> tuple[str, ...]:
@@ -304,7 +313,7 @@ KEYS: tuple[Key, ...] = (
         "PACKAGE_MANAGER",
         "package_manager",
         _package_manager,
-        _choices(Manager) + "; empty: detect",
+        MANAGERS + "; empty: detect",
     ),
     Key("SNAPPER_CONFIG", "snapper_config", _snapper_config, "a snapper config name"),
     Key("SNAPPER_BACKEND", "snapper_backend", _enum(Backend), _choices(Backend)),

@@ -244,15 +244,17 @@ class Transaction:
             )
         fork_dir, base = managed.snapshot_dir(self.number), self.result.base
         assert base is not None
+        booted = managed.booted()
+        if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
+            # Now, not after the changelog: btrfs send needs it read-only too, and each flip of
+            # the flag commits a btrfs transaction.
+            btrfs.set_read_only(fork_dir, True)
         entry = self._record(managed.snapshot_dir(base), fork_dir, report.untouched)
         if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
             log.info("nothing changed; dropping snapshot %d", self.number)
             self._delete()
             self.result.dropped = True
             return
-        booted = managed.booted()
-        if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
-            btrfs.set_read_only(fork_dir, True)
         summary = entry.summary()
         description = self.opts.description
         if self.opts.summarize:

@@ -80,6 +80,16 @@ class System:
         finally:
             btrfs.set_read_only(snap, True)
 
+    def time_passes(self, seconds: float = 86400) -> None:
+        """Date the last repository refresh *seconds* earlier, as if that time had passed (e.g.
+        a night between two nightly updates that a test runs seconds apart)."""
+        from transactional_update.packages import refresh
+
+        for path in (self.root / refresh.STAMP_DIR).glob("refreshed-*"):
+            stamp = refresh.parse_stamp(path.read_text())
+            assert stamp is not None, path
+            path.write_text(refresh.format_stamp(refresh.Stamp(stamp.time - seconds, stamp.config)))
+
     def in_progress_fork_cli(self) -> int:
         """A fork as a dying transaction leaves it, made with snapper's CLI (the cli backend)."""
         out = sh(

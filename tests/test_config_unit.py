@@ -203,6 +203,20 @@ def test_a_bad_value_names_file_line_and_allowed_values(tmp_path: Path) -> None:
                 ("NOTIFY_COMMAND", "wall"),
             )
         ],
+        *[
+            (
+                f"REFRESH_DELAY={shlex.quote(v)}",
+                f"REFRESH_DELAY='{v}' is not a duration",
+                "write hours, minutes or seconds, e.g. REFRESH_DELAY=10m, REFRESH_DELAY=1h or "
+                "REFRESH_DELAY=90s (0: refresh before every package command)",
+            )
+            for v in ("", "10", "-5m", "10 m", "1d", "m", "1m1h", "99999999h")
+        ],
+        (
+            "REFRESH_DELAY=24h1s",
+            "REFRESH_DELAY='24h1s' is longer than 24h",
+            "the nightly update would use old metadata; set at most 24h (default 10m)",
+        ),
         (
             """REBOOT_COMMAND="ssh 'host reboot\"""",
             'REBOOT_COMMAND="ssh \'host reboot" is not a command line (No closing quotation)',
@@ -239,4 +253,33 @@ def test_the_allowed_package_managers_are_the_backends() -> None:
     from transactional_update.config import MANAGERS
     from transactional_update.packages import Manager
 
-    assert MANAGERS == ", ".join(m.value for m in Manager)
+    assert ", ".join(m.value for m in Manager) == MANAGERS
+
+
+@pytest.mark.parametrize(
+    ("value", "delay", "shown"),
+    [
+        ("0", timedelta(0), "0"),
+        ("0m", timedelta(0), "0"),
+        ("10m", timedelta(minutes=10), "10m"),
+        ("10min", timedelta(minutes=10), "10m"),
+        ("90s", timedelta(seconds=90), "1m30s"),
+        ("1h", timedelta(hours=1), "1h"),
+        ("1h30m15s", timedelta(hours=1, minutes=30, seconds=15), "1h30m15s"),
+        ("24h", timedelta(hours=24), "24h"),
+    ],
+)
+def test_refresh_delay_values_and_how_config_shows_them(
+    value: str, delay: timedelta, shown: str
+) -> None:
+    cfg = config.build({"REFRESH_DELAY": (value, "f:1")})
+    assert cfg.refresh_delay == delay
+    assert config.show_delay(delay) == shown
+    # What `config` prints reads back as the same value.
+    assert config.build({"REFRESH_DELAY": (shown, "f:1")}).refresh_delay == delay
+
+
+def test_refresh_delay_default_is_ten_minutes(tmp_path: Path) -> None:
+    assert config.Config().refresh_delay == timedelta(minutes=10)
+    r = tu(tmp_path, "--json", "config")
+    assert json.loads(r.stdout)["REFRESH_DELAY"] == {"value": "10m", "source": "default"}

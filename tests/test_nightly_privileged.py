@@ -108,6 +108,7 @@ def test_nightly_service_updates_commits_and_requests_the_reboot(
 
     # Night 2: a newer version - a new default from the configured method, and one reboot.
     _repo(s, [make_deb(tmp_path / "v2", "tu-hello", "2.0")])
+    s.time_passes()  # a day later: REFRESH_DELAY no longer spares the refresh
     r = s.tu(*argv)
     assert r.returncode == 0, r.stderr
     assert s.default_number() == 4
@@ -137,6 +138,7 @@ def test_a_failed_update_requests_no_reboot(managed_system: System, tmp_path: Pa
     assert s.tu("pkg", "install", "tu-hello").returncode == 0
     _boot_default(s)
     _repo(s, [make_deb(tmp_path / "v2", "tu-hello", "2.0", postinst="exit 1")])
+    s.time_passes()
     r = s.tu("cleanup", "auto-update", "reboot")
     assert r.returncode == 1
     assert s.default_number() == 2 and not log.exists()

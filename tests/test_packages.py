@@ -161,8 +161,9 @@ def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(
         assert r.stdout.splitlines()[-1] == f"{message}; no snapshot was kept"
         assert s.numbers() == [1, 2] and s.default_number() == 2
     # A newer version in the repository: `up` upgrades and the changelog says 1.0 -> 2.0.
+    # (--refresh: within REFRESH_DELAY of the install's refresh, `up` would not refresh.)
     _local_repo(s, [make_deb(tmp_path / "v2", "tu-hello", "2.0")])
-    r = s.tu("--continue", "up")
+    r = s.tu("--continue", "--refresh", "up")
     assert r.returncode == 0, r.stderr
     new = s.default_number()
     assert new == 3 and _dpkg_version(s, new, "tu-hello") == "2.0"
@@ -174,6 +175,98 @@ def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(
         ["apt-get", "-y", "upgrade"],
     ]
     assert "↑1 pkg" in s.snapper_list()[-1]["description"]
+
+
+STAMP = "var/lib/transactional-update/refreshed-apt"
+
+
+def _commands(system: System, n: int) -> list[list[str]]:
+    log = json.loads(system.tu("--json", "changelog", str(n)).stdout)
+    return [c["argv"] for c in log["commands"]]
+
+
+def test_refresh_delay_spares_the_refresh_until_the_sources_change(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    _local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b", "tu-c", "tu-d")])
+    assert s.tu("pkg", "install", "tu-a").returncode == 0
+    assert _commands(s, 2)[0] == ["apt-get", "update"]
+    stamp = json.loads((s.root / STAMP).read_text())
+    assert set(stamp) == {"time", "config"}
+    # Within the delay and with the same sources: no `apt-get update`, and -v says why.
+    r = s.tu("-v", "--continue", "pkg", "install", "tu-b")
+    assert r.returncode == 0, r.stderr
+    assert re.search(
+        r"^repository metadata refreshed \d+ s ago; not refreshing \(REFRESH_DELAY=10m\)$",
+        r.stderr,
+        re.MULTILINE,
+    ), r.stderr
+    assert _commands(s, 3) == [
+        ["apt-get", "-s", "install", "tu-b"],
+        ["apt-get", "-y", "install", "tu-b"],
+    ]
+    assert json.loads((s.root / STAMP).read_text()) == stamp  # a skip renews nothing
+    # sources.list changed in a transaction: the next command, in that snapshot, refreshes...
+    r = s.tu("--continue", "run", "--", "sh", "-c", "echo '# a comment' >> /etc/apt/sources.list")
+    assert r.returncode == 0, r.stderr
+    assert s.tu("--continue", "pkg", "install", "tu-c").returncode == 0
+    assert _commands(s, 5)[0] == ["apt-get", "update"]
+    # ...and the one after it does not.
+    assert s.tu("--continue", "pkg", "install", "tu-d").returncode == 0
+    assert ["apt-get", "update"] not in _commands(s, 6)
+    # The booted snapshot's sources differ from the ones last refreshed with: refresh.
+    r = s.tu("pkg", "install", "tu-a", "tu-b")
+    assert r.returncode == 0, r.stderr
+    assert (s.default_number(), _commands(s, 7)[0]) == (7, ["apt-get", "update"])
+    # Once the delay has passed, the same sources refresh again.
+    s.time_passes(601)
+    assert s.tu("--continue", "pkg", "remove", "tu-a").returncode == 0  # remove never refreshes
+    assert ["apt-get", "update"] not in _commands(s, 8)
+    assert s.tu("--continue", "pkg", "install", "tu-a").returncode == 0
+    assert _commands(s, 9)[0] == ["apt-get", "update"]
+
+
+def test_refresh_delay_zero_refreshes_every_time(managed_system: System, tmp_path: Path) -> None:
+    s = managed_system
+    _local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b")])
+    with s.booted_writable() as snap:
+        (snap / "etc/transactional-update.conf").write_text("REFRESH_DELAY=0\n")
+    r = s.tu("config")
+    assert "REFRESH_DELAY=0 # /etc/transactional-update.conf:1" in [
+        " ".join(line.split()) for line in r.stdout.splitlines()
+    ]
+    for n, pkg in ((2, "tu-a"), (3, "tu-b")):
+        assert s.tu("--continue", "pkg", "install", pkg).returncode == 0
+        assert _commands(s, n)[0] == ["apt-get", "update"]
+
+
+def test_a_failed_refresh_writes_no_stamp_and_is_retried(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    _local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b")])
+    assert s.tu("pkg", "install", "tu-a").returncode == 0
+    assert (s.root / STAMP).is_file()
+    # A source that does not exist: apt-get update fails (exit 100), and the stamp is gone.
+    r = s.tu(
+        "--continue",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo 'deb [trusted=yes] file:/var/cache/tu-missing ./' > /etc/apt/sources.list.d/x.list",
+    )
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):  # the second attempt refreshes (and fails) again
+        r = s.tu("--continue", "pkg", "install", "tu-b")
+        assert r.returncode == 1
+        assert r.stderr.splitlines()[-2:] == [
+            "error: apt-get update failed (exit 100)",
+            "hint: the default snapshot is unchanged",
+        ]
+        assert not (s.root / STAMP).exists()
+        assert s.numbers() == [1, 2, 3] and s.default_number() == 3
 
 
 def _archive_reachable(root: Path) -> str | None:

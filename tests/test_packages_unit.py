@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from transactional_update import packages
+from transactional_update.config import Config
 from transactional_update.errors import CommandFailed, NotManagedError, UsageError
-from transactional_update.packages import Action, Manager, Outcome, Request, Verdict
+from transactional_update.packages import Action, Manager, Outcome, Request, Verdict, refresh
 from transactional_update.transaction import NothingToDo
 
 
@@ -150,13 +153,33 @@ def test_configured_manager_wins_over_detection(tmp_path: Path) -> None:
 
 
 class FakeTx:
-    """The two methods execute() uses, answering with scripted exit codes (pure logic only)."""
+    """The two methods execute() uses, answering with scripted exit codes (pure logic only).
 
-    def __init__(self, codes: dict[str, list[int]], outputs: dict[str, str] | None = None):
+    Its root is a plain directory (the refresh stamp's home); the snapshot a directory in it.
+    """
+
+    root = Path("/nonexistent")  # each test's tmp_path (the fixture below)
+
+    def __init__(
+        self,
+        codes: dict[str, list[int]],
+        outputs: dict[str, str] | None = None,
+        delay: timedelta = timedelta(minutes=10),
+    ):
         self.codes = codes
         self.outputs = outputs or {}
         self.ran: list[tuple[list[str], dict[str, str]]] = []
         self.result = SimpleNamespace(reboot=None)
+        self.number = 2
+        snapshot = self.root / "snapshot"
+        self.ctx = SimpleNamespace(
+            root=self.root,
+            config=Config(refresh_delay=delay),
+            managed=SimpleNamespace(snapshot_dir=lambda n: snapshot),
+        )
+
+    def commands(self) -> list[str]:
+        return [" ".join(a) for a, _ in self.ran]
 
     def _next(self, argv: list[str], env: dict[str, str] | None) -> int:
         self.ran.append((argv, dict(env or {})))
@@ -169,6 +192,11 @@ class FakeTx:
 
     def capture(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
         return self._next(argv, env), self.outputs.get(" ".join(argv), "")
+
+
+@pytest.fixture(autouse=True)
+def _fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FakeTx, "root", tmp_path)
 
 
 PATCH = "zypper --non-interactive --non-interactive-include-reboot-patches patch"
@@ -295,3 +323,90 @@ def test_a_failed_dnf_scriptlet_fails_although_dnf_exits_0() -> None:
     assert tx.ran[-1][1]["LC_ALL"] == "C"
     clean = FakeTx({history: [0]}, {history: DNF_HISTORY.split("Scriptlet", maxsplit=1)[0]})
     _execute(clean, Manager.DNF, Request(Action.INSTALL, ("tu-post",)))
+
+
+# -- the refresh delay, through execute() with scripted exit codes -------------------------------
+
+APT_INSTALL = Request(Action.INSTALL, ("hello",))
+
+
+def _sources(text: str) -> None:
+    path = FakeTx.root / "snapshot/etc/apt/sources.list"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_a_fresh_refresh_serves_the_next_command(caplog: pytest.LogCaptureFixture) -> None:
+    _sources("deb http://deb.debian.org/debian trixie main\n")
+    first = FakeTx({})
+    _execute(first, Manager.APT, APT_INSTALL)
+    assert first.commands()[0] == "apt-get update"
+    stamp = refresh.load_stamp(FakeTx.root, Manager.APT)
+    assert stamp is not None
+    assert (FakeTx.root / "var/lib/transactional-update/refreshed-apt").is_file()
+    caplog.set_level("INFO")
+    second = FakeTx({})
+    _execute(second, Manager.APT, Request(Action.UP))
+    assert second.commands() == ["apt-get -s upgrade", "apt-get -y upgrade"]
+    assert re.search(
+        r"repository metadata refreshed \d+ s ago; not refreshing \(REFRESH_DELAY=10m\)",
+        caplog.text,
+    )
+    # The skip did not renew the stamp: the delay counts from the refresh itself.
+    assert refresh.load_stamp(FakeTx.root, Manager.APT) == stamp
+    # --refresh refreshes anyway; another manager has its own stamp.
+    forced = FakeTx({})
+    _execute(forced, Manager.APT, Request(Action.UP, refresh=True))
+    assert forced.commands()[0] == "apt-get update"
+    dnf_tx = FakeTx({})
+    _execute(dnf_tx, Manager.DNF, Request(Action.UP))
+    assert dnf_tx.commands()[0] == "dnf makecache --refresh"
+
+
+def test_changed_sources_refresh_and_a_failed_refresh_leaves_no_stamp() -> None:
+    _sources("deb http://deb.debian.org/debian bookworm main\n")
+    _execute(FakeTx({}), Manager.APT, APT_INSTALL)
+    _sources("deb http://deb.debian.org/debian trixie main\n")
+    failing = FakeTx({"apt-get update": [100]})
+    with pytest.raises(CommandFailed, match=r"^apt-get update failed \(exit 100\)$") as err:
+        _execute(failing, Manager.APT, APT_INSTALL)
+    assert err.value.hint == "the default snapshot is unchanged"
+    assert failing.commands() == ["apt-get update"]
+    assert not (FakeTx.root / "var/lib/transactional-update/refreshed-apt").exists()
+    # Also back at the old sources, the next command refreshes: the failure forgot the stamp.
+    _sources("deb http://deb.debian.org/debian bookworm main\n")
+    again = FakeTx({})
+    _execute(again, Manager.APT, APT_INSTALL)
+    assert again.commands()[0] == "apt-get update"
+
+
+def test_a_refresh_that_skipped_repositories_is_retried() -> None:
+    tx = FakeTx({"zypper --non-interactive refresh": [106]})
+    _execute(tx, Manager.ZYPPER, Request(Action.UP))  # a warning, not a failure
+    assert refresh.load_stamp(FakeTx.root, Manager.ZYPPER) is None
+    again = FakeTx({})
+    _execute(again, Manager.ZYPPER, Request(Action.UP))
+    assert again.commands()[0] == "zypper --non-interactive refresh"
+
+
+def test_delay_zero_refreshes_every_time_and_remove_never() -> None:
+    for _ in range(2):
+        tx = FakeTx({}, delay=timedelta(0))
+        _execute(tx, Manager.ZYPPER, Request(Action.INSTALL, ("x",)))
+        assert tx.commands()[0] == "zypper --non-interactive refresh"
+    tx = FakeTx({}, delay=timedelta(0))
+    _execute(tx, Manager.APT, Request(Action.REMOVE, ("x",)))
+    assert tx.commands() == ["apt-get -s remove x", "apt-get -y remove x"]
+    assert refresh.load_stamp(FakeTx.root, Manager.APT) is None
+
+
+def test_a_failure_after_a_skipped_refresh_says_how_to_refresh() -> None:
+    _execute(FakeTx({}), Manager.APT, APT_INSTALL)
+    tx = FakeTx({"apt-get -y install nosuch": [100]})
+    with pytest.raises(CommandFailed) as err:
+        _execute(tx, Manager.APT, Request(Action.INSTALL, ("nosuch",)))
+    assert re.fullmatch(
+        r"the default snapshot is unchanged; if a package was not found: the repository "
+        r"metadata is \d+ s old \(REFRESH_DELAY\), --refresh fetches it anew",
+        err.value.hint,
+    )

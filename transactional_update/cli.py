@@ -94,6 +94,9 @@ def parse_continue(value: str | None) -> int | None:
 @click.option("-n", "--non-interactive", is_flag=True, help="Never ask (default for run).")
 @click.option("-i", "--interactive", is_flag=True, help="Let package managers ask.")
 @click.option(
+    "--refresh", is_flag=True, help="Refresh repository metadata even within REFRESH_DELAY."
+)
+@click.option(
     "-c",
     "--continue",
     "continue_",
@@ -121,6 +124,7 @@ def cli(
     quiet: bool,
     non_interactive: bool,
     interactive: bool,
+    refresh: bool,
     continue_: str | None,
     drop_if_no_change: bool,
     keep: bool,
@@ -140,6 +144,7 @@ def cli(
             keep=keep,
             description=description,
             interactive=interactive and not non_interactive,
+            refresh=refresh,
             debug=debug,
         ),
     )
@@ -204,7 +209,10 @@ def package_step(action: str, names: Sequence[str] = ()) -> Step:
         from transactional_update.transaction import Transaction
 
         request = packages.Request(
-            packages.Action(action), packages.split_packages(names), state.opts["interactive"]
+            packages.Action(action),
+            packages.split_packages(names),
+            state.opts["interactive"],
+            state.opts["refresh"],
         )
         manager = packages.manager_for(state.ctx.root, state.ctx.config.package_manager)
         packages.check_database(state.ctx.root, manager)

@@ -60,6 +60,7 @@ def global_options(
     keep: bool = False,
     description: str | None = None,
     interactive: bool = False,
+    refresh: bool = False,
     debug: bool = False,
 ) -> dict[str, Any]:
     """``State.opts``: what the global options say about the transactions of this invocation."""
@@ -69,6 +70,7 @@ def global_options(
         "keep": keep,
         "description": description,
         "interactive": interactive,
+        "refresh": refresh,
         "debug": debug,
     }
 

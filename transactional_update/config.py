@@ -80,6 +80,9 @@ class Config:
     notify_command: tuple[str, ...] = ("wall",)
     boot_menu_title: str = "Snapshots"  # the GRUB submenu listing the snapshots
     boot_menu_limit: int = 20  # snapshots in that submenu (the booted and default always)
+    # How long a successful refresh of the repository metadata serves later package commands
+    # (packages/refresh.py); zypper's own repo.refresh.delay is 10 minutes too.
+    refresh_delay: timedelta = timedelta(minutes=10)
     # KEY -> "file:line" for every key a file set; keys not listed have their default.
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -260,6 +263,42 @@ def _boot_menu_limit(key: str, value: str) -> int:
     return int(value)
 
 
+# A day or more would let the nightly update run on the previous night's metadata.
+MAX_REFRESH_DELAY = timedelta(hours=24)
+
+
+def _refresh_delay(key: str, value: str) -> timedelta:
+    import re
+
+    m = re.fullmatch(r"(?:(\d{1,5})h)?(?:(\d{1,7})m(?:in)?)?(?:(\d{1,9})s)?", value)
+    if value == "0":
+        return timedelta(0)
+    if m is None or not any(m.groups()):
+        raise _Bad(
+            f"{key}={value!r} is not a duration",
+            f"write hours, minutes or seconds, e.g. {key}=10m, {key}=1h or {key}=90s "
+            "(0: refresh before every package command)",
+        )
+    h, mins, s = (int(g or 0) for g in m.groups())
+    delay = timedelta(hours=h, minutes=mins, seconds=s)
+    if delay > MAX_REFRESH_DELAY:
+        raise _Bad(
+            f"{key}={value!r} is longer than 24h",
+            "the nightly update would use old metadata; set at most 24h (default 10m)",
+        )
+    return delay
+
+
+def show_delay(d: timedelta) -> str:
+    """``10m``, ``1h30m``, ``45s``, ``0``: a REFRESH_DELAY as its key writes it."""
+    total = int(d.total_seconds())
+    if total <= 0:
+        return "0"
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((h, "h"), (m, "m"), (s, "s")) if n)
+
+
 def _show_duration(d: timedelta) -> str:
     h, m = divmod(int(d.total_seconds()) // 60, 60)
     return (f"{h}h" if h else "") + (f"{m}m" if m or not h else "")
@@ -314,6 +353,13 @@ KEYS: tuple[Key, ...] = (
         "package_manager",
         _package_manager,
         MANAGERS + "; empty: detect",
+    ),
+    Key(
+        "REFRESH_DELAY",
+        "refresh_delay",
+        _refresh_delay,
+        "a duration (10m, 1h, 90s); 0: always refresh",
+        show_delay,
     ),
     Key("SNAPPER_CONFIG", "snapper_config", _snapper_config, "a snapper config name"),
     Key("SNAPPER_BACKEND", "snapper_backend", _enum(Backend), _choices(Backend)),

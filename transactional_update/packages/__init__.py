@@ -56,13 +56,15 @@ class Request:
     action: Action
     packages: tuple[str, ...] = ()
     interactive: bool = False
+    refresh: bool = False  # refresh the metadata even within REFRESH_DELAY (--refresh)
 
 
 @dataclass(frozen=True)
 class Plan:
     """Commands to run in the snapshot, in order, and the environment they need.
 
-    *prepare* runs first (refreshing repository metadata), then the dry run *probe*: when its
+    *prepare* runs first (refreshing repository metadata, unless an earlier transaction did so
+    less than ``REFRESH_DELAY`` ago: :mod:`.refresh`), then the dry run *probe*: when its
     output says there is nothing to do, the transaction ends without a snapshot.  *reboot_check*
     runs after the commands and asks the package manager whether they need a full reboot;
     *script_check* reports package scripts that failed where the exit code does not tell.
@@ -227,7 +229,10 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
     snapshot, up to :data:`MAX_ROUNDS` times; a reboot the package manager asks for is recorded
     in ``tx.result.reboot`` and from there in the changelog, snapper's userdata and ``status``.
     """
+    import time
+
     from transactional_update.errors import CommandFailed
+    from transactional_update.packages import refresh
     from transactional_update.transaction import NothingToDo
 
     backend = _backend(manager)
@@ -235,15 +240,14 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
     env = dict(steps.env)
     # Dry runs and checks are read, not shown: their words must not depend on the admin's locale.
     quiet_env = {**env, "LC_ALL": "C"}
+    unchanged = "the default snapshot is unchanged"
 
     def judge(argv: tuple[str, ...], rc: int) -> Verdict:
         v = backend.verdict(request.action, rc)
         if v.outcome is Outcome.FAILED:
             words = " ".join(a for a in argv[1:] if not a.startswith("-"))
             why = f": {v.meaning}" if v.meaning else ""
-            raise CommandFailed(
-                f"{argv[0]} {words} failed (exit {rc}{why})", "the default snapshot is unchanged"
-            )
+            raise CommandFailed(f"{argv[0]} {words} failed (exit {rc}{why})", unchanged)
         if v.outcome is Outcome.WARNING:
             log.warning("%s: %s (exit %d)", argv[0], v.meaning, rc)
         if v.outcome is Outcome.REBOOT:
@@ -251,8 +255,34 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
             tx.result.reboot = FULL_REBOOT
         return v
 
-    for argv in steps.prepare:
-        judge(argv, tx.run(list(argv), env))
+    if steps.prepare:
+        assert tx.number is not None
+        root = tx.ctx.root
+        # The configuration the refresh reads: the fork's, still identical to its base.
+        config = refresh.digest(
+            refresh.read_config(tx.ctx.managed.snapshot_dir(tx.number), manager)
+        )
+        now = time.time()
+        decision = (
+            refresh.Decision(True, "--refresh")
+            if request.refresh
+            else refresh.decide(
+                refresh.load_stamp(root, manager), config, now, tx.ctx.config.refresh_delay
+            )
+        )
+        if decision.refresh:
+            log.debug("refreshing the repository metadata: %s", decision.why)
+            refresh.clear_stamp(root, manager)
+            verdicts = [judge(argv, tx.run(list(argv), env)) for argv in steps.prepare]
+            # A warning (zypper's 106: a repository was skipped) is retried by the next command.
+            if all(v.outcome is Outcome.OK for v in verdicts):
+                refresh.save_stamp(root, manager, refresh.Stamp(now, config))
+        else:
+            log.info("%s", decision.why)
+            unchanged += (
+                f"; if a package was not found: the repository metadata is {decision.age:.0f} s "
+                "old (REFRESH_DELAY), --refresh fetches it anew"
+            )
     if steps.probe is not None:
         rc, output = tx.capture(list(steps.probe), quiet_env)
         if backend.nothing_to_do(request.action, rc, output):

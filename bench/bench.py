@@ -181,12 +181,11 @@ class Bench:
         run(["btrfs", "property", "set", "-ts", snap, "ro", "true"])
         run(["btrfs", "subvolume", "set-default", snap])
 
-    def peer_sequence(self) -> None:
-        """The processes a C++ peer runs for ``run true``: snapper, chroot, snapper, btrfs."""
-        snapper = ["snapper", "--no-dbus", "--root", str(self.root)]
+    def peer_create(self) -> int:
+        """The peer's fork: ``snapper create --from 1 --read-write`` with the in-progress mark."""
         out = run(
             [
-                *snapper,
+                *self.snapper_cli(),
                 "create",
                 "--from",
                 str(BASE_SNAPSHOT),
@@ -200,33 +199,26 @@ class Bench:
                 f"{IN_PROGRESS}=yes",
             ]
         )
-        n = int(out.split()[-1])
+        return int(out.split()[-1])
+
+    def peer_modify(self, n: int) -> None:
+        run([*self.snapper_cli(), "modify", "--userdata", f"{IN_PROGRESS}=", str(n)])
+
+    def snapper_cli(self) -> list[str]:
+        return ["snapper", "--no-dbus", "--root", str(self.root)]
+
+    def peer_sequence(self) -> None:
+        """The processes a C++ peer runs for ``run true``: snapper, chroot, snapper, btrfs."""
+        n = self.peer_create()
         snap = self.system.snapshot(n)
         run(["chroot", snap, "true"])
-        run([*snapper, "modify", "--userdata", f"{IN_PROGRESS}=", str(n)])
+        self.peer_modify(n)
         run(["btrfs", "property", "set", "-ts", snap, "ro", "true"])
         run(["btrfs", "subvolume", "set-default", snap])
 
     def snapper_pair(self) -> None:
         """The peer sequence's two snapper calls alone: what any tool driving snapper's CLI pays."""
-        snapper = ["snapper", "--no-dbus", "--root", str(self.root)]
-        out = run(
-            [
-                *snapper,
-                "create",
-                "--from",
-                str(BASE_SNAPSHOT),
-                "--read-write",
-                "--print-number",
-                "--description",
-                "run: true",
-                "--cleanup-algorithm",
-                "number",
-                "--userdata",
-                f"{IN_PROGRESS}=yes",
-            ]
-        )
-        run([*snapper, "modify", "--userdata", f"{IN_PROGRESS}=", out.split()[-1].decode()])
+        self.peer_modify(self.peer_create())
 
     def tu_run_true(self, backend: str) -> Callable[[], None]:
         def action() -> None:

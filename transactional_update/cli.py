@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from transactional_update.commands import State, execute, failed, global_options, report, run_step
+from transactional_update.commands import (
+    State,
+    discard_unless_ok,
+    execute,
+    failed,
+    global_options,
+    report,
+    run_step,
+)
 
 if TYPE_CHECKING:
     from transactional_update.commands import Step
@@ -175,7 +183,6 @@ def shell_cmd() -> Step:
 
     def step(state: State) -> int:
         from transactional_update.chroot import SHELL_RC
-        from transactional_update.errors import CommandFailed
         from transactional_update.transaction import Transaction, default_description
 
         tx = Transaction(state.ctx, state.options(default_description("shell")))
@@ -192,12 +199,7 @@ def shell_cmd() -> Step:
             )
             argv = [shell, "--rcfile", SHELL_RC, "-i"] if shell == "/bin/bash" else [shell, "-i"]
             rc = tx.run(argv, {"PS1": r"transactional update \w# "}, interactive=True)
-            if rc != 0:
-                raise CommandFailed(
-                    f"shell exited with {rc}",
-                    "the snapshot was discarded; the default is unchanged",
-                    code=rc,
-                )
+            discard_unless_ok(rc, "shell")
         return report(state, tx.result)
 
     return step

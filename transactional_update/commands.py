@@ -79,21 +79,26 @@ def run_step(command: Sequence[str]) -> Step:
     """``run COMMAND…``: the command in a new snapshot; its non-zero exit discards it."""
 
     def step(state: State) -> int:
-        from transactional_update.errors import CommandFailed
         from transactional_update.transaction import Transaction, default_description
 
         tx = Transaction(state.ctx, state.options(default_description("run", command)))
         with tx:
-            rc = tx.run(list(command))
-            if rc != 0:
-                raise CommandFailed(
-                    f"command exited with {rc}: {command[0]}",
-                    "the snapshot was discarded; the default is unchanged",
-                    code=rc,
-                )
+            discard_unless_ok(tx.run(list(command)), "command", f": {command[0]}")
         return report(state, tx.result)
 
     return step
+
+
+def discard_unless_ok(rc: int, what: str, detail: str = "") -> None:
+    """End the transaction with exit code *rc* unless *what* (the command) succeeded."""
+    if rc != 0:
+        from transactional_update.errors import CommandFailed
+
+        raise CommandFailed(
+            f"{what} exited with {rc}{detail}",
+            "the snapshot was discarded; the default is unchanged",
+            code=rc,
+        )
 
 
 def report(state: State, result: Result) -> int:

@@ -231,17 +231,17 @@ def test_quick_queries_are_only_plain_status_and_list() -> None:
         assert parse_query(argv) is None
 
 
-def _click_run(argv: list[str]) -> tuple[dict[str, object], list[str]]:
-    """What the full command line makes of ``[OPTIONS] run CMD…``: global options and argv."""
+def _click_parse(argv: list[str]) -> tuple[dict[str, object], str, dict[str, object]]:
+    """What the full command line makes of ``[OPTIONS] COMMAND …``: options, command, its params."""
     from transactional_update import cli
 
     ctx = cli.cli.make_context("transactional-update", normalize_continue(argv))
     rest = list(ctx.protected_args) + list(ctx.args) if hasattr(ctx, "protected_args") else []
-    assert rest[0] == "run"
-    sub = cli.cli.get_command(ctx, "run")
+    sub = cli.cli.get_command(ctx, rest[0])
     assert sub is not None
-    command = list(sub.make_context("run", rest[1:], parent=ctx).params["command"])
-    return dict(ctx.params), command
+    sub_ctx = sub.make_context(rest[0], rest[1:], parent=ctx)
+    assert not sub_ctx.protected_args and not sub_ctx.args, "one command only"
+    return dict(ctx.params), rest[0], dict(sub_ctx.params)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # click 8.2 deprecates protected_args
@@ -254,26 +254,46 @@ def _click_run(argv: list[str]) -> tuple[dict[str, object], list[str]]:
         ["-d", "-k", "--description", "a 'b' $c", "-q", "run", "sh", "-c", "exit 3"],
         ["--debug", "-nd", "--keep", "--drop-if-no-change", "run", "status", "list"],
         ["--verbose", "--quiet", "--non-interactive", "run", "--", "--", "x"],
+        ["pkg", "install", "hello", "./local.deb"],
+        ["-i", "--refresh", "pkg", "rm", "hello"],
+        ["-in", "pkg", "update"],
+        ["--json", "--root", "/mnt", "up"],
+        ["-n", "dup"],
+        ["--interactive", "patch"],
     ],
 )
-def test_quick_run_parses_as_the_full_command_line(argv: list[str]) -> None:
-    from transactional_update.entry import parse_run
+def test_quick_transactions_parse_as_the_full_command_line(argv: list[str]) -> None:
+    from transactional_update.entry import parse_transaction
 
-    quick = parse_run(argv)
+    quick = parse_transaction(argv)
     assert quick is not None
-    opts, command = quick
-    params, click_command = _click_run(argv)
+    opts, command, args = quick
+    params, click_command, sub = _click_parse(argv)
     assert command == click_command
+    if command == "run":
+        assert args == list(sub["command"])  # type: ignore[call-overload]
+    elif command == "pkg":
+        assert args == [sub["action"], *sub["names"]]  # type: ignore[misc]
+    else:
+        assert args == []
     assert Path(str(opts.get("root", "/"))) == params["root"]
     assert bool(opts.get("json")) == params["json_out"]
     assert opts["verbose"] == params["verbose"]
-    for key in ("debug", "quiet", "non_interactive", "drop_if_no_change", "keep"):
+    for key in (
+        "debug",
+        "quiet",
+        "non_interactive",
+        "interactive",
+        "refresh",
+        "drop_if_no_change",
+        "keep",
+    ):
         assert bool(opts.get(key)) == params[key], key
     assert opts.get("description") == params["description"]
 
 
-def test_quick_run_leaves_everything_else_to_click() -> None:
-    from transactional_update.entry import parse_run
+def test_quick_transactions_leave_everything_else_to_click() -> None:
+    from transactional_update.entry import parse_transaction
 
     for argv in (
         ["run"],
@@ -281,7 +301,6 @@ def test_quick_run_leaves_everything_else_to_click() -> None:
         ["run", "-x", "y"],
         ["-c", "run", "true"],
         ["-c", "3", "run", "true"],
-        ["-i", "run", "true"],
         ["--root", "run", "true"],  # --root's value would be "run"
         ["--root"],
         ["--root=", "run", "true"],
@@ -289,10 +308,15 @@ def test_quick_run_leaves_everything_else_to_click() -> None:
         ["-vx", "run", "true"],
         ["--version"],
         ["cleanup", "run", "true"],
+        ["up", "reboot"],  # a chain
+        ["pkg"],
+        ["pkg", "purge", "x"],
+        ["pkg", "install", "--help"],
+        ["pkg", "install", "--", "x"],
         ["status"],
         [],
     ):
-        assert parse_run(argv) is None, argv
+        assert parse_transaction(argv) is None, argv
 
 
 def test_rootfs_cache_names_fit_a_file_name() -> None:

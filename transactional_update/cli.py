@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from transactional_update.commands import (
+    PKG_ACTIONS,
     State,
     discard_unless_ok,
     execute,
     failed,
     global_options,
+    package_step,
     report,
     run_step,
 )
@@ -205,28 +207,6 @@ def shell_cmd() -> Step:
     return step
 
 
-def package_step(action: str, names: Sequence[str] = ()) -> Step:
-    def step(state: State) -> int:
-        from transactional_update import packages
-        from transactional_update.transaction import Transaction
-
-        request = packages.Request(
-            packages.Action(action),
-            packages.split_packages(names),
-            state.opts["interactive"],
-            state.opts["refresh"],
-        )
-        manager = packages.manager_for(state.ctx.root, state.ctx.config.package_manager)
-        packages.check_database(state.ctx.root, manager)
-        packages.plan(manager, request)  # refuse bad requests before any snapshot exists
-        tx = Transaction(state.ctx, state.options(packages.describe(request)))
-        with tx:
-            packages.execute(tx, manager, request)
-        return report(state, tx.result)
-
-    return step
-
-
 @cli.command("up")
 def up_cmd() -> Step:
     """Update all packages in a new snapshot."""
@@ -243,16 +223,6 @@ def dup_cmd() -> Step:
 def patch_cmd() -> Step:
     """Install patches in a new snapshot (zypper, dnf upgrade-minimal; apt has none)."""
     return package_step("patch")
-
-
-PKG_ACTIONS = {
-    "install": "install",
-    "in": "install",
-    "remove": "remove",
-    "rm": "remove",
-    "update": "update",
-    "up": "update",
-}
 
 
 @cli.command("pkg", context_settings={"ignore_unknown_options": True})

@@ -101,6 +101,41 @@ def discard_unless_ok(rc: int, what: str, detail: str = "") -> None:
         )
 
 
+# ``pkg ACTION``: the action words of openSUSE's tool, short forms included.
+PKG_ACTIONS = {
+    "install": "install",
+    "in": "install",
+    "remove": "remove",
+    "rm": "remove",
+    "update": "update",
+    "up": "update",
+}
+
+
+def package_step(action: str, names: Sequence[str] = ()) -> Step:
+    """``up``, ``dup``, ``patch``, ``pkg ACTION NAME…``: the package manager in a new snapshot."""
+
+    def step(state: State) -> int:
+        from transactional_update import packages
+        from transactional_update.transaction import Transaction
+
+        request = packages.Request(
+            packages.Action(action),
+            packages.split_packages(names),
+            state.opts["interactive"],
+            state.opts["refresh"],
+        )
+        manager = packages.manager_for(state.ctx.root, state.ctx.config.package_manager)
+        packages.check_database(state.ctx.root, manager)
+        packages.plan(manager, request)  # refuse bad requests before any snapshot exists
+        tx = Transaction(state.ctx, state.options(packages.describe(request)))
+        with tx:
+            packages.execute(tx, manager, request)
+        return report(state, tx.result)
+
+    return step
+
+
 def report(state: State, result: Result) -> int:
     """Print what a transaction did: one line, or one JSON object with ``--json``."""
     if state.json:

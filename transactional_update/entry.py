@@ -2,8 +2,9 @@
 
 ``status`` and ``list`` are what monitoring and admins' scripts call most, often every minute; they
 run here without importing click or the transaction machinery (half of the start-up time).
-``run CMD…`` is what scripts and configuration management call for every change; it runs here
-without click (a third of a no-op transaction's start-up), through the same steps as :mod:`cli`.
+``run CMD…``, ``pkg …``, ``up``, ``dup`` and ``patch`` are what scripts, configuration management
+and the nightly job call for every change; they run here without click (a third of a no-op
+transaction's start-up), through the same steps as :mod:`cli`.
 Anything else (``-c``, chained commands, ``--help``, any option not listed below, bad input)
 goes to the full command line in :mod:`cli`, which parses it with click.
 """
@@ -38,7 +39,8 @@ def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
     return (root.absolute(), as_json, command) if command else None
 
 
-# Global options the quick path of ``run`` understands, as the full command line defines them.
+# Global options the quick path of the transaction commands understands, as the full command line
+# defines them.
 _FLAGS = {
     "--json": "json",
     "-v": "verbose",
@@ -48,20 +50,29 @@ _FLAGS = {
     "--quiet": "quiet",
     "-n": "non_interactive",
     "--non-interactive": "non_interactive",
+    "-i": "interactive",
+    "--interactive": "interactive",
     "-d": "drop_if_no_change",
     "--drop-if-no-change": "drop_if_no_change",
     "-k": "keep",
     "--keep": "keep",
+    "--refresh": "refresh",
 }
 _VALUES = {"--root": "root", "--description": "description"}
+_PACKAGE_COMMANDS = ("up", "dup", "patch")
 
 
-def parse_run(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]] | None:
-    """``(options, command)`` for ``[OPTIONS] run [--] CMD…`` with the options above, else None.
+def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[str]] | None:
+    """``(options, command, arguments)`` for one transaction command, else None.
 
-    Everything after ``run`` is the command, as in the full command line: its first ``--`` ends
-    the options of ``run``; an option of ``run`` itself (``run --help``) goes to click.
+    The commands: ``run [--] CMD…``, ``pkg ACTION [NAME…]`` and ``up``, ``dup``, ``patch`` (then
+    nothing else: a chain of commands goes to click), after global options from the table above.
+    As in the full command line, everything after ``run`` is the command, whose first ``--``
+    ends the options of ``run``; an option of the command itself (``run --help``, a package
+    name that starts with ``-``) goes to click.
     """
+    from transactional_update.commands import PKG_ACTIONS
+
     opts: dict[str, Any] = {"verbose": 0}
     args = list(argv)
     while args:
@@ -71,7 +82,13 @@ def parse_run(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]] | None:
                 args.pop(0)
             elif args and args[0].startswith("-"):
                 return None
-            return (opts, args) if args else None
+            return (opts, arg, args) if args else None
+        if arg == "pkg":
+            if not args or args[0] not in PKG_ACTIONS or any(a.startswith("-") for a in args):
+                return None
+            return opts, arg, args
+        if arg in _PACKAGE_COMMANDS:
+            return (opts, arg, []) if not args else None
         name, eq, value = arg.partition("=")
         if name in _VALUES:
             if not eq:
@@ -94,7 +111,7 @@ def parse_run(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]] | None:
     return None
 
 
-def quick_run(opts: dict[str, Any], command: list[str]) -> int:
+def quick_transaction(opts: dict[str, Any], command: str, args: list[str]) -> int:
     from transactional_update import commands
     from transactional_update import log as logmod
 
@@ -108,10 +125,18 @@ def quick_run(opts: dict[str, Any], command: list[str]) -> int:
                 drop_if_no_change=bool(opts.get("drop_if_no_change")),
                 keep=bool(opts.get("keep")),
                 description=opts.get("description"),
+                interactive=bool(opts.get("interactive")) and not opts.get("non_interactive"),
+                refresh=bool(opts.get("refresh")),
                 debug=debug,
             ),
         )
-        return commands.execute([commands.run_step(command)], state)
+        if command == "run":
+            step = commands.run_step(args)
+        elif command == "pkg":
+            step = commands.package_step(commands.PKG_ACTIONS[args[0]], args[1:])
+        else:
+            step = commands.package_step(command)
+        return commands.execute([step], state)
     except (Exception, KeyboardInterrupt) as exc:
         return commands.failed(exc, debug)
 
@@ -142,9 +167,9 @@ def main() -> None:
     quick = parse_query(sys.argv[1:])
     if quick is not None:
         sys.exit(query(*quick))
-    run = parse_run(sys.argv[1:])
-    if run is not None:
-        sys.exit(quick_run(*run))
+    transaction = parse_transaction(sys.argv[1:])
+    if transaction is not None:
+        sys.exit(quick_transaction(*transaction))
     from transactional_update.cli import main as full
 
     full()

@@ -360,3 +360,19 @@ def test_created_systems_get_a_machine_id_of_their_own(tmp_path: Path) -> None:
     assert all(len(i) == 33 and i.endswith("\n") and int(i, 16) for i in ids)
     assert ids[0] != ids[1]
     assert ids[2] == "0123456789abcdef0123456789abcdef\n"
+
+
+def test_prune_only_text() -> None:
+    from transactional_update.cleanup import PruneResult, prune_text
+
+    assert prune_text(PruneResult()) == "no changelog entry of a deleted snapshot"
+    assert prune_text(PruneResult(pruned=[2, 5], menu=True)) == (
+        "dropped the changelog entries of 2 deleted snapshot(s): 2 5; the boot menu is current"
+    )
+    assert prune_text(PruneResult(menu=False)) == (
+        "no changelog entry of a deleted snapshot; the boot menu was not refreshed"
+    )
+    assert prune_text(PruneResult(skipped="another transaction is running (pid 7)")) == (
+        "skipped: another transaction is running (pid 7); "
+        "the next transaction or cleanup catches up"
+    )

@@ -1,5 +1,9 @@
 """``cleanup``: remove forks of dead transactions and apply snapper's number cleanup.
 
+``cleanup --prune-only`` (:func:`prune_only`) removes no snapshot: it only follows deletions made
+by others - snapper's own daily cleanup, whose unit runs it afterwards through our drop-in, or an
+admin's ``snapper delete`` - by dropping their changelog entries and GRUB menu entries.
+
 Never touched: the booted snapshot, the default (which is the pending one when they differ), and
 snapshot 0.  Runs under the transaction lock, so no live transaction's fork can be taken.  The
 number algorithm reads snapper's settings: of the snapshots with cleanup ``number``, keep the
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from transactional_update import btrfs, changelog, grubenv
 from transactional_update.context import Context
-from transactional_update.errors import ConfigError
+from transactional_update.errors import ConfigError, LockedError
 from transactional_update.lock import Lock
 from transactional_update.snapinfo import Snapshot
 from transactional_update.system import IN_PROGRESS
@@ -38,6 +42,13 @@ class NumberLimits:
 class CleanupResult:
     stale: list[int] = field(default_factory=list)
     number: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PruneResult:
+    pruned: list[int] = field(default_factory=list)  # changelog entries of deleted snapshots
+    menu: bool | None = None  # the boot menu is current (None: the root has no grub.cfg)
+    skipped: str | None = None  # why nothing was done: another transaction holds the lock
 
 
 def _upper(value: str, key: str, where: str) -> int:
@@ -132,3 +143,47 @@ def cleanup(ctx: Context) -> CleanupResult:
         for n in result.number:
             log.info("cleanup: removed snapshot %d (number limit)", n)
     return result
+
+
+def prune_only(ctx: Context) -> PruneResult:
+    """Drop the changelog entries and boot menu entries of snapshots others deleted.
+
+    Under the transaction lock, like every change to the menu.  When a transaction still holds it
+    after LOCK_WAIT, nothing is done and :attr:`PruneResult.skipped` says why: this is a catch-up
+    that the transaction's own commit (menu) and every later cleanup (both) repeat, so running
+    after snapper's cleanup it must not fail snapper's unit.
+    """
+    lock = Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait)
+    try:
+        lock.acquire()
+    except LockedError as exc:
+        if not lock.is_held():  # a planted link or foreign file: a real problem, say so
+            raise
+        log.debug("cleanup --prune-only: skipped: %s", exc.message)
+        return PruneResult(skipped=exc.message)
+    try:
+        pruned = changelog.prune(ctx.root)
+        menu = grubenv.refresh_menu(ctx)
+    finally:
+        lock.release()
+    for n in pruned:
+        log.debug("cleanup: dropped the changelog entry of deleted snapshot %d", n)
+    return PruneResult(pruned=pruned, menu=menu)
+
+
+def prune_text(res: PruneResult) -> str:
+    """What ``cleanup --prune-only`` prints (pure: unit-tested)."""
+    if res.skipped is not None:
+        return f"skipped: {res.skipped}; the next transaction or cleanup catches up"
+    if res.pruned:
+        text = (
+            f"dropped the changelog entries of {len(res.pruned)} deleted snapshot(s): "
+            + " ".join(map(str, res.pruned))
+        )
+    else:
+        text = "no changelog entry of a deleted snapshot"
+    if res.menu is True:
+        text += "; the boot menu is current"
+    elif res.menu is False:
+        text += "; the boot menu was not refreshed"
+    return text

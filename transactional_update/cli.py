@@ -310,7 +310,10 @@ def reboot_cmd() -> Step:
     help="Also enable the timers and the reboot manager (default; not with --unit-dir).",
 )
 def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
-    """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot."""
+    """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot.
+
+    Also a drop-in for snapper's snapper-cleanup.service that follows its deletions.
+    """
     if exec_path is not None and not exec_path.startswith("/"):
         raise click.BadParameter(f"{exec_path!r} is not an absolute path", param_hint="--exec")
     if unit_dir is not None and enable:
@@ -323,9 +326,12 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
 
         exe = exec_path or units.SHIPPED_EXEC
         if unit_dir is not None:
-            wanted = units.files(units.shipped(), exe, "", enable=False)
-            done = units.write(unit_dir.absolute(), wanted)
-            click.echo(f"installed {len(done)} unit(s) in {unit_dir}")
+            texts = units.shipped()
+            units.write(unit_dir.absolute(), units.files(texts, exe, "", enable=False))
+            drop_ins = sum(units.is_drop_in(name) for name in texts)
+            click.echo(
+                f"installed {len(texts) - drop_ins} unit(s) and {drop_ins} drop-in(s) in {unit_dir}"
+            )
             return 0
         wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
         if units.up_to_date(state.root, wanted):
@@ -483,11 +489,20 @@ def rollback_cmd(target: str | None) -> Step:
 
 
 @cli.command("cleanup")
-def cleanup_cmd() -> Step:
+@click.option(
+    "--prune-only",
+    is_flag=True,
+    help="Remove no snapshot: only drop the changelog and boot menu entries of deleted ones "
+    "(snapper's cleanup unit runs this after it); skips while a transaction runs.",
+)
+def cleanup_cmd(prune_only: bool) -> Step:
     """Remove snapshots of interrupted transactions and apply the number limit."""
 
     def step(state: State) -> int:
         from transactional_update.cleanup import cleanup
+
+        if prune_only:
+            return prune_step(state)
 
         res = cleanup(state.ctx)
         if state.json:
@@ -504,6 +519,18 @@ def cleanup_cmd() -> Step:
         return 0
 
     return step
+
+
+def prune_step(state: State) -> int:
+    from transactional_update.cleanup import prune_only, prune_text
+
+    res = prune_only(state.ctx)
+    if state.json:
+        menu = {None: "none", True: "current", False: "failed"}[res.menu]
+        click.echo(json.dumps({"pruned": res.pruned, "boot_menu": menu, "skipped": res.skipped}))
+    else:
+        click.echo(prune_text(res))
+    return 0
 
 
 # --- boot: the GRUB menu, boot configuration, boot once, new systems (transactional_update.grub,

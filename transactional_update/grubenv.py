@@ -92,9 +92,14 @@ def update(path: Path, **changes: str | None) -> dict[str, str]:
     return values
 
 
-def refresh_menu(ctx: Context) -> None:
-    """Refresh GRUB's menu after the snapshots changed, if the root has a grub.cfg; never raises."""
+def refresh_menu(ctx: Context) -> bool | None:
+    """Refresh GRUB's menu after the snapshots changed, if the root has a grub.cfg; never raises.
+
+    None without a grub.cfg; else whether the menu section is current (False: it was not
+    refreshed, and a warning says why).
+    """
     if any((ctx.root / d / "grub.cfg").is_file() for d in GRUB_DIRS):
         from transactional_update import grub  # here: GRUB's modules cost start-up time
 
-        grub.refresh(ctx)
+        return grub.refresh(ctx)
+    return None

@@ -7,6 +7,11 @@ rollback returns to.  Enabling is the ``[Install]`` section's ``WantedBy=`` as l
 ``/etc/systemd/system/TARGET.wants/``, exactly what ``systemctl enable`` creates, made without
 needing systemd inside the root.  Packagers install into a plain directory (``--unit-dir``).
 
+Besides our own units there are drop-ins for other packages' units (``NAME.service.d/*.conf``):
+they take effect whenever that unit runs and need no enabling.  The one for snapper's
+``snapper-cleanup.service`` follows the snapshots snapper's own cleanup deletes (GRUB's menu, the
+changelog).
+
 Everything here but :func:`write` is pure.
 """
 
@@ -27,6 +32,8 @@ UNITS = (
     "transactional-update-cleanup.timer",
     "transactional-update-reboot-manager.service",
 )
+# Drop-ins for units other packages ship, as paths relative to the unit directory.
+DROP_INS = ("snapper-cleanup.service.d/transactional-update.conf",)
 UNIT_DIR = "/usr/lib/systemd/system"
 WANTS_DIR = "/etc/systemd/system"
 SHIPPED_EXEC = "/usr/bin/transactional-update"
@@ -48,13 +55,18 @@ def source_dir() -> Path:
 
 
 def render(text: str, exec_path: str) -> str:
-    """The unit with ``ExecStart=`` pointing at *exec_path* (where this tool is installed)."""
+    """The unit with its ``Exec*=`` commands pointing at *exec_path* (where this tool is
+    installed); ``ExecStopPost=-/usr/bin/...`` keeps its prefix."""
     if exec_path == SHIPPED_EXEC:
         return text
     return "".join(
-        line.replace(SHIPPED_EXEC, exec_path, 1) if line.startswith("ExecStart=") else line
+        line.replace(SHIPPED_EXEC, exec_path, 1) if line.startswith("Exec") else line
         for line in text.splitlines(keepends=True)
     )
+
+
+def is_drop_in(name: str) -> bool:
+    return "/" in name
 
 
 def wanted_by(text: str) -> list[str]:
@@ -76,15 +88,17 @@ def files(texts: dict[str, str], exec_path: str, unit_dir: str, enable: bool) ->
     out = [File(f"{unit_dir}/{name}", render(text, exec_path)) for name, text in texts.items()]
     if enable:
         for name, text in texts.items():
-            for target in wanted_by(text):
+            # A drop-in has no [Install]: it applies whenever its unit runs.
+            for target in [] if is_drop_in(name) else wanted_by(text):
                 link = f"{WANTS_DIR}/{target}.wants/{name}"
                 out.append(File(link, link=f"{unit_dir}/{name}"))
     return out
 
 
 def shipped() -> dict[str, str]:
+    """Unit name (or drop-in path relative to the unit directory) -> its shipped text."""
     src = source_dir()
-    return {name: (src / name).read_text(encoding="utf-8") for name in UNITS}
+    return {name: (src / name).read_text(encoding="utf-8") for name in UNITS + DROP_INS}
 
 
 def up_to_date(root: Path, wanted: list[File]) -> bool:

@@ -566,6 +566,14 @@ def context_lines(rows: Mapping[str, Row], info: Mapping[str, Any]) -> list[tupl
     )
     out.append(
         (
+            # The dry run the package commands must do first (so that nothing to do leaves no
+            # snapshot), run plainly: the floor of the 1.2x target before any transaction cost.
+            "floor: plain -s install + -y install / plain -y install",
+            fmt_x(ratio(median_of(rows, "chroot_sequence"), plain)),
+        )
+    )
+    out.append(
+        (
             "pkg install / plain chroot install with the binds timed",
             fmt_x(ratio(tu, median_of(rows, "chroot_install_binds"))),
         )

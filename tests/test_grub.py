@@ -206,6 +206,9 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     uuid = btrfs.fs_uuid(disk.root)
     grub_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p2").stdout.strip()
     assert f"UUID={uuid} / btrfs ro 0 0\n" in fstab
+    # the other subvolumes wait for /var (image.fstab: racing read-write mounts on Debian 12)
+    assert f"UUID={uuid} /var btrfs subvol=/@/var 0 0\n" in fstab
+    assert f"UUID={uuid} /home btrfs subvol=/@/home,x-systemd.after=var.mount 0 0\n" in fstab
     assert f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2\n" in fstab
     esp_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p4").stdout.strip()
     assert f"UUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2\n" in fstab

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import make_deb
+from transactional_update import image
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST = REPO / "vm-tests/guest"
@@ -345,8 +346,31 @@ def check(condition: bool, what: str, boot: Boot | None = None, detail: object =
         raise ScenarioFailed(f"{where}{what}" + (f": {detail!r}" if detail != "" else ""))
 
 
+def mount_times(boot: Boot) -> dict[str, tuple[int, int]]:
+    """``{unit: (started, mounted)}`` (monotonic µs) of the btrfs subvolume mounts of this boot."""
+    times = {}
+    for block in boot.text("mounts").strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        started = int(props["InactiveExitTimestampMonotonic"])
+        times[props["Id"]] = (started, int(props["ActiveEnterTimestampMonotonic"]))
+    return times
+
+
+def check_mount_order(boot: Boot) -> None:
+    """Every read-write subvolume mount started only once /var was mounted (image.fstab says why:
+    started together, two of them can fail on this kernel and the boot falls into emergency)."""
+    times = mount_times(boot)
+    check(len(times) == 1 + len(image.DATA_SUBVOLUMES), "all subvolumes mounted", boot, times)
+    var_mounted = times[f"{image.FIRST_RW_MOUNT}.mount"][1]
+    check(var_mounted > 0, "/var was mounted", boot, times)
+    for unit, (started, _) in times.items():
+        if unit != f"{image.FIRST_RW_MOUNT}.mount":
+            check(started >= var_mounted, f"{unit} started after /var was mounted", boot, times)
+
+
 def check_booted(boot: Boot, number: int, via_default: bool = True) -> None:
     """Snapshot *number* is what runs: mounted as root (read-only), and status says so."""
+    check_mount_order(boot)
     check(
         boot.root() == f"/@/.snapshots/{number}/snapshot",
         f"snapshot {number} is /",

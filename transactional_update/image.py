@@ -30,6 +30,8 @@ from transactional_update import btrfs
 from transactional_update.proc import run
 
 DATA_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
+# The subvolume mounted first at boot; the other read-write mounts wait for it (see fstab()).
+FIRST_RW_MOUNT = "var"
 DPKG_DB = "usr/share/dpkg/database"
 DPKG_LINK_TARGET = "../../usr/share/dpkg/database"
 RPM_DB = "usr/lib/sysimage/rpm"
@@ -81,12 +83,26 @@ def fstab(uuid: str, grub_uuid: str | None = None, esp_uuid: str | None = None) 
     ``/`` has no ``subvol=`` (the default subvolume boots) and stays read-only; ``/tmp`` is a
     tmpfs because nothing may write into a read-only snapshot; ``/boot/grub`` (GRUB's own
     partition, when there is one) belongs to no snapshot, nor does the EFI system partition.
+
+    The read-write subvolume mounts wait for ``/var`` (``x-systemd.after=``): with ``/``
+    mounted read-only the filesystem's superblock is read-only, and a kernel that mounts
+    through btrfs's old mount code (Debian 12's 6.1) mounts a read-write subvolume then by
+    mounting it read-only and remounting the superblock read-write.  Two such mounts at once
+    race: when the other's remount lands between those two steps, the read-only attempt fails
+    with EBUSY.  systemd starts every fstab mount at once, so now and then one of these seven
+    failed and the boot fell into emergency mode (SUSE's kernels serialize these mounts with a
+    patch of their own, bsc#951844).  Once ``/var`` is mounted the superblock is read-write and
+    the other mounts take the plain path, in parallel again.
     """
+    after = f",x-systemd.after={FIRST_RW_MOUNT}.mount"
     lines = [
         f"UUID={uuid} / btrfs ro 0 0",
-        f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots 0 0",
+        f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots{after} 0 0",
     ]
-    lines += [f"UUID={uuid} /{d} btrfs subvol=/@/{d} 0 0" for d in DATA_SUBVOLUMES]
+    lines += [
+        f"UUID={uuid} /{d} btrfs subvol=/@/{d}{'' if d == FIRST_RW_MOUNT else after} 0 0"
+        for d in DATA_SUBVOLUMES
+    ]
     if grub_uuid is not None:
         lines.append(f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2")
     if esp_uuid is not None:

@@ -95,7 +95,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def _input_files() -> list[Path]:
     files = [
         *(REPO / "transactional_update").rglob("*"),
-        *(REPO / "systemd-units").iterdir(),
+        *(REPO / "systemd-units").rglob("*"),
         GUEST / "tu-vm-agent",
         GUEST / "tu-vm-agent.service",
         GUEST / "emergency-dump.conf",
@@ -153,8 +153,12 @@ def complete_snapshot(snap: Path) -> None:
     units = snap / "usr/share/transactional-update/systemd-units"
     shutil.rmtree(units, ignore_errors=True)
     shutil.copytree(REPO / "systemd-units", units)
-    for unit in units.iterdir():
-        shutil.copy(unit, snap / "usr/lib/systemd/system" / unit.name)
+    for unit in units.iterdir():  # units, and drop-ins for other units (directories)
+        target = snap / "usr/lib/systemd/system" / unit.name
+        if unit.is_dir():
+            shutil.copytree(unit, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(unit, target)
     agent = snap / "usr/libexec/tu-vm-agent"
     agent.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(GUEST / "tu-vm-agent", agent)

@@ -195,3 +195,41 @@ def test_stale_lock_file_from_a_dead_process_does_not_block(managed_system: Syst
     r = managed_system.tu("run", "--", "true")
     assert r.returncode == 0, r.stderr
     assert managed_system.default_number() == 2
+
+
+def test_a_command_that_cannot_be_started_is_127_and_discarded(managed_system: System) -> None:
+    r = managed_system.tu("run", "--", "/etc/passwd")  # exists, not executable
+    assert r.returncode == 127
+    assert "transactional-update: cannot run /etc/passwd: Permission denied" in r.stderr
+    assert r.stderr.splitlines()[-2] == "error: command exited with 127: /etc/passwd"
+    assert managed_system.numbers() == [1]
+    assert managed_system.default_number() == 1
+
+
+def test_a_chroot_that_cannot_be_prepared_is_undone(managed_system: System) -> None:
+    """The holder, started before the snapshot exists, fails a mount: nothing stays behind."""
+    import btrfsutil
+
+    from transactional_update.chroot import ChrootSession, Kind, Mount, plan_for
+    from transactional_update.errors import SystemError_
+
+    fork = managed_system.root / ".snapshots/99/snapshot"
+    fork.parent.mkdir()
+    btrfsutil.create_snapshot(managed_system.snapshot(1), fork)
+    plan = [
+        *plan_for(managed_system.root, ()),
+        Mount(Kind.BIND, "/tu-test-mount", str(managed_system.workdir / "no-such-source")),
+    ]
+    session = ChrootSession(None, plan)
+    session.start()
+    with pytest.raises(SystemError_) as err:
+        session.open(fork)
+    assert err.value.message.startswith(f"cannot prepare the chroot of {fork}: ")
+    assert "no-such-source" in err.value.message
+    assert session.pid is None and session.sock is None  # the holder is gone and reaped
+    mounts = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
+    assert str(fork) not in mounts
+    # What the holder created as mount points in the snapshot is removed again.
+    assert not (fork / "tu-test-mount").exists()
+    assert not (fork / "usr/sbin/policy-rc.d").exists()
+    btrfsutil.delete_subvolume(fork)

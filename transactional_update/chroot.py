@@ -401,6 +401,7 @@ class _Holder:
                 break
 
     def teardown(self) -> None:
+        self.leave()  # the mount points and the created files are host paths
         self.kill_all()
         for target in reversed(self.mounted):
             _umount(target)
@@ -474,7 +475,6 @@ class _Holder:
             self.setup()
             self.enter()
         except Exception as exc:
-            self.leave()
             self._send({"error": f"{type(exc).__name__}: {exc}"})
             self.teardown()
             return
@@ -497,7 +497,6 @@ class _Holder:
                 self.teardown()
                 self._send({"shadowed": report, "untouched": untouched})
                 return
-        self.leave()
         self.teardown()
 
     def _send(self, message: dict[str, Any]) -> None:

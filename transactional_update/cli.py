@@ -23,11 +23,12 @@ import click
 
 from transactional_update.commands import (
     PKG_ACTIONS,
+    VALUE_OPTIONS,
     State,
+    begin,
     discard_unless_ok,
     execute,
     failed,
-    global_options,
     package_step,
     report,
     run_step,
@@ -43,10 +44,6 @@ Exit codes: 0 ok, 1 transaction failed (run: the command's code), 2 usage,
 3 not a managed system, 4 locked by another transaction, 5 bad snapshot,
 6 bad config, 7 btrfs/snapper failure, 8 no space left, 130 interrupted.
 """
-
-
-# Global options that take a value as the next argument (which may look like anything).
-VALUE_OPTIONS = ("--root", "--description")
 
 
 def normalize_continue(argv: Sequence[str]) -> list[str]:
@@ -142,21 +139,19 @@ def cli(
     json_out: bool,
 ) -> None:
     """Change a btrfs root atomically: every change goes to a new snapshot that boots next."""
-    from transactional_update import log as logmod
-
-    logmod.setup(2 if debug else verbose, quiet)
-    ctx.obj = State(
-        root.absolute(),
+    ctx.obj = begin(
+        root,
         json_out,
-        global_options(
-            continue_from=parse_continue(continue_),
-            drop_if_no_change=drop_if_no_change,
-            keep=keep,
-            description=description,
-            interactive=interactive and not non_interactive,
-            refresh=refresh,
-            debug=debug,
-        ),
+        verbose=verbose,
+        quiet=quiet,
+        debug=debug,
+        continue_from=parse_continue(continue_),
+        drop_if_no_change=drop_if_no_change,
+        keep=keep,
+        description=description,
+        interactive=interactive,
+        non_interactive=non_interactive,
+        refresh=refresh,
     )
 
 

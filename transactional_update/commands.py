@@ -53,26 +53,43 @@ class State:
         )
 
 
-def global_options(
+# Global options that take a value as the next argument (which may look like anything), and the
+# name each has in the quick parser of :mod:`entry`.
+VALUE_OPTIONS = {"--root": "root", "--description": "description"}
+
+
+def begin(
+    root: Path,
+    json_out: bool,
     *,
+    verbose: int = 0,
+    quiet: bool = False,
+    debug: bool = False,
     continue_from: int | None = None,
     drop_if_no_change: bool = False,
     keep: bool = False,
     description: str | None = None,
     interactive: bool = False,
+    non_interactive: bool = False,
     refresh: bool = False,
-    debug: bool = False,
-) -> dict[str, Any]:
-    """``State.opts``: what the global options say about the transactions of this invocation."""
-    return {
-        "continue_from": continue_from,
-        "drop_if_no_change": drop_if_no_change,
-        "keep": keep,
-        "description": description,
-        "interactive": interactive,
-        "refresh": refresh,
-        "debug": debug,
-    }
+) -> State:
+    """Logging set up and the :class:`State` that the global options decide, for both parsers."""
+    from transactional_update import log as logmod
+
+    logmod.setup(2 if debug else verbose, quiet)
+    return State(
+        root.absolute(),
+        json_out,
+        {
+            "continue_from": continue_from,
+            "drop_if_no_change": drop_if_no_change,
+            "keep": keep,
+            "description": description,
+            "interactive": interactive and not non_interactive,
+            "refresh": refresh,
+            "debug": debug,
+        },
+    )
 
 
 def run_step(command: Sequence[str]) -> Step:

@@ -58,7 +58,6 @@ _FLAGS = {
     "--keep": "keep",
     "--refresh": "refresh",
 }
-_VALUES = {"--root": "root", "--description": "description"}
 _PACKAGE_COMMANDS = ("up", "dup", "patch")
 
 
@@ -71,7 +70,7 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
     ends the options of ``run``; an option of the command itself (``run --help``, a package
     name that starts with ``-``) goes to click.
     """
-    from transactional_update.commands import PKG_ACTIONS
+    from transactional_update.commands import PKG_ACTIONS, VALUE_OPTIONS
 
     opts: dict[str, Any] = {"verbose": 0}
     args = list(argv)
@@ -90,14 +89,14 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
         if arg in _PACKAGE_COMMANDS:
             return (opts, arg, []) if not args else None
         name, eq, value = arg.partition("=")
-        if name in _VALUES:
+        if name in VALUE_OPTIONS:
             if not eq:
                 if not args:
                     return None
                 value = args.pop(0)
-            if not value or _VALUES[name] in opts:
+            if not value or VALUE_OPTIONS[name] in opts:
                 return None
-            opts[_VALUES[name]] = value
+            opts[VALUE_OPTIONS[name]] = value
         elif arg in _FLAGS:
             key = _FLAGS[arg]
             opts[key] = (int(opts["verbose"]) + 1) if key == "verbose" else True
@@ -113,22 +112,11 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
 
 def quick_transaction(opts: dict[str, Any], command: str, args: list[str]) -> int:
     from transactional_update import commands
-    from transactional_update import log as logmod
 
-    debug = bool(opts.get("debug"))
+    debug = bool(opts.pop("debug", False))
     try:
-        logmod.setup(2 if debug else int(opts["verbose"]), bool(opts.get("quiet")))
-        state = commands.State(
-            Path(str(opts.get("root", "/"))).absolute(),
-            bool(opts.get("json")),
-            commands.global_options(
-                drop_if_no_change=bool(opts.get("drop_if_no_change")),
-                keep=bool(opts.get("keep")),
-                description=opts.get("description"),
-                interactive=bool(opts.get("interactive")) and not opts.get("non_interactive"),
-                refresh=bool(opts.get("refresh")),
-                debug=debug,
-            ),
+        state = commands.begin(
+            Path(str(opts.pop("root", "/"))), bool(opts.pop("json", False)), debug=debug, **opts
         )
         if command == "run":
             step = commands.run_step(args)

@@ -220,6 +220,48 @@ def split_packages(words: Sequence[str]) -> tuple[str, ...]:
     return tuple(words)
 
 
+def _refresh(
+    tx: Transaction,
+    manager: Manager,
+    request: Request,
+    prepare: Sequence[tuple[str, ...]],
+    run_judged: Callable[[tuple[str, ...]], Verdict],
+) -> str:
+    """Refresh the repository metadata unless REFRESH_DELAY spares it (see :mod:`.refresh`).
+
+    Returns what a failure's hint adds when the refresh was skipped ("" when it ran).
+    """
+    import time
+
+    from transactional_update.packages import refresh
+
+    assert tx.number is not None
+    root = tx.ctx.root
+    # The configuration the refresh reads: the fork's, still identical to its base.
+    config = refresh.digest(refresh.read_config(tx.ctx.managed.snapshot_dir(tx.number), manager))
+    now = time.time()
+    decision = (
+        refresh.Decision(True, "--refresh")
+        if request.refresh
+        else refresh.decide(
+            refresh.load_stamp(root, manager), config, now, tx.ctx.config.refresh_delay
+        )
+    )
+    if not decision.refresh:
+        log.info("%s", decision.why)
+        return (
+            f"; if a package was not found: the repository metadata is {decision.age:.0f} s "
+            "old (REFRESH_DELAY), --refresh fetches it anew"
+        )
+    log.debug("refreshing the repository metadata: %s", decision.why)
+    refresh.clear_stamp(root, manager)
+    verdicts = [run_judged(argv) for argv in prepare]
+    # A warning (zypper's 106: a repository was skipped) is retried by the next command.
+    if all(v.outcome is Outcome.OK for v in verdicts):
+        refresh.save_stamp(root, manager, refresh.Stamp(now, config))
+    return ""
+
+
 def execute(tx: Transaction, manager: Manager, request: Request) -> None:
     """Run *request* in the transaction; a failure aborts it (the fork is discarded).
 
@@ -229,10 +271,7 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
     snapshot, up to :data:`MAX_ROUNDS` times; a reboot the package manager asks for is recorded
     in ``tx.result.reboot`` and from there in the changelog, snapper's userdata and ``status``.
     """
-    import time
-
     from transactional_update.errors import CommandFailed
-    from transactional_update.packages import refresh
     from transactional_update.transaction import NothingToDo
 
     backend = _backend(manager)
@@ -256,33 +295,9 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
         return v
 
     if steps.prepare:
-        assert tx.number is not None
-        root = tx.ctx.root
-        # The configuration the refresh reads: the fork's, still identical to its base.
-        config = refresh.digest(
-            refresh.read_config(tx.ctx.managed.snapshot_dir(tx.number), manager)
+        unchanged += _refresh(
+            tx, manager, request, steps.prepare, lambda a: judge(a, tx.run(list(a), env))
         )
-        now = time.time()
-        decision = (
-            refresh.Decision(True, "--refresh")
-            if request.refresh
-            else refresh.decide(
-                refresh.load_stamp(root, manager), config, now, tx.ctx.config.refresh_delay
-            )
-        )
-        if decision.refresh:
-            log.debug("refreshing the repository metadata: %s", decision.why)
-            refresh.clear_stamp(root, manager)
-            verdicts = [judge(argv, tx.run(list(argv), env)) for argv in steps.prepare]
-            # A warning (zypper's 106: a repository was skipped) is retried by the next command.
-            if all(v.outcome is Outcome.OK for v in verdicts):
-                refresh.save_stamp(root, manager, refresh.Stamp(now, config))
-        else:
-            log.info("%s", decision.why)
-            unchanged += (
-                f"; if a package was not found: the repository metadata is {decision.age:.0f} s "
-                "old (REFRESH_DELAY), --refresh fetches it anew"
-            )
     if steps.probe is not None:
         rc, output = tx.capture(list(steps.probe), quiet_env)
         if backend.nothing_to_do(request.action, rc, output):

@@ -551,12 +551,16 @@ fact after_service transactional-update --json status
 """
 
 
-def scenario_nightly(m: Machine, debs: Path) -> None:
-    old = make_repo(debs, "repo-nightly-1", [hello_deb(debs, "1.0")])
-    install_boot(m, old)
+def installed_then_update(m: Machine, debs: Path, name: str, postinst: str | None = None) -> Path:
+    """hello 1.0 installed and booted (snapshot 2); returns a repository that offers 2.0."""
+    install_boot(m, make_repo(debs, f"repo-{name}-1", [hello_deb(debs, "1.0")]))
     new_dir = debs / "new"
     new_dir.mkdir()
-    new = make_repo(debs, "repo-nightly-2", [hello_deb(new_dir, "2.0")])
+    return make_repo(debs, f"repo-{name}-2", [hello_deb(new_dir, "2.0", postinst=postinst)])
+
+
+def scenario_nightly(m: Machine, debs: Path) -> None:
+    new = installed_then_update(m, debs, "nightly")
     b = m.boot(VERIFY_STEP + NIGHTLY_STEP, new)
     check_booted(b, 2)
     verify_installed_boot(b)
@@ -582,11 +586,7 @@ fact shell_list transactional-update --json list
 
 
 def scenario_broken(m: Machine, debs: Path) -> None:
-    old = make_repo(debs, "repo-broken-1", [hello_deb(debs, "1.0")])
-    install_boot(m, old)
-    new_dir = debs / "new"
-    new_dir.mkdir()
-    broken = make_repo(debs, "repo-broken-2", [hello_deb(new_dir, "2.0", postinst="exit 1")])
+    broken = installed_then_update(m, debs, "broken", postinst="exit 1")
     b = m.boot(VERIFY_STEP + BROKEN_STEP, broken)
     check_booted(b, 2)
     check(b.rc("service") != 0, "the update service fails", b, b.text("service.err"))

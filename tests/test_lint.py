@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -27,3 +28,18 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     r = _run("mypy")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_only_source_is_tracked() -> None:
+    """A virtualenv, bytecode or disk image in git dwarfs the source and breaks clean checkouts."""
+    r = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if r.returncode != 0:  # an exported tree without .git: nothing is tracked
+        return
+    bad = re.compile(
+        r"(^|/)(pyvenv\.cfg|site-packages/|__pycache__/|\.venv/|bin/python[0-9.]*$)"
+        r"|\.(pyc|pyo|img|qcow2|raw)$"
+    )
+    tracked = [path for path in r.stdout.splitlines() if bad.search(path)]
+    assert tracked == [], f"not source, untrack it (git rm -r --cached): {tracked[:10]}"

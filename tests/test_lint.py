@@ -32,9 +32,7 @@ def test_mypy_strict() -> None:
 
 def test_only_source_is_tracked() -> None:
     """A virtualenv, bytecode or disk image in git dwarfs the source and breaks clean checkouts."""
-    r = subprocess.run(
-        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False
-    )
+    r = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False)
     if r.returncode != 0:  # an exported tree without .git: nothing is tracked
         return
     bad = re.compile(

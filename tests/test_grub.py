@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,7 +228,8 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert "/dev/loop" not in text
     assert f"search --no-floppy --fs-uuid --set=root '{uuid}'" in disk.section()
     assert disk.main_linux().startswith("/@/.snapshots/1/snapshot/boot/vmlinuz-")
-    args = f"'root=UUID={uuid}' 'ro' 'console=tty0' 'console=ttyS0,115200' 'quiet'\n"
+    pin = "'rootflags=subvol=@/.snapshots/1/snapshot'"
+    args = f"'root=UUID={uuid}' 'ro' {pin} 'console=tty0' 'console=ttyS0,115200' 'quiet'\n"
     assert f"\tlinux '{disk.main_linux()}' {args}" in disk.section()
     assert "serial --unit=0 --speed=115200\n" in text and "terminal_output console serial" in text
     assert disk.submenu_ids() == [1]
@@ -511,3 +513,68 @@ def test_boot_once_refuses_a_grub_dir_in_the_snapshot_or_on_btrfs(managed_system
         "choice\nhint: keep /boot/grub on a small ext2 partition (create-system does)\n"
     )
     assert not (s.root / "boot/grub/grubenv").exists()
+
+
+# --- a menu that cannot follow is never silent ---------------------------------------------------
+
+
+def _status(disk: Disk) -> dict[str, Any]:
+    r = disk.tu("--json", "status")
+    assert r.returncode == 0, r.stderr
+    data: dict[str, Any] = json.loads(r.stdout)
+    return data
+
+
+def test_an_unmounted_grub_partition_is_reported_and_caught_up(disk: Disk) -> None:
+    """A failed boot-time fsck leaves /boot/grub (nofail) unmounted: every commit says so, in
+    stderr, status and the changelog, until a refresh succeeds again."""
+    grub_dev = f"{disk.device}p2"
+    sh("umount", str(disk.root / "boot/grub"))
+    r = disk.tu("run", "--", "touch", "/etc/changed")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "snapshot 2 is the new default; reboot to use it\n"
+    assert r.stderr == (
+        "the boot menu was not refreshed: /boot/grub is not mounted (mount it, or "
+        "repair it with: transactional-update setup-boot-fs)\n"
+    )
+    menu = _status(disk)["boot_menu"]
+    assert menu["stale"] is True and menu["since"]
+    assert menu["reason"].startswith("/boot/grub is not mounted")
+    text = disk.tu("status").stdout
+    assert f"boot menu: stale since {menu['since']} (/boot/grub is not mounted" in text
+    log = json.loads(disk.tu("--json", "changelog", "2").stdout)
+    assert log["boot_menu"].startswith("stale: /boot/grub is not mounted"), log
+    # A second commit keeps the time it began.
+    assert disk.tu("run", "--", "touch", "/etc/again").returncode == 0
+    assert _status(disk)["boot_menu"]["since"] == menu["since"]
+    sh("mount", grub_dev, str(disk.root / "boot/grub"))
+    assert disk.main_linux().startswith("/@/.snapshots/1/snapshot/")  # still the old menu
+    r = disk.tu("cleanup", "--prune-only")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("; the boot menu is current\n"), r.stdout
+    assert disk.main_linux().startswith("/@/.snapshots/3/snapshot/")
+    assert _status(disk)["boot_menu"] == {"stale": False, "since": None, "reason": None}
+    assert "boot menu:" not in disk.tu("status").stdout
+
+
+def test_a_menu_behind_the_default_is_stale_and_reboot_catches_it_up(disk: Disk) -> None:
+    """A cut between the btrfs commit and the menu's rewrite: the old menu boots the old
+    snapshot whole (pinned kernel and root); status says so, and a reboot refreshes first."""
+    old = disk.cfg_text()
+    assert "rootflags=subvol=@/.snapshots/1/snapshot" in disk.section()
+    r = disk.tu("run", "--", "touch", "/etc/changed")
+    assert r.returncode == 0, r.stderr
+    main = re.search(r"--id tu-default \{.*?\n\s*linux '[^']+'(.*)", disk.section(), re.S)
+    assert main and "'rootflags=subvol=@/.snapshots/2/snapshot'" in main.group(1).split("\n")[0]
+    disk.cfg.write_text(old)  # the rewrite that the cut prevented
+    menu = _status(disk)["boot_menu"]
+    assert menu == {
+        "stale": True,
+        "since": None,
+        "reason": "its main entry boots snapshot 1, the default is 2",
+    }
+    disk.set_conf("REBOOT_METHOD=none\n")
+    r = disk.tu("reboot")
+    assert r.returncode == 0, r.stderr
+    assert disk.main_linux().startswith("/@/.snapshots/2/snapshot/")
+    assert _status(disk)["boot_menu"]["stale"] is False

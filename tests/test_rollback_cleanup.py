@@ -316,7 +316,7 @@ def test_cleanup_removes_interrupted_forks_only(system: System) -> None:
     # Nothing left to do.
     r = system.tu("--json", "cleanup")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"stale": [], "number": []}
+    assert json.loads(r.stdout) == {"stale": [], "number": [], "orphans": [], "lost": []}
     assert system.numbers() == [1, 2, 3]
 
 
@@ -330,14 +330,14 @@ def test_cleanup_applies_the_number_limit(system: System) -> None:
     # limit).
     r = system.tu("--json", "cleanup")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"stale": [7], "number": []}
+    assert json.loads(r.stdout) == {"stale": [7], "number": [], "orphans": [], "lost": []}
     assert system.numbers() == [1, 2, 3, 4, 5, 6]
     # Old enough: the newest two (6, 5), the default (3) and the booted 1 (not a number
     # snapshot) stay.
     _set_snapper_config(system, NUMBER_MIN_AGE="0")
     r = system.tu("--json", "cleanup")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"stale": [], "number": [2, 4]}
+    assert json.loads(r.stdout) == {"stale": [], "number": [2, 4], "orphans": [], "lost": []}
     assert system.numbers() == [1, 3, 5, 6]
     assert _snapshot_dirs(system) == [1, 3, 5, 6]
     assert system.default() == "@/.snapshots/3/snapshot"

@@ -12,8 +12,13 @@ Facts this design rests on:
   default one, so every path names its snapshot: ``/@/.snapshots/N/snapshot/boot/vmlinuz-X``;
   openSUSE's patched GRUB resolves them from the default subvolume when ``btrfs_relative_path``
   is ``y`` (its ``00_header`` sets that), so each entry sets it to ``n`` (upstream ignores it);
-* with no ``subvol=`` in the root flags the kernel mounts the default subvolume: the main entry
-  has none, so it follows ``rollback`` even before the menu is refreshed;
+* the main entry pins its snapshot with ``rootflags=subvol=`` too, although the kernel would
+  mount the default subvolume without it: kernel and root must come from the same snapshot
+  also when a power cut lands between the commit of a new default (btrfs) and the rewrite of
+  this menu (ext4), and an unpinned entry would then start the old kernel on the new root.
+  The commit makes the btrfs side durable first, so the menu never names a snapshot that is not
+  the default on disk; a menu left behind is reported (``status``) and refreshed by the next
+  commit, rollback or cleanup;
 * Debian's ``10_linux`` adds ``rootflags=subvol=<the root it ran in>`` to all its entries, which
   would pin one snapshot: a managed system diverts ``10_linux`` away (see :mod:`grub`) and this
   menu replaces its entries.
@@ -36,7 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transactional_update import btrfs, changelog
+from transactional_update import btrfs, changelog, menustate
 from transactional_update.paths import resolve_under
 from transactional_update.snapinfo import Snapshot, read_all_info
 from transactional_update.system import FAILED, IN_PROGRESS, ManagedRoot
@@ -45,7 +50,7 @@ if TYPE_CHECKING:
     from transactional_update.config import Config
 
 SUBMENU_ID = "tu-snapshots"
-MAIN_ID = "tu-default"
+MAIN_ID = menustate.MAIN_ID
 
 
 def entry_id(number: int) -> str:
@@ -350,7 +355,7 @@ def build(
             seen[n] = files(n)
         return seen[n]
 
-    def make(n: int, pinned: bool) -> Entry | None:
+    def make(n: int, in_submenu: bool) -> Entry | None:
         f = files_of(n)
         if f.kernel is None:
             return None
@@ -358,16 +363,16 @@ def build(
         s = by_number[n]
         return Entry(
             number=n,
-            id=MAIN_ID if not pinned else entry_id(n),
+            id=entry_id(n) if in_submenu else MAIN_ID,
             title=(
                 entry_title(s, summaries(n), n == default, n == booted)
-                if pinned
+                if in_submenu
                 else one_line(f.os_name)
             ),
             kernel=f.kernel,
             linux_path=top + f.kernel.linux,
             initrd_path=top + f.kernel.initrd if f.kernel.initrd else None,
-            args=kernel_args(fs_uuid, top.lstrip("/") if pinned else None, f.defaults),
+            args=kernel_args(fs_uuid, top.lstrip("/"), f.defaults),
             date=s.date.isoformat() if s.date else "",
             description=s.description,
             default=n == default,
@@ -381,7 +386,7 @@ def build(
     elif default not in bootable:
         notes.append(f"no main entry: the default snapshot {default} is not finished")
     else:
-        main = make(default, pinned=False)
+        main = make(default, in_submenu=False)
         if main is None:
             notes.append(f"no main entry: the default snapshot {default} has no kernel in /boot")
     # Newest first until the limit is reached: only the snapshots that could be listed are
@@ -395,7 +400,7 @@ def build(
             left_out.append(LeftOut(n, "no kernel in /boot"))
         else:
             chosen.append(n)
-    entries = [e for n in sorted(chosen, reverse=True) if (e := make(n, pinned=True))]
+    entries = [e for n in sorted(chosen, reverse=True) if (e := make(n, in_submenu=True))]
     return Menu(
         fs_uuid=fs_uuid,
         flavour=flavour,

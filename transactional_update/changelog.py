@@ -56,6 +56,8 @@ class Entry:
     shadowed_writes: list[str] = field(default_factory=list)
     # The reboot the package manager asked for ("reboot": a full one, not a soft reboot or apply).
     reboot: str | None = None
+    # Why GRUB's menu did not follow this snapshot when it became the default ("stale: ...").
+    boot_menu: str | None = None
 
     def summary(self) -> str:
         return summarize(self.packages, self.files, self.files_error)
@@ -122,6 +124,7 @@ def from_json(data: dict[str, Any]) -> Entry:
         files_error=data.get("files_error"),
         shadowed_writes=list(data.get("shadowed_writes", [])),
         reboot=data.get("reboot"),
+        boot_menu=data.get("boot_menu"),
     )
 
 
@@ -188,4 +191,6 @@ def render(entry: Entry) -> str:
     lines += [f"  discarded (outside the snapshot): {p}" for p in entry.shadowed_writes]
     if entry.reboot is not None:
         lines.append(f"  needs: a full {entry.reboot} (the package manager asks for it)")
+    if entry.boot_menu is not None:
+        lines.append(f"  boot menu: {entry.boot_menu}")
     return "\n".join(lines)

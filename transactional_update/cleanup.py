@@ -1,4 +1,8 @@
-"""``cleanup``: remove forks of dead transactions and apply snapper's number cleanup.
+"""``cleanup``: remove what interrupted runs left and apply snapper's number cleanup.
+
+Left by interrupted runs (see :mod:`leftovers`): forks still marked in progress, subvolumes
+without snapper's metadata (a cut while snapper created them) and complete snapshots whose
+commit did not reach the disk (a cut before the default was synced).
 
 ``cleanup --prune-only`` (:func:`prune_only`) removes no snapshot: it only follows deletions made
 by others - snapper's own daily cleanup, whose unit runs it afterwards through our drop-in, or an
@@ -17,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from transactional_update import btrfs, changelog, grubenv
+from transactional_update import btrfs, changelog, grubenv, leftovers
 from transactional_update.context import Context
-from transactional_update.errors import ConfigError, LockedError
+from transactional_update.errors import ConfigError, LockedError, SystemError_
 from transactional_update.lock import Lock
 from transactional_update.snapinfo import Snapshot
 from transactional_update.system import IN_PROGRESS
@@ -42,6 +47,11 @@ class NumberLimits:
 class CleanupResult:
     stale: list[int] = field(default_factory=list)
     number: list[int] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)  # subvolumes snapper does not know
+    lost: list[int] = field(default_factory=list)  # complete, but their commit never landed
+
+    def removed(self) -> list[int]:
+        return sorted({*self.stale, *self.number, *self.orphans, *self.lost})
 
 
 @dataclass
@@ -114,35 +124,77 @@ def number_candidates(
 
 
 def cleanup(ctx: Context) -> CleanupResult:
+    """Remove what interrupted runs left (:mod:`leftovers`) and apply the number limit.
+
+    Everything removed is on disk before it is reported (the deletions are committed).
+    """
     managed = ctx.managed
-    result = CleanupResult()
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
-        protected = {n for n in (managed.booted(), managed.default()) if n is not None}
+        booted, default = managed.booted(), managed.default()
+        protected = {n for n in (booted, default) if n is not None}
         snaps = ctx.snapper.list_snapshots()
         # We hold the lock, so an in-progress mark can only belong to a transaction that died.
-        result.stale = [
-            s.number for s in snaps if IN_PROGRESS in s.userdata and s.number not in protected
-        ]
+        found = leftovers.find(managed, booted, default)
+        result = CleanupResult(
+            stale=[
+                s.number for s in snaps if IN_PROGRESS in s.userdata and s.number not in protected
+            ],
+            orphans=found.orphans,
+            lost=found.lost,
+        )
         limits = read_limits(ctx.root, ctx.config.snapper_config)
-        rest = [s for s in snaps if s.number not in result.stale]
+        rest = [s for s in snaps if s.number not in {*result.stale, *result.lost}]
         result.number = number_candidates(rest, protected, limits, datetime.now(UTC))
-        doomed = result.stale + result.number
-        if doomed:
-            ids = {
-                btrfs.subvolume_id(managed.snapshot_dir(n))
-                for n in doomed
-                if btrfs.is_subvolume(managed.snapshot_dir(n))
-            }
-            ctx.snapper.delete_snapshots(doomed)
+        ids = _delete_snapshots(ctx, result.stale + result.lost + result.number)
+        ids |= _delete_orphans(managed.snapshots_dir, result.orphans)
+        if result.lost:
+            leftovers.clear_intent(ctx.root)
+        if ids:
             btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
+        btrfs.sync(ctx.root)  # what is reported removed stays removed
         # Changelog entries go with their snapshots (also those snapper's own cleanup removed).
         changelog.prune(ctx.root)
         grubenv.refresh_menu(ctx)  # removed snapshots leave GRUB's menu; never raises
         for n in result.stale:
             log.info("cleanup: removed snapshot %d left by an interrupted transaction", n)
+        for n in result.orphans:
+            log.info("cleanup: removed subvolume .snapshots/%d, which snapper does not know", n)
+        for n in result.lost:
+            log.info("cleanup: removed snapshot %d, whose commit did not reach the disk", n)
         for n in result.number:
             log.info("cleanup: removed snapshot %d (number limit)", n)
     return result
+
+
+def _delete_snapshots(ctx: Context, doomed: list[int]) -> set[int]:
+    """Delete snapper's snapshots *doomed*; the subvolume ids btrfs' cleaner is to free."""
+    if not doomed:
+        return set()
+    managed = ctx.managed
+    ids = {
+        btrfs.subvolume_id(managed.snapshot_dir(n))
+        for n in doomed
+        if btrfs.is_subvolume(managed.snapshot_dir(n))
+    }
+    ctx.snapper.delete_snapshots(doomed)
+    return ids
+
+
+def _delete_orphans(snapshots_dir: Path, orphans: list[int]) -> set[int]:
+    """Remove the directories *orphans* of the store, subvolume and all (snapper cannot)."""
+    ids = set()
+    for n in orphans:
+        subvol = snapshots_dir / str(n) / "snapshot"
+        if btrfs.is_subvolume(subvol):
+            ids.add(btrfs.delete_subvolume(subvol))
+        try:
+            shutil.rmtree(snapshots_dir / str(n))
+        except OSError as exc:
+            raise SystemError_(
+                f"cannot remove {snapshots_dir / str(n)}: {exc.strerror or exc}",
+                "remove it by hand (btrfs subvolume delete, rm -r)",
+            ) from exc
+    return ids
 
 
 def prune_only(ctx: Context) -> PruneResult:
@@ -169,6 +221,15 @@ def prune_only(ctx: Context) -> PruneResult:
     for n in pruned:
         log.debug("cleanup: dropped the changelog entry of deleted snapshot %d", n)
     return PruneResult(pruned=pruned, menu=menu)
+
+
+def cleanup_text(res: CleanupResult) -> str:
+    """What ``cleanup`` prints (pure: unit-tested)."""
+    interrupted = len(res.stale) + len(res.orphans) + len(res.lost)
+    text = f"removed {interrupted} interrupted and {len(res.number)} old snapshot(s)"
+    if res.removed():
+        text += ": " + " ".join(map(str, res.removed()))
+    return text
 
 
 def prune_text(res: PruneResult) -> str:

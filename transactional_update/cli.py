@@ -260,9 +260,12 @@ def reboot_cmd() -> Step:
     """Reboot into the new default snapshot with REBOOT_METHOD, if one is pending."""
 
     def step(state: State) -> int:
+        from transactional_update.grubenv import ensure_current
         from transactional_update.reboot import request_reboot
 
         ctx = state.ctx
+        # GRUB boots what its menu names: a menu a cut or a failed refresh left behind first.
+        ensure_current(ctx)
         out = request_reboot(state.root, ctx.config, ctx.managed)
         if state.json:
             action = out.action
@@ -494,23 +497,25 @@ def cleanup_cmd(prune_only: bool) -> Step:
     """Remove snapshots of interrupted transactions and apply the number limit."""
 
     def step(state: State) -> int:
-        from transactional_update.cleanup import cleanup
+        from transactional_update.cleanup import cleanup, cleanup_text
 
         if prune_only:
             return prune_step(state)
 
         res = cleanup(state.ctx)
         if state.json:
-            click.echo(json.dumps({"stale": res.stale, "number": res.number}))
-        else:
             click.echo(
-                f"removed {len(res.stale)} interrupted and {len(res.number)} old snapshot(s)"
-                + (
-                    f": {' '.join(map(str, res.stale + res.number))}"
-                    if res.stale or res.number
-                    else ""
+                json.dumps(
+                    {
+                        "stale": res.stale,
+                        "number": res.number,
+                        "orphans": res.orphans,
+                        "lost": res.lost,
+                    }
                 )
             )
+        else:
+            click.echo(cleanup_text(res))
         return 0
 
     return step

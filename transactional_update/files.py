@@ -28,8 +28,19 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in directory *path* (a rename, a new or removed file) durable."""
+    dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def unlink_durable(path: Path) -> None:
+    """Remove *path* so that a power cut cannot bring it back."""
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)

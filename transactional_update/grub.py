@@ -37,6 +37,7 @@ from transactional_update.errors import (
     TUError,
     UsageError,
 )
+from transactional_update.files import fsync_dir
 from transactional_update.lock import Lock
 from transactional_update.paths import resolve_under
 from transactional_update.proc import run
@@ -176,11 +177,7 @@ def install_config(root: Path, tools: Tools, text: str) -> None:
                 f"the previous {cfg} stays; rerun with --debug",
             )
         os.replace(tmp, cfg)
-        dirfd = os.open(cfg.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        fsync_dir(cfg.parent)
     except OSError as exc:
         raise SystemError_(
             f"cannot write {cfg}: {exc.strerror or exc}", f"check that {cfg.parent} is writable"
@@ -210,39 +207,40 @@ def current_menu(ctx: Context) -> str:
     return bootmenu.render(bootmenu.menu_for(ctx.managed, ctx.config))
 
 
-def refresh(ctx: Context) -> bool:
+def refresh(ctx: Context) -> str | None:
     """Rewrite the menu section of grub.cfg for the current snapshots; never raises.
 
     Called after every commit, rollback and cleanup (the caller holds the transaction lock).
-    Without a grub.cfg there is nothing to refresh; any failure keeps the old config and warns.
+    Returns None when the menu is current, else why it is not (the old config stays, and a
+    warning says so).
     """
     try:
         tools = detect(ctx.root)
         cfg = tools.cfg(ctx.root)
         if not cfg.is_file():
-            log.debug("no %s: no boot menu to refresh", cfg)
-            return False
+            return f"{cfg} does not exist"
         old = cfg.read_text(encoding="utf-8")
         new = splice(old, current_menu(ctx))
         if new is None:
+            reason = f"{cfg} has no transactional-update section"
             log.warning(
-                "%s has no transactional-update section, so its entries do not follow "
-                "the snapshots; set it up with: transactional-update grub.cfg",
-                cfg,
+                "%s, so its entries do not follow the snapshots; "
+                "set it up with: transactional-update grub.cfg",
+                reason,
             )
-            return False
+            return reason
         if new != old:
             install_config(ctx.root, tools, new)
             log.info("boot menu refreshed in %s", cfg)
-        return True
+        return None
     except Exception as exc:
         message = exc.message if isinstance(exc, TUError) else f"{type(exc).__name__}: {exc}"
         log.warning(
             "the boot menu was not refreshed, the previous grub.cfg stays (%s); "
-            "retry with: transactional-update grub.cfg",
+            "retry with: transactional-update cleanup --prune-only",
             message,
         )
-        return False
+        return message
 
 
 # --- setting a snapshot up for GRUB --------------------------------------------------------------
@@ -443,7 +441,7 @@ def boot_once(ctx: Context, number: int) -> str:
         )
     ctx.managed.require_snapshot_dir(number)
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):
-        refresh(ctx)
+        grubenv.refresh_menu(ctx)
         menu = bootmenu.menu_for(ctx.managed, ctx.config)
         if not any(e.number == number for e in menu.entries):
             why = next((x.reason for x in menu.left_out if x.number == number), None)

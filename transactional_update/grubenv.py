@@ -10,17 +10,26 @@ never loads the modules that write GRUB's menu.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transactional_update.errors import SystemError_, UsageError
 from transactional_update.files import write_atomic
+from transactional_update.menustate import (
+    cfg_path,
+    clear_stale,
+    fstab_grub_dir,
+    is_mount,
+    mark_stale,
+)
 
 if TYPE_CHECKING:
     from transactional_update.context import Context
 
+log = logging.getLogger(__name__)
+
 HEADER = "# GRUB Environment Block\n"
-GRUB_DIRS = ("boot/grub", "boot/grub2")  # Debian's and openSUSE's/Fedora's
 SIZE = 1024
 
 
@@ -93,13 +102,45 @@ def update(path: Path, **changes: str | None) -> dict[str, str]:
 
 
 def refresh_menu(ctx: Context) -> bool | None:
-    """Refresh GRUB's menu after the snapshots changed, if the root has a grub.cfg; never raises.
+    """Refresh GRUB's menu after the snapshots changed; never raises.
 
-    None without a grub.cfg; else whether the menu section is current (False: it was not
-    refreshed, and a warning says why).
+    None when the system has no boot menu to refresh (no grub.cfg, and its fstab mounts no
+    GRUB directory); else whether the menu is current now.  When it is not, a warning says why
+    and the reason is recorded (:func:`read_stale`, shown by ``status``) until a refresh
+    succeeds: every later commit, rollback and cleanup tries again.
     """
-    if any((ctx.root / d / "grub.cfg").is_file() for d in GRUB_DIRS):
+    root = ctx.root
+    reason: str | None
+    if cfg_path(root) is not None:
         from transactional_update import grub  # here: GRUB's modules cost start-up time
 
-        return grub.refresh(ctx)
-    return None
+        reason = grub.refresh(ctx)
+    else:
+        wanted = fstab_grub_dir(root)
+        if wanted is None or is_mount(root, wanted):
+            return None
+        reason = (
+            f"/{wanted} is not mounted (mount it, or repair it with: "
+            "transactional-update setup-boot-fs)"
+        )
+        log.warning("the boot menu was not refreshed: %s", reason)
+    if reason is None:
+        clear_stale(root)
+        return True
+    try:
+        mark_stale(root, reason)
+    except OSError as exc:
+        log.warning("cannot record that the boot menu is stale: %s", exc.strerror or exc)
+    return False
+
+
+def ensure_current(ctx: Context) -> None:
+    """Refresh GRUB's menu if it does not follow the default (before a reboot relies on it)."""
+    from transactional_update import menustate
+    from transactional_update.lock import Lock
+
+    found = menustate.state(ctx.root, ctx.managed.default())
+    if found is None or not found["stale"]:
+        return
+    with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):
+        refresh_menu(ctx)

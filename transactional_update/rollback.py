@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from transactional_update import btrfs, grubenv, state
+from transactional_update import btrfs, grubenv, leftovers, state
 from transactional_update.context import Context
 from transactional_update.errors import SnapshotError, UsageError
 from transactional_update.lock import Lock
@@ -66,6 +66,9 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
             ctx.snapper.get_snapshot(number), "it may be half-changed; pick a finished snapshot"
         )
         btrfs.set_default(path)
+        # The admin chose the default: a commit that did not reach the disk is theirs to drop.
+        leftovers.clear_intent(ctx.root)
+        btrfs.sync(ctx.root)  # on disk before it is reported, and before GRUB's menu names it
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
         grubenv.refresh_menu(ctx)  # GRUB's main entry follows; never raises
         return RollbackResult(number, default)

@@ -1,11 +1,14 @@
 """``status`` and ``list``: what boots now, what boots next, and every snapshot.
 
-``status`` reads only the three snapshots it reports (booted, default, pending) straight from
-snapper's ``info.xml`` plus the lock file, so it stays fast with thousands of snapshots.
+``status`` reads the snapshots it reports (booted, default, pending) straight from snapper's
+``info.xml``, looks for leftovers of interrupted runs only among the snapshots newer than the
+booted or default one (:func:`leftovers.status_candidates`), and compares GRUB's menu with the
+default, so it stays fast with thousands of snapshots.
 """
 
 from __future__ import annotations
 
+from transactional_update import leftovers, menustate
 from transactional_update.errors import TUError
 from transactional_update.lock import Lock, noted_forks
 from transactional_update.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
@@ -25,9 +28,11 @@ class Status:
     import alone would cost ``status`` a third of its run time (see :mod:`snapinfo`)."""
 
     __slots__ = (
+        "boot_menu",
         "booted",
         "default",
         "foreign_default",
+        "leftovers",
         "pending",
         "pending_reboot",
         "pending_summary",
@@ -48,6 +53,8 @@ class Status:
         foreign_default: str | None = None,
         pending_summary: str | None = None,  # the pending snapshot's changelog summary
         pending_reboot: str | None = None,  # the reboot its packages ask for ("reboot": full)
+        found: leftovers.Leftovers | None = None,  # what interrupted runs left
+        boot_menu: dict[str, Any] | None = None,  # None: no boot menu; else whether it is stale
     ) -> None:
         self.booted = booted
         self.default = default
@@ -58,6 +65,8 @@ class Status:
         self.foreign_default = foreign_default
         self.pending_summary = pending_summary
         self.pending_reboot = pending_reboot
+        self.leftovers = found or leftovers.Leftovers([], [], [])
+        self.boot_menu = boot_menu
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -76,21 +85,33 @@ def get_status(managed: ManagedRoot) -> Status:
     pending = default if default is not None and default != booted else None
     lock = Lock(managed.snapshots_dir)
     running = lock.holder() if lock.is_held() else None
-    notes = lock.read()
-    if running is not None:  # the live holder's own fork is not stale; older dead ones may be
-        notes = "\n".join(x for x in notes.splitlines() if x.startswith("stale "))
-    stale = None
-    for number in reversed(noted_forks(notes)):
-        info = _info(managed.root, number)
-        if info is not None and IN_PROGRESS in info.userdata:
-            stale = number
-            break
+    candidates = leftovers.status_candidates(managed, booted, default)
+    live: list[int] = []
+    if running is not None:
+        # The running transaction's fork is no leftover: the one its holder noted, or, before
+        # the note is written, the newest directory (snapper may be making it right now).
+        live = [n for n in noted_forks(lock.read()) if f"snapshot {n}" in running]
+        live += candidates[-1:]
+    found = leftovers.find(managed, booted, default, candidates=candidates, live=live)
+    stale = found.stale[-1] if found.stale else None
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
     }
     facts = read_facts(managed.root, pending) if pending is not None else None
     summary, reboot = facts if facts is not None else (None, None)
-    return Status(booted, default, pending, running, stale, infos, foreign, summary, reboot)
+    return Status(
+        booted,
+        default,
+        pending,
+        running,
+        stale,
+        infos,
+        foreign,
+        summary,
+        reboot,
+        found,
+        menustate.state(managed.root, default),
+    )
 
 
 def _subvolume_name(path: str) -> str:
@@ -143,6 +164,10 @@ def status_json(st: Status) -> dict[str, Any]:
         "reboot_level": st.pending_reboot,
         "running": st.running,
         "stale_in_progress": st.stale,
+        "stale": st.leftovers.stale,
+        "orphans": st.leftovers.orphans,
+        "lost_commits": st.leftovers.lost,
+        "boot_menu": st.boot_menu,
         "foreign_default": st.foreign_default,
     }
 
@@ -171,12 +196,42 @@ def status_text(st: Status) -> str:
         lines.append("pending:  none")
     if st.running:
         lines.append(f"running:  a transaction ({st.running})")
-    if st.stale is not None:
+    lines += leftover_lines(st.leftovers)
+    menu = st.boot_menu
+    if menu is not None and menu["stale"]:
+        since = f" since {menu['since']}" if menu["since"] else ""
         lines.append(
-            f"stale:    snapshot {st.stale} was left by an interrupted transaction; "
-            "remove it with: transactional-update cleanup"
+            f"boot menu: stale{since} ({menu['reason']}); the next transaction, rollback or "
+            "cleanup refreshes it (now: transactional-update cleanup --prune-only)"
         )
     return "\n".join(lines)
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ("snapshot " if len(numbers) == 1 else "snapshots ") + " ".join(map(str, numbers))
+
+
+def leftover_lines(found: leftovers.Leftovers) -> list[str]:
+    """What ``status`` says about leftovers of interrupted runs (pure: unit-tested)."""
+    lines = []
+    if found.stale:
+        one = len(found.stale) == 1
+        lines.append(
+            f"stale:    {_numbers(found.stale)} {'was' if one else 'were'} left by "
+            f"{'an interrupted transaction' if one else 'interrupted transactions'}; "
+            f"remove {'it' if one else 'them'} with: transactional-update cleanup"
+        )
+    if found.orphans:
+        lines.append(
+            f"orphan:   {_numbers(found.orphans)} without snapper's metadata (cut while being "
+            "created); remove with: transactional-update cleanup"
+        )
+    lines += [
+        f"lost:     snapshot {n} is complete, but its commit did not reach the disk; keep it "
+        f"with: transactional-update rollback {n}; drop it with: transactional-update cleanup"
+        for n in found.lost
+    ]
+    return lines
 
 
 def marks(s: Snapshot, booted: int | None, default: int | None) -> str:

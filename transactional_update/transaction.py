@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from transactional_update import btrfs, changelog, grubenv, state
+from transactional_update import btrfs, changelog, grubenv, leftovers, menustate, state
 from transactional_update.chroot import ChrootSession, command_env, plan_for
 from transactional_update.context import Context
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
@@ -231,8 +231,37 @@ class Transaction:
         self.session.open(self.ctx.managed.snapshot_dir(self.number))
 
     def _commit(self) -> None:
+        """Seal the fork, record it, make it the default, and only then say so.
+
+        Everything reported as done is on disk before :attr:`Result.number` is set: the btrfs
+        transaction holding the new default is committed (a power cut right after the success
+        line keeps it), and GRUB's menu is rewritten only after that, so it never names a
+        default that a power cut could still take back.  A cut between the intent and the
+        btrfs commit leaves a complete snapshot that is not the default: a *lost commit*, which
+        ``status`` names and ``cleanup`` or ``rollback N`` resolve (see :mod:`leftovers`).
+        """
         assert self.session is not None and self.number is not None
-        managed = self.ctx.managed
+        fork_dir = self.ctx.managed.snapshot_dir(self.number)
+        untouched = self._close_chroot()
+        self._seal(fork_dir)
+        entry = self._record(self.ctx.managed.snapshot_dir(self._base()), fork_dir, untouched)
+        if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
+            log.info("nothing changed; dropping snapshot %d", self.number)
+            self._delete()
+            self.result.dropped = True
+            return
+        self._describe(entry)
+        self._make_default(fork_dir)
+        self._refresh_menu(entry)
+        log.info("snapshot %d is the new default; reboot to use it", self.result.number)
+
+    def _base(self) -> int:
+        assert self.result.base is not None
+        return self.result.base
+
+    def _close_chroot(self) -> bool:
+        """End the chroot; whether the commands left the fork untouched."""
+        assert self.session is not None
         report = self.session.close()
         self.session = None
         self.result.shadowed_writes = report.shadowed_writes
@@ -242,36 +271,58 @@ class Transaction:
                 "(a separate subvolume on the running system)",
                 path,
             )
-        fork_dir, base = managed.snapshot_dir(self.number), self.result.base
-        assert base is not None
-        booted = managed.booted()
-        if booted is not None and btrfs.is_read_only(managed.snapshot_dir(booted)):
+        return report.untouched
+
+    def _seal(self, fork_dir: Path) -> None:
+        booted = self.ctx.managed.booted()
+        if booted is not None and btrfs.is_read_only(self.ctx.managed.snapshot_dir(booted)):
             # Now, not after the changelog: btrfs send needs it read-only too, and each flip of
             # the flag commits a btrfs transaction.
             btrfs.set_read_only(fork_dir, True)
-        entry = self._record(managed.snapshot_dir(base), fork_dir, report.untouched)
-        if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
-            log.info("nothing changed; dropping snapshot %d", self.number)
-            self._delete()
-            self.result.dropped = True
-            return
+
+    def _describe(self, entry: changelog.Entry) -> None:
+        """The summary into snapper's metadata (dropping the in-progress mark) and the changelog."""
+        assert self.number is not None
         summary = entry.summary()
         description = self.opts.description
         if self.opts.summarize:
             description = f"{description} · {summary}"
-        # Dropping the userdata drops our in-progress mark; the key facts replace it.
         self.ctx.snapper.set_snapshot(
             self.number, description=description, userdata=changelog.userdata(entry)
         )
         changelog.save(self.ctx.root, entry)
         self.result.summary = summary
+
+    def _make_default(self, fork_dir: Path) -> None:
+        """The commit point: one atomic btrfs operation, made durable before anything is said."""
+        assert self.number is not None
+        root = self.ctx.root
+        booted = self.ctx.managed.booted()
         if booted is not None:  # before the commit point: nothing may fail after it
-            state.record_working(self.ctx.root, booted)
-        # The commit point: one atomic btrfs operation decides what boots next.
+            state.record_working(root, booted)
+        leftovers.write_intent(root, self.number, self._base())
         btrfs.set_default(fork_dir)
-        self.result.number = self.number
-        log.info("snapshot %d is the new default; reboot to use it", self.number)
-        grubenv.refresh_menu(self.ctx)  # GRUB's menu follows the new default; never raises
+        self.result.number = self.number  # from here on nothing may undo the fork (_abort)
+        # In the same btrfs transaction as the new default when /var is on this filesystem (the
+        # MicroOS layout): a cut before the sync below brings the fsynced intent back (btrfs
+        # replays its log) together with the old default.
+        leftovers.clear_intent(root)
+        try:
+            btrfs.sync(root)
+        except TUError as exc:
+            exc.message = f"snapshot {self.number} is the new default, but {exc.message}"
+            exc.hint = "run `sync` before relying on it; a power cut now may undo the change"
+            raise
+
+    def _refresh_menu(self, entry: changelog.Entry) -> None:
+        """GRUB's menu follows the new default (never raises); a stale menu is recorded."""
+        if grubenv.refresh_menu(self.ctx) is False:
+            stale = menustate.read_stale(self.ctx.root)
+            why = stale["reason"] if stale else "not refreshed"
+            try:
+                changelog.save(self.ctx.root, replace(entry, boot_menu=f"stale: {why}"))
+            except OSError as exc:
+                log.warning("cannot record the stale boot menu in the changelog: %s", exc)
 
     def _record(self, base_dir: Path, fork_dir: Path, untouched: bool) -> changelog.Entry:
         """The changelog entry: what ran, and what changed according to btrfs and the databases.
@@ -309,8 +360,8 @@ class Transaction:
         if self.session is not None:
             self.session.kill()
             self.session = None
-        if self.number is None:
-            return
+        if self.number is None or self.result.number is not None:
+            return  # nothing forked, or the fork is the default already: nothing to undo
         reason = (
             exc.message
             if isinstance(exc, TUError)

@@ -1,0 +1,150 @@
+"""What an interrupted run leaves behind, read from the snapshot store itself.
+
+A power cut or ``kill -9`` can stop a transaction at any point; each point leaves one of these:
+
+* **orphan**: ``.snapshots/N`` with a subvolume (or nothing) but no ``info.xml``.  btrfs commits
+  a new snapshot to disk as part of creating it, while snapper writes ``info.xml`` afterwards
+  into the page cache, so a cut in between keeps the subvolume and loses the metadata.  snapper
+  skips such a directory (so ``list`` and ``snapper list`` do not show it) but still counts its
+  number as taken.
+* **stale**: a snapshot whose ``info.xml`` still carries the in-progress mark of a transaction
+  that died before its commit.
+* **lost commit**: a complete snapshot whose commit did not reach the disk - the commit intent
+  (:data:`INTENT`, written durably right before the default is set) names it, yet the default
+  is another snapshot.  ``rollback N`` keeps it; ``cleanup`` drops it.
+
+:func:`find` derives all three from the directories, ``info.xml`` files and the intent, never
+from the lock file's notes, which a power cut may have lost.  A directory younger than
+:data:`MIN_AGE` seconds without ``info.xml`` is snapper creating a snapshot right now (ours or
+its own timeline's), not an orphan.  Light on purpose: ``status`` imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from transactional_update.files import write_atomic
+from transactional_update.snapinfo import FAILED, IN_PROGRESS
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from transactional_update.system import ManagedRoot
+
+INTENT = "var/lib/transactional-update/commit"
+MIN_AGE = 60.0
+_MARK = IN_PROGRESS.encode()
+_FAILED_MARK = FAILED.encode()
+
+
+def write_intent(root: Path, number: int, base: int) -> None:
+    """Record, durably, that snapshot *number* is about to become the default."""
+    write_atomic(root / INTENT, f"{number} {base}\n")
+
+
+def clear_intent(root: Path) -> None:
+    (root / INTENT).unlink(missing_ok=True)
+
+
+def read_intent(root: Path) -> int | None:
+    """The snapshot the last commit was making the default, if its intent is still recorded."""
+    try:
+        with open(root / INTENT, "rb") as f:
+            word = f.read(64).split(maxsplit=1)
+    except OSError:
+        return None
+    return int(word[0]) if word and word[0].isdigit() else None
+
+
+class Leftovers:
+    """Snapshot numbers by kind, each ascending.  A plain record (see :mod:`status`)."""
+
+    __slots__ = ("lost", "orphans", "stale")
+
+    def __init__(self, orphans: list[int], stale: list[int], lost: list[int]) -> None:
+        self.orphans = orphans
+        self.stale = stale
+        self.lost = lost
+
+    def __bool__(self) -> bool:
+        return bool(self.orphans or self.stale or self.lost)
+
+    def all(self) -> list[int]:
+        return sorted({*self.orphans, *self.stale, *self.lost})
+
+
+def numbers(snapshots_dir: Path) -> list[int]:
+    """The numbered directories of the snapshot store (snapper's 0 is the live system)."""
+    try:
+        names = os.listdir(snapshots_dir)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isascii() and n.isdigit() and n != "0")
+
+
+def _info(store: str, number: int) -> bytes | None:
+    try:
+        with open(f"{store}/{number}/info.xml", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _young(store: str, number: int, now: float) -> bool:
+    try:
+        return now - os.stat(f"{store}/{number}").st_mtime < MIN_AGE
+    except OSError:
+        return True  # gone while looking: nothing to report
+
+
+def find(
+    managed: ManagedRoot,
+    booted: int | None,
+    default: int | None,
+    *,
+    candidates: Iterable[int] | None = None,
+    live: Iterable[int] = (),
+) -> Leftovers:
+    """The leftovers among *candidates* (default: every numbered directory).
+
+    Never the *booted* or the *default* snapshot, nor the forks in *live* (a running
+    transaction's).
+    """
+    store = str(managed.snapshots_dir)
+    skip = {booted, default, *live}
+    now = time.time()
+    intent = read_intent(managed.root)
+    orphans, stale, lost = [], [], []
+    for n in sorted(set(numbers(managed.snapshots_dir) if candidates is None else candidates)):
+        if n in skip or n <= 0:
+            continue
+        data = _info(store, n)
+        if data is None:
+            if os.path.isdir(f"{store}/{n}") and not _young(store, n, now):
+                orphans.append(n)
+        elif _MARK in data:
+            stale.append(n)
+        elif n == intent and _FAILED_MARK not in data:
+            lost.append(n)
+    return Leftovers(orphans, stale, lost)
+
+
+def status_candidates(managed: ManagedRoot, booted: int | None, default: int | None) -> list[int]:
+    """Where ``status`` looks: every snapshot newer than the older of booted and default.
+
+    A fork is numbered above everything that existed when it was made, the booted and default
+    snapshots included, so leftovers of transactions run since the last boot (or since the
+    default was set) are all there; older ones need a rollback to a newer snapshot in between,
+    and ``list`` (``!``) and ``cleanup`` still find those.  With a thousand snapshots mostly
+    older than the booted one, status reads a handful of files instead of a thousand.
+    """
+    known = [n for n in (booted, default) if n is not None]
+    low = min(known) if known else 0
+    found = [n for n in numbers(managed.snapshots_dir) if n > low]
+    intent = read_intent(managed.root)
+    if intent is not None and intent not in found:
+        found.append(intent)
+    return found

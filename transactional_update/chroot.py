@@ -475,8 +475,10 @@ class _Holder:
             self.setup()
             self.enter()
         except Exception as exc:
+            # Undone before the error is sent: the tool kills this process once it reads it.
+            with contextlib.suppress(Exception):
+                self.teardown()
             self._send({"error": f"{type(exc).__name__}: {exc}"})
-            self.teardown()
             return
         self._send({"ready": True})
         while True:

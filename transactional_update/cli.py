@@ -366,7 +366,11 @@ def reboot_manager_cmd(action: str, poll: float) -> Step:
 
         ctx = state.ctx
         if action == "run":
-            reboot_manager.daemon(state.root, ctx.config, ctx.managed, poll)
+            from transactional_update.grubenv import ensure_current
+
+            reboot_manager.daemon(
+                state.root, ctx.config, ctx.managed, poll, prepare=lambda: ensure_current(ctx)
+            )
             return 0
         if action == "cancel":
             old = reboot_manager.cancel(state.root)

@@ -21,6 +21,7 @@ its own timeline's), not an orphan.  Light on purpose: ``status`` imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -46,7 +47,10 @@ def write_intent(root: Path, number: int, base: int) -> None:
 
 
 def clear_intent(root: Path) -> None:
-    (root / INTENT).unlink(missing_ok=True)
+    """Forget the intent; never raises (it runs after the default changed).  An intent that
+    stays names the default itself, which is no lost commit."""
+    with contextlib.suppress(OSError):
+        (root / INTENT).unlink(missing_ok=True)
 
 
 def read_intent(root: Path) -> int | None:

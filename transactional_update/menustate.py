@@ -8,7 +8,6 @@ snapshot than the default (:func:`menu_default`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transactional_update.files import unlink_durable, write_atomic
@@ -52,6 +51,7 @@ def is_mount(root: Path, rel: str) -> bool:
 
 def mark_stale(root: Path, reason: str, now: str | None = None) -> None:
     """Record that the boot menu does not follow the snapshots (keeping when that began)."""
+    import json
     from datetime import UTC, datetime
 
     since = (
@@ -70,9 +70,13 @@ def clear_stale(root: Path) -> None:
 
 def read_stale(root: Path) -> dict[str, str] | None:
     """``{"since": ..., "reason": ...}`` while the boot menu is recorded as stale."""
+    path = root / STALE_FILE
+    if not path.exists():
+        return None
+    import json  # here: a current menu, the usual case, costs status no json import
 
     try:
-        data = json.loads((root / STALE_FILE).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transactional_update.config import Config, RebootMethod
 from transactional_update.errors import SystemError_, UsageError
+from transactional_update.files import write_atomic
 from transactional_update.paths import resolve_under
 from transactional_update.system import ManagedRoot
 
@@ -176,10 +177,7 @@ def plan(
 
 def write_marker(root: Path, path: str, content: str) -> Path:
     target = resolve_under(root, path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.replace(target)
+    write_atomic(target, content)
     return target
 
 

@@ -302,8 +302,18 @@ def status_text(st: dict[str, Any], window: Window) -> str:
     return "\n".join(lines)
 
 
-def daemon(root: Path, cfg: Config, managed: ManagedRoot, poll: float) -> None:
-    """``transactional-update reboot-manager``: serve until SIGTERM/SIGINT."""
+def daemon(
+    root: Path,
+    cfg: Config,
+    managed: ManagedRoot,
+    poll: float,
+    prepare: Callable[[], None] | None = None,
+) -> None:
+    """``transactional-update reboot-manager``: serve until SIGTERM/SIGINT.
+
+    *prepare* runs right before each reboot (the CLI brings a stale boot menu up to date: GRUB
+    boots what its menu names); if it raises, the attempt fails and is retried.
+    """
     import signal
 
     from transactional_update import reboot
@@ -316,6 +326,8 @@ def daemon(root: Path, cfg: Config, managed: ManagedRoot, poll: float) -> None:
     transaction_lock = Lock(managed.snapshots_dir)
 
     def do_reboot() -> None:
+        if prepare is not None:
+            prepare()
         run(cfg.reboot_command, what="reboot")
 
     manager = Manager(

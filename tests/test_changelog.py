@@ -142,3 +142,21 @@ def test_shell_session_with_a_manual_deb_install_is_fully_reflected(
     assert ("/usr/share/dpkg/database/status", "modified") in paths
     desc = managed_system.snapper_list()[-1]["description"]
     assert desc.startswith("shell · +1 pkg, ") and desc.endswith(" files")
+
+
+def test_changelog_and_log_are_readable_by_root_only(managed_system: System) -> None:
+    """Command lines can carry secrets: neither the entries nor the log may be world-readable,
+    also when an older version left them so."""
+    system = managed_system
+    store = system.root / summary.STORE
+    log = system.root / "var/log/transactional-update.log"
+    store.mkdir(mode=0o755, parents=True, exist_ok=True)
+    store.chmod(0o755)
+    log.write_text("")
+    log.chmod(0o644)
+    r = system.tu("run", "--", "sh", "-c", "echo root:secret >/dev/null")
+    assert r.returncode == 0, r.stderr
+    assert store.stat().st_mode & 0o777 == 0o700
+    assert (store / "2.json").stat().st_mode & 0o777 == 0o600
+    assert "root:secret" in (store / "2.json").read_text()
+    assert log.stat().st_mode & 0o777 == 0o600

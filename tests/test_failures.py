@@ -156,6 +156,12 @@ def test_disk_full_aborts_cleanly_and_next_transaction_works(tmp_path: Path) -> 
         assert r.returncode == 1
         assert "No space left on device" in r.stderr
         assert "error: command exited with 1: sh" in r.stderr
+        # The log file is on the full filesystem too: it goes quiet, no "--- Logging error ---".
+        assert "Logging error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-2:] == [
+            "error: command exited with 1: sh",
+            "hint: the snapshot was discarded; the default is unchanged",
+        ]
         assert system.numbers() == [1]
         assert system.default_number() == 1
         assert (system.root / "etc/os-release").read_text().startswith("PRETTY_NAME=")

@@ -97,9 +97,17 @@ def userdata(entry: Entry) -> dict[str, str]:
 
 
 def save(root: Path, entry: Entry) -> None:
-    """Write atomically and durably: the entry exists completely or not at all."""
+    """Write atomically and durably: the entry exists completely or not at all.
+
+    Readable by root only, like the store: entries hold every command line, and one may carry
+    a secret (``run -- sh -c 'echo root:pw | chpasswd'``).
+    """
     text = json.dumps(asdict(entry), indent=1, ensure_ascii=False)
-    write_atomic(entry_path(root, entry.snapshot), text)
+    path = entry_path(root, entry.snapshot)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & 0o077:
+        path.parent.chmod(0o700)  # a store an older version made readable
+    write_atomic(path, text, mode=0o600)
 
 
 def load(root: Path, number: int) -> Entry | None:

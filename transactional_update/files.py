@@ -12,15 +12,19 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Replace *path* with *data* atomically and durably (text is written as UTF-8).
 
-    The temporary file is removed when anything fails, and the exception propagates.
+    The new file gets *mode* from its creation on (never wider for a moment).  The temporary
+    file is removed when anything fails, and the exception propagates.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tu-new")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a leftover of a cut would keep its own mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with open(fd, "wb") as f:
+            os.fchmod(fd, mode)  # the umask narrowed it, or a wider one was asked for
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())

@@ -7,7 +7,9 @@ always gets INFO and above, with timestamps, so an admin can read what a nightly
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -33,12 +35,35 @@ def setup(verbosity: int, quiet: bool = False) -> None:
     log.propagate = False
 
 
+class _LogFile(logging.FileHandler):
+    """The log file; a write that fails (a full disk) ends logging to it, without a word.
+
+    logging's default prints ``--- Logging error ---`` and a traceback on stderr, which would
+    bury the one-line error the admin needs (the log file is on the very filesystem that filled
+    up); stderr still gets every message.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        log.removeHandler(self)
+        with contextlib.suppress(Exception):
+            self.close()
+
+
 def attach_file(root: Path) -> None:
-    """Also log to ``ROOT/var/log/transactional-update.log`` (skipped when it is not writable)."""
+    """Also log to ``ROOT/var/log/transactional-update.log`` (skipped when it is not writable).
+
+    Readable by root only: it names every command line, which may carry secrets
+    (``run -- sh -c 'echo root:pw | chpasswd'``).
+    """
     path = root / LOG_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # also a file an older version made world-readable
+        finally:
+            os.close(fd)
+        handler = _LogFile(path, encoding="utf-8")
     except OSError:
         log.debug("cannot write %s; logging to stderr only", path)
         return

@@ -154,3 +154,42 @@ def test_cleanup_text_counts_every_leftover_as_interrupted() -> None:
     assert cleanup_text(res) == "removed 3 interrupted and 1 old snapshot(s): 1 3 4 6"
     assert cleanup_text(CleanupResult()) == "removed 0 interrupted and 0 old snapshot(s)"
     assert json.dumps(res.removed()) == "[1, 3, 4, 6]"
+
+
+def test_status_reuses_its_scan_until_the_store_changes(tmp_path: Path) -> None:
+    store = tmp_path / ".snapshots"
+    old = time.time() - 600
+    for n, info in ((1, "<num>1</num>"), (3, "transactional-update-in-progress")):
+        (store / str(n)).mkdir(parents=True)
+        (store / str(n) / "info.xml").write_text(info)
+    managed = _Managed(tmp_path)
+    found = leftovers.for_status(managed, 1, 1, None)  # type: ignore[arg-type]
+    assert found.stale == [3]
+    assert (tmp_path / leftovers.CACHE).read_text().splitlines()[1:] == ["", "3"]
+    # Not read again while the store's directory list is unchanged (what the cache is for)...
+    (store / "3/info.xml").write_text("<num>3</num>")
+    assert leftovers.for_status(managed, 1, 1, None).stale == [3]  # type: ignore[arg-type]
+    # ...and read again once it changes, or booted/default differ.
+    assert leftovers.for_status(managed, 1, 3, None).stale == []  # type: ignore[arg-type]
+    (store / "3/info.xml").write_text("transactional-update-in-progress")
+    (store / "9").mkdir()
+    os.utime(store / "9", (old, old))
+    found = leftovers.for_status(managed, 1, 1, None)  # type: ignore[arg-type]
+    assert (found.stale, found.orphans) == ([3], [9])
+    # A lost commit is read from the intent every time, cache or not.
+    (store / "4").mkdir()
+    (store / "4/info.xml").write_text("<num>4</num>")
+    assert leftovers.for_status(managed, 1, 1, None).lost == []  # type: ignore[arg-type]
+    leftovers.write_intent(tmp_path, 4, 1)
+    assert leftovers.for_status(managed, 1, 1, None).lost == [4]  # type: ignore[arg-type]
+    # While a transaction runs nothing is cached, and a young directory is never judged.
+    (tmp_path / leftovers.CACHE).unlink()
+    (store / "10").mkdir()
+    assert leftovers.for_status(managed, 1, 1, [3]).stale == []  # type: ignore[arg-type]
+    assert not (tmp_path / leftovers.CACHE).exists()
+    found = leftovers.for_status(managed, 1, 1, None)  # type: ignore[arg-type]
+    assert found.orphans == [9] and found.young
+    assert not (tmp_path / leftovers.CACHE).exists()
+    (tmp_path / leftovers.CACHE).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / leftovers.CACHE).write_text("garbage")  # a garbled cache is a rescan
+    assert leftovers.for_status(managed, 1, 1, None).orphans == [9]  # type: ignore[arg-type]

@@ -85,14 +85,13 @@ def get_status(managed: ManagedRoot) -> Status:
     pending = default if default is not None and default != booted else None
     lock = Lock(managed.snapshots_dir)
     running = lock.holder() if lock.is_held() else None
-    candidates = leftovers.status_candidates(managed, booted, default)
-    live: list[int] = []
+    live: list[int] | None = None
     if running is not None:
         # The running transaction's fork is no leftover: the one its holder noted, or, before
         # the note is written, the newest directory (snapper may be making it right now).
         live = [n for n in noted_forks(lock.read()) if f"snapshot {n}" in running]
-        live += candidates[-1:]
-    found = leftovers.find(managed, booted, default, candidates=candidates, live=live)
+        live += leftovers.numbers(managed.snapshots_dir)[-1:]
+    found = leftovers.for_status(managed, booted, default, live)
     stale = found.stale[-1] if found.stale else None
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))

@@ -587,15 +587,15 @@ def profile_status(b: Bench, out: Path) -> None:
     for name, tu in tools:
         py = tu.parent / "python"  # the tool's own venv interpreter (see installed_cli)
         status = [str(tu), "--root", str(b.root), "status"]
-        proc = subprocess.run(
-            [str(py), "-X", "importtime", *status],
-            env=env,
-            capture_output=True,
-            check=False,
-        )
-        (out / f"importtime-{name}.txt").write_bytes(proc.stderr)
         prof = out / f"status-{name}.prof"
-        run([py, "-m", "cProfile", "-o", prof, *status], env)
+        # cwd: ``python -m`` puts the working directory first on sys.path, and from the
+        # repository root that would profile the checkout instead of the installed wheel.
+        for extra in (["-X", "importtime"], ["-m", "cProfile", "-o", str(prof)]):
+            proc = subprocess.run(
+                [str(py), *extra, *status], env=env, cwd=out, capture_output=True, check=True
+            )
+            if extra[0] == "-X":
+                (out / f"importtime-{name}.txt").write_bytes(proc.stderr)
         with open(out / f"status-{name}.txt", "w", encoding="utf-8") as f:
             stats = pstats.Stats(str(prof), stream=f)
             stats.sort_stats("cumulative").print_stats(40)

@@ -23,6 +23,7 @@ import ctypes
 import json
 import os
 import pstats
+import shlex
 import shutil
 import subprocess
 import sys
@@ -574,12 +575,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
     return {r.key: r for r in rows}
 
 
-def profile_status(b: Bench, out: Path) -> None:
-    """Where one ``status`` run spends its time (CLI backend), for the checkout and the baseline.
+def profile_status(b: Bench, out: Path, runs: int = 10) -> None:
+    """Where ``status`` spends its time (CLI backend), for the checkout and the baseline.
 
-    Untimed: ``python -X importtime`` (stderr) and a cProfile of one run each, with the rows'
-    bytecode cache, written to *out* as ``importtime-NAME.txt``, ``status-NAME.prof`` and the
-    top of the profile by cumulative time as ``status-NAME.txt``.
+    Untimed: ``python -X importtime`` (stderr) of one run and cProfiles of *runs* runs each,
+    with the rows' bytecode cache, written to *out* as ``importtime-NAME.txt``,
+    ``status-NAME-I.prof`` and the top of the summed profiles as ``status-NAME.txt``.  One run
+    on a loaded machine can lose tens of ms to one preemption, charged to whatever line was
+    running; the sum of several shows where the time reliably goes.
     """
     out.mkdir(parents=True, exist_ok=True)
     tools = [("new", b.tu)] + ([("baseline", b.base_tu)] if b.base_tu else [])
@@ -587,18 +590,29 @@ def profile_status(b: Bench, out: Path) -> None:
     for name, tu in tools:
         py = tu.parent / "python"  # the tool's own venv interpreter (see installed_cli)
         status = [str(tu), "--root", str(b.root), "status"]
-        prof = out / f"status-{name}.prof"
         # cwd: ``python -m`` puts the working directory first on sys.path, and from the
         # repository root that would profile the checkout instead of the installed wheel.
-        for extra in (["-X", "importtime"], ["-m", "cProfile", "-o", str(prof)]):
-            proc = subprocess.run(
-                [str(py), *extra, *status], env=env, cwd=out, capture_output=True, check=True
+        proc = subprocess.run(
+            [str(py), "-X", "importtime", *status],
+            env=env,
+            cwd=out,
+            capture_output=True,
+            check=True,
+        )
+        (out / f"importtime-{name}.txt").write_bytes(proc.stderr)
+        profiles = [str(out / f"status-{name}-{i}.prof") for i in range(runs)]
+        for prof in profiles:
+            subprocess.run(
+                [str(py), "-m", "cProfile", "-o", prof, *status],
+                env=env,
+                cwd=out,
+                capture_output=True,
+                check=True,
             )
-            if extra[0] == "-X":
-                (out / f"importtime-{name}.txt").write_bytes(proc.stderr)
         with open(out / f"status-{name}.txt", "w", encoding="utf-8") as f:
-            stats = pstats.Stats(str(prof), stream=f)
-            stats.sort_stats("cumulative").print_stats(40)
+            f.write(f"the sum of {runs} runs of: {shlex.join(status)}\n")
+            stats = pstats.Stats(*profiles, stream=f)
+            stats.sort_stats("cumulative").print_stats(45)
             stats.sort_stats("tottime").print_stats(25)
         progress(f"  status profile of {name}: {out}/status-{name}.txt")
 
@@ -792,8 +806,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-status",
         default=None,
         metavar="DIR",
-        help="after the status rows, write -X importtime output and a cProfile of one status"
-        " run (checkout, and baseline if given) to DIR",
+        help="after the status rows, write -X importtime output and the cProfile of 10 status"
+        " runs (checkout, and baseline if given) to DIR",
     )
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.snapshots < 2 or args.sync_repeat < 0:

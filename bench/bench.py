@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 from xml.sax.saxutils import escape
@@ -59,8 +60,9 @@ from bench.harness import (  # noqa: E402
     run_as_root,
 )
 from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
-from transactional_update import btrfs  # noqa: E402
+from transactional_update import btrfs, leftovers, menustate  # noqa: E402
 from transactional_update.snapper import DBusSnapper  # noqa: E402
+from transactional_update.system import ManagedRoot  # noqa: E402
 
 VERSIONS = {"snapper": ["snapper", "--version"]}  # shown in the report header
 BASE_SNAPSHOT = 1
@@ -397,6 +399,7 @@ COMPARISONS = (
     ("tu_run_dbus_base", "peer_tx", "baseline run true [dbus] / peer sequence"),
     ("tu_status_cli_base", "snapper_list", "baseline status [cli] / snapper list"),
     ("tu_status_dbus_base", "snapper_list", "baseline status [dbus] / snapper list"),
+    ("piece_read_raw", "piece_read_buffered", "info.xml reads: os.read / open().read()"),
 )
 
 
@@ -517,6 +520,76 @@ def listing_rows(b: Bench, count: int) -> list[Row]:
     ]
 
 
+def read_buffered(paths: Sequence[str]) -> int:
+    """Every file read as ``leftovers.find`` reads an info.xml: ``open(path, "rb").read()``."""
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            n += len(f.read())
+    return n
+
+
+def read_raw(paths: Sequence[str]) -> int:
+    """The same bytes through ``os.open``/``os.read``/``os.close``, without a buffered file object.
+
+    info.xml is far below 64 KiB, so one read gets it all; the comparison shows what the Python
+    file objects cost per snapshot.
+    """
+    n = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            n += len(os.read(fd, 65536))
+        finally:
+            os.close(fd)
+    return n
+
+
+def status_piece_rows(b: Bench, count: int) -> list[Row]:
+    """The parts ``status`` added in ccfafc0, timed in-process on the status rows' system."""
+    s = f"status pieces, {count} snapshots (in-process)"
+    managed = ManagedRoot(b.root, "root")
+    booted = default = BASE_SNAPSHOT  # as the status rows see it: booted and default are 1
+
+    def scan() -> None:
+        candidates = leftovers.status_candidates(managed, booted, default)
+        leftovers.find(managed, booted, default, candidates=candidates)
+
+    store = str(managed.snapshots_dir)
+    infos = [
+        f"{store}/{n}/info.xml"
+        for n in leftovers.status_candidates(managed, booted, default)
+        if n != BASE_SNAPSHOT
+    ]
+    return [
+        Row("piece_scan", "leftovers.status_candidates + find (the scan)", s, scan),
+        Row(
+            "piece_numbers",
+            "  of which leftovers.numbers (listdir, sort)",
+            s,
+            partial(leftovers.numbers, managed.snapshots_dir),
+        ),
+        Row(
+            "piece_read_buffered",
+            f"  {len(infos)} info.xml read with open().read()",
+            s,
+            partial(read_buffered, infos),
+        ),
+        Row(
+            "piece_read_raw",
+            f"  {len(infos)} info.xml read with os.open/os.read",
+            s,
+            partial(read_raw, infos),
+        ),
+        Row(
+            "piece_menustate",
+            "menustate.state (boot menu check)",
+            s,
+            partial(menustate.state, b.root, default),
+        ),
+    ]
+
+
 def check_list_output(b: Bench, count: int) -> None:
     """Untimed: our list shows all the snapshots through both backends."""
     for backend in ("cli", "dbus"):
@@ -569,6 +642,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
                 measure(listing, args.repeat, args.warmup)
             rows += listing
             if args.profile_status:
+                progress("status pieces, in-process")
+                pieces = status_piece_rows(b, args.snapshots)
+                measure(pieces, args.repeat, args.warmup)
+                rows += pieces
                 profile_status(b, Path(args.profile_status))
     finally:
         remove_workdir(workdir)

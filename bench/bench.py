@@ -610,12 +610,18 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
     try:
         PY_ENV.clear()
         PY_ENV.update(bytecode_env(workdir, not args.no_bytecode_cache))
-        tu = Path(args.tu) if args.tu else installed_cli(workdir)
-        base_tu = installed_cli(workdir, args.baseline_ref) if args.baseline_ref else None
-        progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
-        startup = startup_rows(tu)
-        measure(startup, args.repeat, args.warmup)
-        rows += startup
+        base_tu = None
+        if args.sync_only:
+            tu = Path(args.tu or "transactional-update")  # never run: the sync rows are in-process
+        else:
+            tu = Path(args.tu) if args.tu else installed_cli(workdir)
+            if args.baseline_ref:
+                base_tu = installed_cli(workdir, args.baseline_ref)
+        if not args.sync_only:
+            progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
+            startup = startup_rows(tu)
+            measure(startup, args.repeat, args.warmup)
+            rows += startup
 
         progress(f"building a managed system in {workdir}")
         with managed_system(workdir, size=args.image_size) as system:
@@ -627,6 +633,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
                     syncs = sync_rows(prims)
                     measure(syncs, args.sync_repeat, args.warmup)
                 rows += syncs
+            if args.sync_only:
+                return {r.key: r for r in rows}
             progress(f"no-op transactions on {system.device}")
             with b.bus():
                 tx = transaction_rows(b)
@@ -784,6 +792,9 @@ def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
         lo = min(row.samples) if row.samples else None
         print(f"  {row.label:<{width - 2}}{fmt(row.median):>9}{fmt(row.p90):>9}{fmt(lo):>9}")
 
+    if args.sync_only:
+        print_comparisons(rows)
+        return
     print(
         f"\n{'target (ratio of medians)':<52}{'ours':>10}{'baseline':>10}{'ratio':>8}"
         f"{'target':>10}{'of target':>11}"
@@ -809,6 +820,10 @@ def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
             f"  {'floor: Python + its stdlib + the two snapper calls':<50}{fl['floor_ms']:>10.1f}"
             f"{fl['peer_ms']:>10.1f}{fl['ratio']:>7.2f}x"
         )
+    print_comparisons(rows)
+
+
+def print_comparisons(rows: Mapping[str, Row]) -> None:
     comps = comparisons(rows)
     if comps:
         print(
@@ -880,6 +895,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="timed in-process runs per sync primitive row (default 50; 0 skips them)",
     )
     p.add_argument(
+        "--sync-only",
+        action="store_true",
+        help="measure the sync primitives only (no start-up, transaction or status rows)",
+    )
+    p.add_argument(
         "--profile-status",
         default=None,
         metavar="DIR",
@@ -889,6 +909,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.snapshots < 2 or args.sync_repeat < 0:
         p.error("--repeat >= 1, --warmup >= 0, --sync-repeat >= 0 and --snapshots >= 2 please")
+    if args.sync_only and not args.sync_repeat:
+        p.error("--sync-only needs --sync-repeat >= 1")
     return args
 
 

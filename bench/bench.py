@@ -4,11 +4,14 @@
 Run as root from the repository root::
 
     .venv/bin/python bench/bench.py [--repeat 15] [--warmup 1] [--snapshots 1000] [--json]
-        [--baseline-ref REF] [--sync-repeat 50] [--profile-status DIR]
+        [--baseline-ref REF] [--sync-repeat 50] [--sync-only] [--profile-status DIR]
 
 Every row times complete processes (``time.perf_counter()`` around ``subprocess.run``), on a real
 managed system: a sparse btrfs image on a loop device built by :func:`tests.helpers.managed_system`,
 with snapperd on a private system bus from :func:`tests.helpers.system_bus` for the D-Bus rows.
+The exceptions are timed in-process, because they are single calls a process start would drown:
+the sync primitives (BTRFS_IOC_SYNC, syncfs, fsync) and, with ``--profile-status``, the parts of
+``status``.  With ``--baseline-ref REF`` every row of our tool also runs as built from REF.
 The rows of one table are measured round-robin (one run of each row, then the next round), so a
 slow moment of the machine hits every row alike; each row's baseline is measured in the same run.
 

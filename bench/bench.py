@@ -4,10 +4,14 @@
 Run as root from the repository root::
 
     .venv/bin/python bench/bench.py [--repeat 15] [--warmup 1] [--snapshots 1000] [--json]
+        [--baseline-ref REF] [--sync-repeat 50] [--sync-only] [--profile-status DIR]
 
 Every row times complete processes (``time.perf_counter()`` around ``subprocess.run``), on a real
 managed system: a sparse btrfs image on a loop device built by :func:`tests.helpers.managed_system`,
 with snapperd on a private system bus from :func:`tests.helpers.system_bus` for the D-Bus rows.
+The exceptions are timed in-process, because they are single calls a process start would drown:
+the sync primitives (BTRFS_IOC_SYNC, syncfs, fsync) and, with ``--profile-status``, the parts of
+``status``.  With ``--baseline-ref REF`` every row of our tool also runs as built from REF.
 The rows of one table are measured round-robin (one run of each row, then the next round), so a
 slow moment of the machine hits every row alike; each row's baseline is measured in the same run.
 
@@ -18,9 +22,13 @@ measurements could be taken (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import pstats
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +36,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from xml.sax.saxutils import escape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,14 +56,16 @@ from bench.harness import (  # noqa: E402
     installed_cli,
     machine,
     measure,
+    p90,
     progress,
     remove_workdir,
     run,
     run_as_root,
 )
 from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
-from transactional_update import btrfs  # noqa: E402
+from transactional_update import btrfs, leftovers, menustate  # noqa: E402
 from transactional_update.snapper import DBusSnapper  # noqa: E402
+from transactional_update.system import ManagedRoot  # noqa: E402
 
 VERSIONS = {"snapper": ["snapper", "--version"]}  # shown in the report header
 BASE_SNAPSHOT = 1
@@ -74,10 +85,14 @@ IN_PROGRESS = "transactional-update-in-progress"
 
 
 class Bench:
-    def __init__(self, system: System, tu: Path) -> None:
+    def __init__(
+        self, system: System, tu: Path, base_tu: Path | None = None, base_ref: str = ""
+    ) -> None:
         self.system = system
         self.root = system.root
         self.tu = tu
+        self.base_tu = base_tu  # the same tool built from --baseline-ref, if given
+        self.base_ref = base_ref
         self.snapshots = system.root / ".snapshots"
         self.dbus: DBusSnapper | None = None  # our own client of the bench's snapperd
         self.bus_address = ""
@@ -220,19 +235,104 @@ class Bench:
         """The peer sequence's two snapper calls alone: what any tool driving snapper's CLI pays."""
         self.peer_modify(self.peer_create())
 
-    def tu_run_true(self, backend: str) -> Callable[[], None]:
+    def tu_run_true(self, backend: str, tu: Path | None = None) -> Callable[[], None]:
+        cli = tu or self.tu
+
         def action() -> None:
             before = self.numbers()
-            out = run([self.tu, "--root", self.root, "run", "true"], self.tu_env(backend))
+            out = run([cli, "--root", self.root, "run", "true"], self.tu_env(backend))
             if not out.decode().startswith("snapshot ") or self.numbers() == before:
                 raise BenchError(f"run true made no snapshot: {out.decode().strip()!r}")
 
         return action
 
-    def tu_cmd(self, backend: str | None, *args: str) -> Callable[[], bytes]:
+    def tu_cmd(
+        self, backend: str | None, *args: str, tu: Path | None = None
+    ) -> Callable[[], bytes]:
         env = self.tu_env(backend) if backend else base_env()
-        argv = [str(self.tu), "--root", str(self.root), *args]
+        argv = [str(tu or self.tu), "--root", str(self.root), *args]
         return lambda: run(argv, env)
+
+
+class SyncPrimitives:
+    """Ways to make a small change durable, timed in-process after the same dirtying.
+
+    Before every timed call the filesystem is committed (untimed) and then dirtied the same way:
+    a new 4 KiB file in a writable snapshot, and the default subvolume set to that snapshot and
+    back, as a commit does.  The rows then differ only in the call that makes it durable.
+    """
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.root = system.root
+        # A writable snapshot of snapshot 1 (the root itself is read-only); snapper, and our
+        # numbers(), skip a name that is not a number.  It is gone before the other sections.
+        self.scratch = system.root / ".snapshots" / "tu-bench-sync"
+        self.file = self.scratch / "tu-bench-dirt"
+        self.round = 0
+        self._syncfs = ctypes.CDLL(None, use_errno=True).syncfs  # Python 3.11's os has none
+
+    @contextmanager
+    def scratch_snapshot(self) -> Iterator[None]:
+        btrfsutil.create_snapshot(self.system.snapshot(BASE_SNAPSHOT), self.scratch)
+        try:
+            self.dirty()
+            yield
+        finally:
+            btrfs.set_default(self.system.snapshot(BASE_SNAPSHOT))
+            ids = {btrfs.delete_subvolume(self.scratch)}
+            if not btrfs.wait_cleaned(self.root, ids, timeout=60):
+                raise RuntimeError(f"btrfs did not clean {self.scratch} in 60 s")
+            btrfs.sync(self.root)
+
+    def dirty(self) -> None:
+        self.round += 1
+        fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, self.round.to_bytes(8, "little") * 512)  # 4 KiB, new each time
+        finally:
+            os.close(fd)
+        btrfs.set_default(self.scratch)
+        btrfs.set_default(self.system.snapshot(BASE_SNAPSHOT))
+
+    def reset(self, _result: object) -> None:
+        """Commit what the row left (untimed), then dirty again for the next row."""
+        btrfs.sync(self.root)
+        self.dirty()
+
+    # -- the timed calls
+
+    def ioc_sync(self) -> None:
+        btrfsutil.sync(self.root)  # what btrfs.sync runs: BTRFS_IOC_SYNC
+
+    def syncfs(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if self._syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise BenchError(f"syncfs({self.root}): {os.strerror(err)}")
+        finally:
+            os.close(fd)
+
+    def fsync_file(self) -> None:
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def nothing(self) -> None:
+        pass
+
+
+def sync_rows(p: SyncPrimitives) -> list[Row]:
+    s = "sync primitives after a 4 KiB write + set-default there and back (in-process)"
+    return [
+        Row("sync_ioctl", "btrfsutil.sync(root)  [BTRFS_IOC_SYNC]", s, p.ioc_sync, p.reset),
+        Row("sync_syncfs", "syncfs(fd of root)", s, p.syncfs, p.reset),
+        Row("sync_fsync", "fsync(the 4 KiB file)", s, p.fsync_file, p.reset),
+        Row("sync_nothing", "nothing (the timer alone)", s, p.nothing, p.reset),
+    ]
 
 
 def info_xml(number: int, description: str, date: datetime) -> str:
@@ -287,6 +387,22 @@ CONTEXT = (
     ("peer_tx", "raw_tx", "peer sequence vs raw btrfs sequence"),
     ("tu_help", "python_bare", "--help vs bare Python start"),
     ("tu_help", "python_click", "--help vs Python + import click"),
+)
+# Same-run comparisons without a target, (row, against, text): the sync calls with each other, and
+# the checkout with the tool built from --baseline-ref (rows that were not measured are skipped).
+COMPARISONS = (
+    ("sync_syncfs", "sync_ioctl", "syncfs / BTRFS_IOC_SYNC"),
+    ("sync_ioctl", "sync_fsync", "BTRFS_IOC_SYNC / fsync of one file"),
+    ("sync_syncfs", "sync_fsync", "syncfs / fsync of one file"),
+    ("tu_run_cli", "tu_run_cli_base", "run true [cli]: new / baseline"),
+    ("tu_run_dbus", "tu_run_dbus_base", "run true [dbus]: new / baseline"),
+    ("tu_status_cli", "tu_status_cli_base", "status [cli]: new / baseline"),
+    ("tu_status_dbus", "tu_status_dbus_base", "status [dbus]: new / baseline"),
+    ("tu_run_cli_base", "peer_tx", "baseline run true [cli] / peer sequence"),
+    ("tu_run_dbus_base", "peer_tx", "baseline run true [dbus] / peer sequence"),
+    ("tu_status_cli_base", "snapper_list", "baseline status [cli] / snapper list"),
+    ("tu_status_dbus_base", "snapper_list", "baseline status [dbus] / snapper list"),
+    ("piece_read_raw", "piece_read_buffered", "info.xml reads: os.read / open().read()"),
 )
 
 
@@ -358,6 +474,15 @@ def transaction_rows(b: Bench) -> list[Row]:
             b.tu_run_true("dbus"),
             reset,
         ),
+    ] + [
+        Row(
+            f"tu_run_{backend}_base",
+            f"  baseline {b.base_ref}: run true  [{backend}]",
+            s,
+            b.tu_run_true(backend, b.base_tu),
+            reset,
+        )
+        for backend in (("cli", "dbus") if b.base_tu else ())
     ]
 
 
@@ -387,6 +512,84 @@ def listing_rows(b: Bench, count: int) -> list[Row]:
             s,
             b.tu_cmd("dbus", "--json", "list"),
         ),
+    ] + [
+        Row(
+            f"tu_status_{backend}_base",
+            f"  baseline {b.base_ref}: status  [{backend}]",
+            s,
+            b.tu_cmd(backend, "status", tu=b.base_tu),
+        )
+        for backend in (("cli", "dbus") if b.base_tu else ())
+    ]
+
+
+def read_buffered(paths: Sequence[str]) -> int:
+    """Every file read as ``leftovers.find`` reads an info.xml: ``open(path, "rb").read()``."""
+    n = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            n += len(f.read())
+    return n
+
+
+def read_raw(paths: Sequence[str]) -> int:
+    """The same bytes through ``os.open``/``os.read``/``os.close``, without a buffered file object.
+
+    info.xml is far below 64 KiB, so one read gets it all; the comparison shows what the Python
+    file objects cost per snapshot.
+    """
+    n = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            n += len(os.read(fd, 65536))
+        finally:
+            os.close(fd)
+    return n
+
+
+def status_piece_rows(b: Bench, count: int) -> list[Row]:
+    """The parts ``status`` added in ccfafc0, timed in-process on the status rows' system."""
+    s = f"status pieces, {count} snapshots (in-process)"
+    managed = ManagedRoot(b.root, "root")
+    booted = default = BASE_SNAPSHOT  # as the status rows see it: booted and default are 1
+
+    def scan() -> None:
+        candidates = leftovers.status_candidates(managed, booted, default)
+        leftovers.find(managed, booted, default, candidates=candidates)
+
+    store = str(managed.snapshots_dir)
+    infos = [
+        f"{store}/{n}/info.xml"
+        for n in leftovers.status_candidates(managed, booted, default)
+        if n != BASE_SNAPSHOT
+    ]
+    return [
+        Row("piece_scan", "leftovers.status_candidates + find (the scan)", s, scan),
+        Row(
+            "piece_numbers",
+            "  of which leftovers.numbers (listdir, sort)",
+            s,
+            partial(leftovers.numbers, managed.snapshots_dir),
+        ),
+        Row(
+            "piece_read_buffered",
+            f"  {len(infos)} info.xml read with open().read()",
+            s,
+            partial(read_buffered, infos),
+        ),
+        Row(
+            "piece_read_raw",
+            f"  {len(infos)} info.xml read with os.open/os.read",
+            s,
+            partial(read_raw, infos),
+        ),
+        Row(
+            "piece_menustate",
+            "menustate.state (boot menu check)",
+            s,
+            partial(menustate.state, b.root, default),
+        ),
     ]
 
 
@@ -410,15 +613,31 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
     try:
         PY_ENV.clear()
         PY_ENV.update(bytecode_env(workdir, not args.no_bytecode_cache))
-        tu = Path(args.tu) if args.tu else installed_cli(workdir)
-        progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
-        startup = startup_rows(tu)
-        measure(startup, args.repeat, args.warmup)
-        rows += startup
+        base_tu = None
+        if args.sync_only:
+            tu = Path(args.tu or "transactional-update")  # never run: the sync rows are in-process
+        else:
+            tu = Path(args.tu) if args.tu else installed_cli(workdir)
+            if args.baseline_ref:
+                base_tu = installed_cli(workdir, args.baseline_ref)
+        if not args.sync_only:
+            progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
+            startup = startup_rows(tu)
+            measure(startup, args.repeat, args.warmup)
+            rows += startup
 
         progress(f"building a managed system in {workdir}")
         with managed_system(workdir, size=args.image_size) as system:
-            b = Bench(system, tu)
+            b = Bench(system, tu, base_tu, args.baseline_ref or "")
+            if args.sync_repeat:
+                prims = SyncPrimitives(system)
+                progress(f"sync primitives ({args.warmup} warm-up + {args.sync_repeat} runs each)")
+                with prims.scratch_snapshot():
+                    syncs = sync_rows(prims)
+                    measure(syncs, args.sync_repeat, args.warmup)
+                rows += syncs
+            if args.sync_only:
+                return {r.key: r for r in rows}
             progress(f"no-op transactions on {system.device}")
             with b.bus():
                 tx = transaction_rows(b)
@@ -433,9 +652,57 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
                 listing = listing_rows(b, args.snapshots)
                 measure(listing, args.repeat, args.warmup)
             rows += listing
+            if args.profile_status:
+                progress("status pieces, in-process")
+                pieces = status_piece_rows(b, args.snapshots)
+                measure(pieces, args.repeat, args.warmup)
+                rows += pieces
+                profile_status(b, Path(args.profile_status))
     finally:
         remove_workdir(workdir)
     return {r.key: r for r in rows}
+
+
+def profile_status(b: Bench, out: Path, runs: int = 10) -> None:
+    """Where ``status`` spends its time (CLI backend), for the checkout and the baseline.
+
+    Untimed: ``python -X importtime`` (stderr) of one run and cProfiles of *runs* runs each,
+    with the rows' bytecode cache, written to *out* as ``importtime-NAME.txt``,
+    ``status-NAME-I.prof`` and the top of the summed profiles as ``status-NAME.txt``.  One run
+    on a loaded machine can lose tens of ms to one preemption, charged to whatever line was
+    running; the sum of several shows where the time reliably goes.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    tools = [("new", b.tu)] + ([("baseline", b.base_tu)] if b.base_tu else [])
+    env = b.tu_env("cli")
+    for name, tu in tools:
+        py = tu.parent / "python"  # the tool's own venv interpreter (see installed_cli)
+        status = [str(tu), "--root", str(b.root), "status"]
+        # cwd: ``python -m`` puts the working directory first on sys.path, and from the
+        # repository root that would profile the checkout instead of the installed wheel.
+        proc = subprocess.run(
+            [str(py), "-X", "importtime", *status],
+            env=env,
+            cwd=out,
+            capture_output=True,
+            check=True,
+        )
+        (out / f"importtime-{name}.txt").write_bytes(proc.stderr)
+        profiles = [str(out / f"status-{name}-{i}.prof") for i in range(runs)]
+        for prof in profiles:
+            subprocess.run(
+                [str(py), "-m", "cProfile", "-o", prof, *status],
+                env=env,
+                cwd=out,
+                capture_output=True,
+                check=True,
+            )
+        with open(out / f"status-{name}.txt", "w", encoding="utf-8") as f:
+            f.write(f"the sum of {runs} runs of: {shlex.join(status)}\n")
+            stats = pstats.Stats(*profiles, stream=f)
+            stats.sort_stats("cumulative").print_stats(45)
+            stats.sort_stats("tottime").print_stats(25)
+        progress(f"  status profile of {name}: {out}/status-{name}.txt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +740,33 @@ def verdicts(rows: Mapping[str, Row]) -> list[dict[str, Any]]:
 
 
 def fmt(value: float | None, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.1f}{unit}"
+    if value is None:
+        return "-"
+    return f"{value:.3f}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"
+
+
+def comparisons(rows: Mapping[str, Row]) -> list[dict[str, Any]]:
+    out = []
+    for key, against, text in COMPARISONS:
+        a, b = rows.get(key), rows.get(against)
+        if a is None or b is None or not a.samples or not b.samples:
+            continue
+        am, bm = cast(float, a.median), cast(float, b.median)
+        out.append(
+            {
+                "text": text,
+                "row": key,
+                "against": against,
+                "median_ms": am,
+                "against_median_ms": bm,
+                "p90_ms": p90(a.samples),
+                "against_p90_ms": p90(b.samples),
+                "ratio": am / bm if bm else None,
+                "p90_ratio": p90(a.samples) / p90(b.samples) if p90(b.samples) else None,
+                "difference_ms": am - bm,
+            }
+        )
+    return out
 
 
 def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
@@ -484,9 +777,12 @@ def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
     )
     cache = "off (PYTHONDONTWRITEBYTECODE=1)" if args.no_bytecode_cache else "on"
     print(
-        f"whole processes, {args.repeat} runs per row after {args.warmup} warm-up, "
-        f"round-robin; Python bytecode cache {cache}; times in ms"
+        f"whole processes (the sync rows: in-process, {args.sync_repeat} runs), {args.repeat} runs"
+        f" per row after {args.warmup} warm-up, round-robin; Python bytecode cache {cache};"
+        f" times in ms; load {m['load']}"
     )
+    if args.baseline_ref:
+        print(f"baseline rows: the wheel of git ref {args.baseline_ref}, installed the same way")
     width = max(len(r.label) for r in rows.values()) + 2
     section = None
     for row in rows.values():
@@ -499,6 +795,9 @@ def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
         lo = min(row.samples) if row.samples else None
         print(f"  {row.label:<{width - 2}}{fmt(row.median):>9}{fmt(row.p90):>9}{fmt(lo):>9}")
 
+    if args.sync_only:
+        print_comparisons(rows)
+        return
     print(
         f"\n{'target (ratio of medians)':<52}{'ours':>10}{'baseline':>10}{'ratio':>8}"
         f"{'target':>10}{'of target':>11}"
@@ -523,6 +822,23 @@ def print_table(rows: Mapping[str, Row], args: argparse.Namespace) -> None:
         print(
             f"  {'floor: Python + its stdlib + the two snapper calls':<50}{fl['floor_ms']:>10.1f}"
             f"{fl['peer_ms']:>10.1f}{fl['ratio']:>7.2f}x"
+        )
+    print_comparisons(rows)
+
+
+def print_comparisons(rows: Mapping[str, Row]) -> None:
+    comps = comparisons(rows)
+    if comps:
+        print(
+            f"\n{'comparisons (same run)':<52}{'median':>10}{'against':>10}{'ratio':>8}"
+            f"{'p90 ratio':>10}{'diff ms':>10}"
+        )
+    for c in comps:
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+        p90_ratio = "-" if c["p90_ratio"] is None else f"{c['p90_ratio']:.2f}x"
+        print(
+            f"  {c['text']:<50}{fmt(c['median_ms']):>10}{fmt(c['against_median_ms']):>10}"
+            f"{ratio:>8}{p90_ratio:>10}{c['difference_ms']:>+10.2f}"
         )
 
 
@@ -568,9 +884,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measured Python processes compile from source (PYTHONDONTWRITEBYTECODE=1)"
         " instead of using a bytecode cache in the work directory",
     )
+    p.add_argument(
+        "--baseline-ref",
+        default=None,
+        metavar="REF",
+        help="also measure the tool built from this git revision (run true, status), side by"
+        " side with the checkout, and print the ratios",
+    )
+    p.add_argument(
+        "--sync-repeat",
+        type=int,
+        default=50,
+        help="timed in-process runs per sync primitive row (default 50; 0 skips them)",
+    )
+    p.add_argument(
+        "--sync-only",
+        action="store_true",
+        help="measure the sync primitives only (no start-up, transaction or status rows)",
+    )
+    p.add_argument(
+        "--profile-status",
+        default=None,
+        metavar="DIR",
+        help="after the status rows, write -X importtime output and the cProfile of 10 status"
+        " runs (checkout, and baseline if given) to DIR",
+    )
     args = p.parse_args(argv)
-    if args.repeat < 1 or args.warmup < 0 or args.snapshots < 2:
-        p.error("--repeat >= 1, --warmup >= 0 and --snapshots >= 2 please")
+    if args.repeat < 1 or args.warmup < 0 or args.snapshots < 2 or args.sync_repeat < 0:
+        p.error("--repeat >= 1, --warmup >= 0, --sync-repeat >= 0 and --snapshots >= 2 please")
+    if args.sync_only and not args.sync_repeat:
+        p.error("--sync-only needs --sync-repeat >= 1")
     return args
 
 
@@ -597,6 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for t in verdicts(rows)
                     ],
                     "floor": floor(rows),
+                    "comparisons": comparisons(rows),
+                    "baseline_ref": args.baseline_ref,
                 },
                 indent=2,
             )

@@ -4,6 +4,7 @@
 Run as root from the repository root::
 
     .venv/bin/python bench/changelog_bench.py [--repeat 10] [--warmup 1] [--json]
+        [--baseline-ref REF] [--sizes 10000,100000]
 
 Two sections, each measured round-robin on a real managed system (a sparse btrfs image on a loop
 device built by :func:`tests.helpers.managed_system`):
@@ -285,10 +286,20 @@ def bind_mounts(system: System, target: Path) -> Iterator[None]:
 class Installs:
     """The package-install rows and their resets."""
 
-    def __init__(self, system: System, tu: Path, deb: str, chroot_dirs: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        system: System,
+        tu: Path,
+        deb: str,
+        chroot_dirs: Sequence[Path],
+        base_tu: Path | None = None,
+        base_ref: str = "",
+    ) -> None:
         self.system = system
         self.root = system.root
         self.tu = tu
+        self.base_tu = base_tu  # the same tool built from --baseline-ref, if given
+        self.base_ref = base_ref
         self.deb = deb
         self.chroot, self.chroot_cold = chroot_dirs
         self.env = {**base_env(), "TU_SNAPPER_BACKEND": "cli"}
@@ -301,27 +312,32 @@ class Installs:
         snaps = self.root / ".snapshots"
         return sorted(int(p.name) for p in snaps.iterdir() if p.name.isdigit())
 
-    def tu_install(self) -> int:
-        before = self.numbers()
-        out = run([self.tu, "--root", self.root, "pkg", "install", self.deb], self.env).decode()
-        new = [n for n in self.numbers() if n not in before]
-        if len(new) != 1:
-            raise BenchError(f"pkg install made snapshots {new}: {out.strip()!r}")
-        return new[0]
+    def tu_install(self, tu: Path | None = None) -> Callable[[], int]:
+        cli = tu or self.tu
 
-    def tu_after(self, row: Row) -> Callable[[object], None]:
+        def action() -> int:
+            before = self.numbers()
+            out = run([cli, "--root", self.root, "pkg", "install", self.deb], self.env).decode()
+            new = [n for n in self.numbers() if n not in before]
+            if len(new) != 1:
+                raise BenchError(f"pkg install made snapshots {new}: {out.strip()!r}")
+            return new[0]
+
+        return action
+
+    def tu_after(self, row: Row, tu: Path | None = None) -> Callable[[object], None]:
         def after(number: object) -> None:
             try:
                 if isinstance(number, int):
-                    self.record_commands(row, number)
+                    self.record_commands(row, number, tu or self.tu)
             finally:
                 self.reset_transactions()
 
         return after
 
-    def record_commands(self, row: Row, number: int) -> None:
+    def record_commands(self, row: Row, number: int, tu: Path) -> None:
         """Per-command times from the changelog entry (untimed), and the rest: the machinery."""
-        out = run([self.tu, "--root", self.root, "--json", "changelog", str(number)], self.env)
+        out = run([tu, "--root", self.root, "--json", "changelog", str(number)], self.env)
         entry = json.loads(out)
         names = {"update": "apt-get update", "-s": "apt-get -s install", "-y": "apt-get -y install"}
         total = 0.0
@@ -390,9 +406,19 @@ def install_rows(b: Installs) -> list[Row]:
         "tu_pkg_install",
         "transactional-update pkg install DEB  [cli]",
         s,
-        b.tu_install,
+        b.tu_install(),
     )
     tu.after = b.tu_after(tu)
+    baseline = []
+    if b.base_tu is not None:
+        base = Row(
+            "tu_pkg_install_base",
+            f"  baseline {b.base_ref}: pkg install DEB  [cli]",
+            s,
+            b.tu_install(b.base_tu),
+        )
+        base.after = b.tu_after(base, b.base_tu)
+        baseline.append(base)
     return [
         Row(
             "chroot_install",
@@ -416,11 +442,30 @@ def install_rows(b: Installs) -> list[Row]:
             b.purge(b.chroot, binds=False),
         ),
         tu,
+        *baseline,
     ]
 
 
 # --------------------------------------------------------------------------------------------
 # The benchmark
+
+
+def diff_section(
+    system: System, top: Path, args: argparse.Namespace, info: dict[str, Any]
+) -> list[Row]:
+    progress(f"snapshots of {', '.join(map(str, args.sizes))} entries on {system.device}")
+    pairs = make_pairs(system, top, args.sizes)
+    info["entries"] = [p.entries for p in pairs]
+    for pair in pairs:
+        check_pair(pair)
+    diff = diff_rows(pairs)
+    progress(f"file diffs ({args.warmup} warm-up + {args.repeat} runs each)")
+    measure(diff, args.repeat, args.warmup)
+    for pair in pairs:  # not needed any more: keep the install rows' disk quiet
+        for sub in (pair.child, pair.parent):
+            btrfs.delete_subvolume(sub)
+    btrfs.sync(top)
+    return diff
 
 
 def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Row], dict[str, Any]]:
@@ -431,31 +476,21 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict[str, Row], dict[str, A
         PY_ENV.clear()
         PY_ENV.update(bytecode_env(workdir, not args.no_bytecode_cache))
         tu = Path(args.tu) if args.tu else installed_cli(workdir)
+        base_tu = installed_cli(workdir, args.baseline_ref) if args.baseline_ref else None
         progress(f"building a managed system in {workdir}")
         with (
             managed_system(workdir, size=args.image_size) as system,
             image.mounted_top(system.device, workdir / "top") as top,
         ):
-            progress(f"snapshots of {', '.join(map(str, args.sizes))} entries on {system.device}")
-            pairs = make_pairs(system, top, args.sizes)
-            info["entries"] = [p.entries for p in pairs]
-            for pair in pairs:
-                check_pair(pair)
-            diff = diff_rows(pairs)
-            progress(f"file diffs ({args.warmup} warm-up + {args.repeat} runs each)")
-            measure(diff, args.repeat, args.warmup)
-            rows += diff
-            for pair in pairs:  # not needed any more: keep the install rows' disk quiet
-                for sub in (pair.child, pair.parent):
-                    btrfs.delete_subvolume(sub)
-            btrfs.sync(top)
+            if not args.skip_diff:
+                rows += diff_section(system, top, args, info)
 
             progress("package installs: staging the .deb and a local apt source")
             deb = stage_package(system, workdir)
             chroots = [top / "bench-chroot", top / "bench-chroot-binds"]
             for path in chroots:  # writable snapshots of BASE, after its sources changed
                 btrfsutil.create_snapshot(top / f"@/.snapshots/{BASE}/snapshot", path)
-            b = Installs(system, tu, deb, chroots)
+            b = Installs(system, tu, deb, chroots, base_tu, args.baseline_ref or "")
             with bind_mounts(system, b.chroot):
                 progress(f"package installs ({args.warmup} warm-up + {args.repeat} runs each)")
                 installs = install_rows(b)
@@ -578,6 +613,35 @@ def context_lines(rows: Mapping[str, Row], info: Mapping[str, Any]) -> list[tupl
             fmt_x(ratio(tu, median_of(rows, "chroot_install_binds"))),
         )
     )
+    base_row = rows.get("tu_pkg_install_base")
+    if base_row is not None and base_row.samples:
+        base = median_of(rows, "tu_pkg_install_base")
+        out.append(("pkg install: new / baseline (medians)", fmt_x(ratio(tu, base))))
+        if tu_row is not None and tu_row.samples:
+            out.append(
+                (
+                    "pkg install: new / baseline (p90s)",
+                    fmt_x(ratio(p90(tu_row.samples), p90(base_row.samples))),
+                )
+            )
+        out.append(
+            (
+                "pkg install: new - baseline (medians)",
+                fmt_ms(None if tu is None or base is None else tu - base),
+            )
+        )
+        out.append(
+            ("baseline pkg install / plain chroot apt-get install", fmt_x(ratio(base, plain)))
+        )
+        totals = base_row.extra.get("apt-get, all of them", [])
+        rest = [w - c for w, c in zip(base_row.samples, totals, strict=False)]
+        if rest:
+            out.append(
+                (
+                    "baseline pkg install minus its apt-get commands (median)",
+                    fmt_ms(statistics.median(rest)),
+                )
+            )
     if tu_row is not None and tu_row.samples:
         inner = tu_row.extra_median("apt-get -y install")
         out.append(
@@ -618,6 +682,8 @@ def print_table(rows: Mapping[str, Row], info: Mapping[str, Any], args: argparse
         f"{args.repeat} runs per row after {args.warmup} warm-up, round-robin; "
         f"Python bytecode cache {cache}; times in ms"
     )
+    if args.baseline_ref:
+        print(f"baseline rows: the wheel of git ref {args.baseline_ref}, installed the same way")
     width = max(len(r.label) for r in rows.values()) + 2
     section = None
     for row in rows.values():
@@ -682,6 +748,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="measured Python processes compile from source (PYTHONDONTWRITEBYTECODE=1)",
     )
+    p.add_argument(
+        "--baseline-ref",
+        default=None,
+        metavar="REF",
+        help="also measure pkg install of the tool built from this git revision, side by side"
+        " with the checkout, and print the ratio",
+    )
+    p.add_argument(
+        "--skip-diff",
+        action="store_true",
+        help="leave out the file-diff section (it is the same with or without --baseline-ref)",
+    )
     args = p.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -712,6 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "rows": [r.as_json() for r in rows.values()],
                     "targets": [v.as_json() for v in verdicts(rows, info)],
                     "context": dict(context_lines(rows, info)),
+                    "baseline_ref": args.baseline_ref,
                 },
                 indent=2,
             )

@@ -66,17 +66,30 @@ def base_env() -> dict[str, str]:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def installed_cli(workdir: Path) -> Path:
+def installed_cli(workdir: Path, ref: str | None = None) -> Path:
     """The tool as users get it: a wheel installed into a fresh venv, not the editable checkout.
 
     The development venv's editable install puts an import hook into every start (~10 ms of
     importlib and pathlib before our first line), which no installed tool pays.  The fresh venv
     borrows the development venv's dependencies through a ``.pth`` file (no download, and no
     other ``.pth`` file there runs).
+
+    With *ref* (a git revision of this repository), the wheel is built from that revision's
+    tree (``git archive``), into a venv of its own, so that a baseline runs side by side with
+    the checkout in one benchmark run.
     """
-    wheels, venv = workdir / "wheel", workdir / "venv"
+    name = "" if ref is None else "-" + "".join(c if c.isalnum() else "_" for c in ref)
+    wheels, venv = workdir / f"wheel{name}", workdir / f"venv{name}"
+    source = REPO
+    if ref is not None:
+        source = workdir / f"src{name}"
+        source.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", source], input=archive, check=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, REPO], check=True, cwd=workdir)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, source], check=True, cwd=workdir)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     purelib = subprocess.run(
         [venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],

@@ -2,7 +2,7 @@
 
 One image is created per module with ``create-system`` from a cached bootable Debian root (kernel,
 initramfs, grub-pc-bin, systemd); each test works on its own sparse copy, attached to a free loop
-device and mounted as it would boot (``/boot/grub`` = the ext2 GRUB partition).  grub-mkconfig
+device and mounted as it would boot (``/boot/grub`` = the ext4 GRUB partition).  grub-mkconfig
 runs inside the image's snapshots (``grub.cfg``), never on the host's configuration; nothing here
 touches the host's bootloader.  Booting the images is left to the VM tests.
 """
@@ -60,7 +60,7 @@ def tu_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
 
 @dataclass
 class Disk(System):
-    """A system made by create-system: partitions 1 BIOS boot, 2 /boot/grub (ext2), 3 btrfs."""
+    """A system made by create-system: partitions 1 BIOS boot, 2 /boot/grub (ext4), 3 btrfs."""
 
     top: Path = Path()
 
@@ -172,7 +172,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p4").stdout.strip() == "vfat"
     # UEFI: GRUB at the removable-media path (no NVRAM entry needed), read back from the ESP
     # with mtools (this kernel has no FAT driver); it finds grub.cfg and the environment on the
-    # ext2 partition by UUID, like the BIOS GRUB, and loads its modules from there.
+    # ext4 partition by UUID, like the BIOS GRUB, and loads its modules from there.
     efi = disk.workdir / "BOOTX64.EFI"
     mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     esp = f"{disk.device}p4"
@@ -185,7 +185,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert f"search.fs_uuid {grub_uuid} root\nset prefix=($root)/\n".encode() in data
     assert data == (disk.root / "boot/grub/x86_64-efi/core.efi").read_bytes()
     assert (disk.root / "boot/grub/x86_64-efi/normal.mod").is_file()
-    assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p2").stdout.strip() == "ext2"
+    assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p2").stdout.strip() == "ext4"
     assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p3").stdout.strip() == "btrfs"
     # GRUB's boot code in the MBR and its core image in the BIOS boot partition
     with open(disk.image, "rb") as f:
@@ -209,7 +209,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     # the other subvolumes wait for /var (image.fstab: racing read-write mounts on Debian 12)
     assert f"UUID={uuid} /var btrfs subvol=/@/var 0 0\n" in fstab
     assert f"UUID={uuid} /home btrfs subvol=/@/home,x-systemd.after=var.mount 0 0\n" in fstab
-    assert f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2\n" in fstab
+    assert f"UUID={grub_uuid} /boot/grub ext4 defaults,nofail 0 2\n" in fstab
     esp_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p4").stdout.strip()
     assert f"UUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2\n" in fstab
     assert "tmpfs /tmp tmpfs" in fstab
@@ -227,7 +227,8 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert "/dev/loop" not in text
     assert f"search --no-floppy --fs-uuid --set=root '{uuid}'" in disk.section()
     assert disk.main_linux().startswith("/@/.snapshots/1/snapshot/boot/vmlinuz-")
-    args = f"'root=UUID={uuid}' 'ro' 'console=tty0' 'console=ttyS0,115200' 'quiet'\n"
+    words = ["root=UUID=" + uuid, "ro", "fsck.repair=yes", "console=tty0", "console=ttyS0,115200"]
+    args = " ".join(f"'{w}'" for w in [*words, "quiet"]) + "\n"
     assert f"\tlinux '{disk.main_linux()}' {args}" in disk.section()
     assert "serial --unit=0 --speed=115200\n" in text and "terminal_output console serial" in text
     assert disk.submenu_ids() == [1]
@@ -508,6 +509,6 @@ def test_boot_once_refuses_a_grub_dir_in_the_snapshot_or_on_btrfs(managed_system
     assert r.returncode == 3
     assert r.stderr == (
         f"error: {s.root}/boot/grub/grubenv lies on btrfs, where GRUB cannot clear a one-shot "
-        "choice\nhint: keep /boot/grub on a small ext2 partition (create-system does)\n"
+        "choice\nhint: keep /boot/grub on a small ext4 partition (create-system does)\n"
     )
     assert not (s.root / "boot/grub/grubenv").exists()

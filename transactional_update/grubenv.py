@@ -2,7 +2,7 @@
 
 The file is exactly 1024 bytes: a header line, ``name=value`` lines, and ``#`` padding.  GRUB
 itself rewrites it in place at boot (``save_env``, e.g. to clear ``next_entry``), which upstream
-GRUB cannot do on btrfs - so a managed system keeps it on a small ext2 partition (``/boot/grub``).
+GRUB cannot do on btrfs - so a managed system keeps it on a small ext4 partition (``/boot/grub``).
 
 It also holds :func:`refresh_menu`, which every commit calls: light, so that a root without GRUB
 never loads the modules that write GRUB's menu.

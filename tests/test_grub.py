@@ -512,3 +512,248 @@ def test_boot_once_refuses_a_grub_dir_in_the_snapshot_or_on_btrfs(managed_system
         "choice\nhint: keep /boot/grub on a small ext4 partition (create-system does)\n"
     )
     assert not (s.root / "boot/grub/grubenv").exists()
+
+
+# --- /boot/grub on ext4; setup-boot-fs for systems made with ext2 --------------------------------
+
+FEATURES_OFF = ("metadata_csum_seed", "large_dir", "orphan_file")  # create_system.GRUB_MKFS
+
+
+def ext_features(device: str) -> set[str]:
+    out = sh("dumpe2fs", "-h", device).stdout
+    line = next(x for x in out.splitlines() if x.startswith("Filesystem features:"))
+    return set(line.split(":", 1)[1].split())
+
+
+def grub_crc(d: Disk, path: str) -> int:
+    """CRC32 of /boot/grub/PATH as GRUB's ext2 driver reads it from the image (no journal)."""
+    r = sh("grub-fstest", str(d.image), "crc", f"(loop0,gpt2)/{path}", check=False)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout, 16)
+
+
+def grub_reads_its_files(d: Disk) -> None:
+    """grub.cfg, a module and grubenv read through GRUB's own driver are the files Linux sees;
+    grub-editenv reads the environment block."""
+    for path in ("grub.cfg", "i386-pc/normal.mod", "grubenv"):
+        assert grub_crc(d, path) == zlib.crc32((d.root / "boot/grub" / path).read_bytes()), path
+    env = d.root / "boot/grub/grubenv"
+    assert sh("grub-editenv", str(env), "list").stdout == "".join(
+        f"{k}={v}\n" for k, v in grubenv.read(env).items()
+    )
+
+
+def fstab_line(d: Disk, number: int) -> str:
+    text = (d.snapshot(number) / "etc/fstab").read_text()
+    return next(x for x in text.splitlines() if " /boot/grub " in x)
+
+
+def make_ext2(d: Disk) -> tuple[str, str]:
+    """Make the disk what create-system made before ext4: /boot/grub on ext2 (same UUID and
+    files), ``ext2`` in the fstab, no fsck.repair= in GRUB's defaults.  ``(device, uuid)``."""
+    dev = f"{d.device}p2"
+    uuid = sh("blkid", "-s", "UUID", "-o", "value", dev).stdout.strip()
+    saved = d.workdir / "grub.tar"
+    where = d.root / "boot/grub"
+    sh("tar", "-C", str(where), "-cf", str(saved), ".")
+    sh("umount", str(where))
+    sh("mkfs.ext2", "-q", "-F", "-L", "tu-grub", "-U", uuid, dev)
+    sh("mount", dev, str(where))
+    sh("tar", "-C", str(where), "-xpf", str(saved))
+    saved.unlink()
+    os.sync()  # on the disk, as the files of a system made long ago are
+    with d.booted_writable() as snap:
+        fstab = snap / "etc/fstab"
+        fstab.write_text(fstab.read_text().replace(" /boot/grub ext4 ", " /boot/grub ext2 "))
+        defaults = snap / grub.DEFAULTS_PATH.lstrip("/")
+        lines = defaults.read_text().splitlines(keepends=True)
+        defaults.write_text("".join(x for x in lines if "fsck.repair" not in x))
+    assert r_ok(d.tu("cleanup", "--prune-only"))  # the menu as it was: no fsck.repair=yes
+    assert "has_journal" not in ext_features(dev)
+    assert fstab_line(d, 1) == f"UUID={uuid} /boot/grub ext2 defaults,nofail 0 2"
+    return dev, uuid
+
+
+def r_ok(r: subprocess.CompletedProcess[str]) -> bool:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return True
+
+
+def menu_args(d: Disk, entry_id: str) -> str:
+    m = re.search(rf"--id {entry_id} \{{.*?\n\s*linux '[^']+' ([^\n]*)", d.section(), re.S)
+    assert m, d.section()
+    return m.group(1)
+
+
+def test_grub_partition_is_ext4_that_grub_reads_and_writes(disk: Disk) -> None:
+    dev = f"{disk.device}p2"
+    feats = ext_features(dev)
+    assert {"has_journal", "extent"} <= feats
+    assert not feats & set(FEATURES_OFF)
+    # A commit rewrites grub.cfg, boot-once grubenv: GRUB (which never replays ext4's journal)
+    # reads both at once, without a sync: they are checkpointed out of the journal.
+    assert r_ok(disk.tu("run", "--", "true"))
+    assert r_ok(disk.tu("boot-once", "1"))
+    grub_reads_its_files(disk)
+    r = sh("grub-fstest", str(disk.image), "cat", "(loop0,gpt2)/grubenv")
+    assert "next_entry=tu-snapshots>tu-snapshot-1\n" in r.stdout
+    # the kernel of every entry is told to repair /boot/grub (and / ...) at boot
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-default")
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-snapshot-1")
+
+
+def test_setup_boot_fs_migrates_a_mounted_ext2_boot_grub(disk: Disk) -> None:
+    dev, uuid = make_ext2(disk)
+    assert "fsck.repair" not in menu_args(disk, "tu-snapshot-1")
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r) and r.stderr == ""
+    assert r.stdout == (
+        f"/boot/grub: {dev} (UUID={uuid}, ext2, no journal), mounted\n"
+        f"tune2fs -j {dev}: journal added (hidden by the next boot's fsck)\n"
+        "snapshot 2: /etc/fstab mounts /boot/grub as ext4 (pass 2); "
+        "/etc/default/grub.d/transactional-update.cfg adds fsck.repair=yes\n"
+        "snapshot 2 is the new default; reboot to use it\n"
+    )
+    assert "has_journal" in ext_features(dev)
+    # tune2fs on a mounted filesystem: the journal is a file until the next check hides it
+    assert (disk.root / "boot/grub/.journal").is_file()
+    assert disk.default_number() == 2
+    assert fstab_line(disk, 2) == f"UUID={uuid} /boot/grub ext4 defaults,nofail 0 2"
+    assert fstab_line(disk, 1) == f"UUID={uuid} /boot/grub ext2 defaults,nofail 0 2"  # kept
+    defaults = (disk.snapshot(2) / grub.DEFAULTS_PATH.lstrip("/")).read_text()
+    assert defaults.endswith('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX fsck.repair=yes"\n')
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-default")
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-snapshot-2")
+    assert "fsck.repair" not in menu_args(disk, "tu-snapshot-1")
+    grub_reads_its_files(disk)
+    assert_paths_exist(disk)
+    # twice: nothing changes (the pending snapshot 2 has it all)
+    before = disk.cfg.read_bytes()
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r)
+    assert r.stdout == (
+        f"/boot/grub: {dev} (UUID={uuid}, ext3, journaled), mounted\n"
+        "everything is already set: the fstab mounts /boot/grub as ext4 (pass 2), "
+        "fsck.repair=yes; no snapshot was made\n"
+    )
+    r = disk.tu("--json", "setup-boot-fs")
+    assert r_ok(r)
+    out = json.loads(r.stdout)
+    assert len(out.pop("steps")) == 2
+    assert out == {
+        "mount_point": "/boot/grub",
+        "source": f"UUID={uuid}",
+        "device": dev,
+        "fsck": None,
+        "mounted": False,
+        "journal": "present",
+        "fstab": "current",
+        "fsck_repair": "current",
+        "snapshot": None,
+    }
+    assert disk.numbers() == [1, 2] and disk.default_number() == 2
+    assert disk.cfg.read_bytes() == before
+    # A rollback to snapshot 1, whose fstab says ext2: the kernel mounts the journaled
+    # filesystem as ext2 (with ext4's code, journal and all).
+    sh("umount", str(disk.root / "boot/grub"))
+    e2fsck = sh("e2fsck", "-p", dev, check=False)  # what the boot's fsck does first
+    assert e2fsck.returncode == 0, e2fsck.stdout + e2fsck.stderr
+    assert "Moving journal from /.journal to hidden inode" in e2fsck.stdout
+    sh("mount", "-t", "ext2", dev, str(disk.root / "boot/grub"))
+    assert not (disk.root / "boot/grub/.journal").exists()
+    grub_reads_its_files(disk)
+
+
+def test_setup_boot_fs_repairs_and_mounts_a_damaged_ext2_boot_grub(disk: Disk) -> None:
+    dev, uuid = make_ext2(disk)
+    where = disk.root / "boot/grub"
+    # What the power cut left: an inode whose directory entry never reached the disk, in a
+    # filesystem not marked clean (it was mounted).
+    (where / ".grub.cfg.tu-new").write_text(disk.cfg_text())
+    sh("umount", str(where))
+    sh("debugfs", "-w", "-R", "unlink /.grub.cfg.tu-new", dev)
+    sh("debugfs", "-w", "-R", "ssv state 0", dev)
+    copy = disk.workdir / "grub-part.img"
+    sh("dd", f"if={dev}", f"of={copy}", "bs=1M", "status=none")
+    preen = sh("e2fsck", "-p", str(copy), check=False)  # systemd-fsck without fsck.repair=yes
+    copy.unlink()
+    assert preen.returncode == 4, preen.stdout + preen.stderr
+    assert "Unattached inode" in preen.stdout
+    assert "UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY" in preen.stderr
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r) and r.stderr == ""
+    assert r.stdout == (
+        f"/boot/grub: {dev} (UUID={uuid}, ext2, no journal)\n"
+        f"e2fsck -fy {dev}: repaired\n"
+        f"tune2fs -j {dev}: journal added\n"
+        f"mounted {dev} at {where}\n"
+        "snapshot 2: /etc/fstab mounts /boot/grub as ext4 (pass 2); "
+        "/etc/default/grub.d/transactional-update.cfg adds fsck.repair=yes\n"
+        "snapshot 2 is the new default; reboot to use it\n"
+    )
+    assert sh("mountpoint", "-q", str(where), check=False).returncode == 0
+    assert [p.name for p in (where / "lost+found").iterdir()]  # the unattached inode
+    assert "has_journal" in ext_features(dev)
+    assert not (where / ".journal").exists()  # added unmounted: a hidden inode from the start
+    assert fstab_line(disk, 2) == f"UUID={uuid} /boot/grub ext4 defaults,nofail 0 2"
+    grub_reads_its_files(disk)
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r)
+    assert r.stdout.endswith("no snapshot was made\n") and r.stdout.startswith("/boot/grub: ")
+    assert "everything is already set" in r.stdout
+    assert disk.numbers() == [1, 2]
+    sh("umount", str(where))
+    assert sh("e2fsck", "-fn", dev, check=False).returncode == 0  # clean
+
+
+def test_setup_boot_fs_refuses_roots_without_a_grub_partition(
+    managed_system: System, tmp_path: Path
+) -> None:
+    r = managed_system.tu("setup-boot-fs")
+    assert r.returncode == 3
+    assert r.stderr == (
+        f"error: {managed_system.root} has no separate /boot/grub partition (nothing in its "
+        "/etc/fstab)\nhint: only a /boot/grub partition can be set up; create-system makes one\n"
+    )
+    assert managed_system.numbers() == [1]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = tu_cli("--root", str(plain), "setup-boot-fs")
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 2, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_journaled_ext2_mounts_as_ext2_once_fsck_replayed_it(tmp_path: Path) -> None:
+    """What an old snapshot's fstab (type ext2) does with the converted partition, for real."""
+    img, copy, mnt = tmp_path / "fs.img", tmp_path / "cut.img", tmp_path / "mnt"
+    mnt.mkdir()
+    sh("truncate", "-s", "64M", str(img))
+    sh("mkfs.ext2", "-q", "-F", str(img))
+    sh("tune2fs", "-j", str(img))
+    devices = []
+    try:
+        devices.append(sh("losetup", "--show", "-f", str(img)).stdout.strip())
+        sh("mount", "-t", "ext2", devices[0], str(mnt))
+        # Debian's kernels mount ext2 with ext4's code (CONFIG_EXT4_USE_FOR_EXT2), which uses
+        # the journal: jbd2 runs for the device.
+        name = Path(devices[0]).name
+        assert any(p.name.startswith(f"{name}-") for p in Path("/proc/fs/jbd2").iterdir())
+        for i in range(20):
+            (mnt / f"f{i}").write_text("x" * 5000)
+        os.sync()
+        (mnt / "late").write_text("y")
+        # a power cut now: the image as it is while mounted, its journal needing recovery
+        sh("cp", "--sparse=always", str(img), str(copy))
+        sh("umount", str(mnt))
+        assert "needs_recovery" in ext_features(str(copy))
+        devices.append(sh("losetup", "--show", "-f", str(copy)).stdout.strip())
+        r = sh("mount", "-t", "ext2", devices[1], str(mnt), check=False)
+        assert r.returncode != 0  # ext2 cannot replay a journal
+        assert sh("e2fsck", "-p", devices[1], check=False).returncode == 0  # the boot's fsck
+        sh("mount", "-t", "ext2", devices[1], str(mnt))
+        assert (mnt / "f19").read_text() == "x" * 5000
+    finally:
+        _unmount_below(tmp_path)
+        for d in devices:
+            _detach(d)

@@ -130,21 +130,34 @@ def with_fsck_repair(text: str | None) -> str:
 # --- the device ----------------------------------------------------------------------------------
 
 
-def resolve_source(source: str) -> str:
-    """The device an fstab source names (``UUID=``, ``LABEL=``, ``PARTUUID=``, a path)."""
+def resolve_source(source: str, target: Path) -> str:
+    """The device an fstab source names (``UUID=``, ``LABEL=``, ``PARTUUID=``, a path).
+
+    Copies of a disk share their UUIDs: of several devices the one mounted at *target* is meant,
+    else none can be picked safely (e2fsck and tune2fs on the wrong one are no small mistake).
+    """
     key, sep, value = source.partition("=")
     if not sep or source.startswith("/"):
-        device = source
+        devices = [source] if Path(source).is_block_device() else []
     else:
-        res = run(["blkid", "-o", "device", "-t", f"{key}={value}"], check=False, what="blkid")
-        lines = res.stdout.split()
-        device = lines[0] if res.returncode == 0 and lines else ""
-    if not device or not Path(device).is_block_device():
+        # -c /dev/null: probe the devices now, not blkid's cache (it keeps detached loop devices)
+        argv = ["blkid", "-c", "/dev/null", "-o", "device", "-t", f"{key}={value}"]
+        res = run(argv, check=False, what="blkid")
+        devices = [d for d in res.stdout.split() if Path(d).is_block_device()]
+    if not devices:
         raise SystemError_(
             f"no device has {source}, which the fstab mounts at /boot/grub",
             "attach the disk, or check the fstab entry (blkid lists the filesystems)",
         )
-    return device
+    if len(devices) > 1:
+        mounted = [d for d in devices if str(target) in mount_points_of(d)]
+        if len(mounted) != 1:
+            raise SystemError_(
+                f"several devices have {source}: {', '.join(devices)}",
+                f"mount the right one at {target}, or detach the copies",
+            )
+        return mounted[0]
+    return devices[0]
 
 
 def mount_points_of(device: str) -> list[str]:
@@ -199,13 +212,13 @@ def add_journal(device: str) -> None:
 # --- the command ---------------------------------------------------------------------------------
 
 
-def _base_dir(ctx: Context, opts: Options) -> Path:
-    """The snapshot the transaction will start from (what tells whether one is needed)."""
+def _next_boot_dir(ctx: Context, opts: Options) -> Path:
+    """The snapshot that decides whether a new one is needed: the one that boots next (the
+    default; a second run right after the first finds its pending snapshot), or the base
+    ``--continue`` names."""
     managed = ctx.managed
-    if opts.continue_from is None:
-        number = managed.booted()
-    elif opts.continue_from == CONTINUE_DEFAULT:
-        number = managed.default()
+    if opts.continue_from is None or opts.continue_from == CONTINUE_DEFAULT:
+        number = managed.default() or managed.booted()
     else:
         number = opts.continue_from
     return managed.snapshot_dir(number) if number is not None else ctx.root
@@ -244,8 +257,8 @@ def setup_boot_fs(ctx: Context, opts: Options, emit: Emit) -> BootFs:
             "only a /boot/grub partition can be set up; create-system makes one",
         )
     source = entry[1][0]
-    device = resolve_source(source)
-    target = ctx.root / tools.grub_dir
+    target = Path(os.path.realpath(ctx.root)) / tools.grub_dir  # as the mount table names it
+    device = resolve_source(source, target)
     out = BootFs(where, source, device)
 
     def say(line: str) -> None:
@@ -255,6 +268,7 @@ def setup_boot_fs(ctx: Context, opts: Options, emit: Emit) -> BootFs:
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):
         feats = features(device)
         kind = "ext4" if "extent" in feats else "ext3" if "has_journal" in feats else "ext2"
+        kind += ", journaled" if "has_journal" in feats else ", no journal"
         points = mount_points_of(device)
         mounted = str(target) in points
         say(f"{where}: {device} ({source}, {kind}){', mounted' if mounted else ''}")
@@ -284,7 +298,7 @@ def setup_boot_fs(ctx: Context, opts: Options, emit: Emit) -> BootFs:
             out.journal = "added"
             say(f"tune2fs -j {device}: journal added (hidden by the next boot's fsck)")
 
-    fstab_change, repair = _plan(_base_dir(ctx, opts), where)
+    fstab_change, repair = _plan(_next_boot_dir(ctx, opts), where)
     if repair is not None and repair != "yes":
         out.fsck_repair = f"fsck.repair={repair}"
         say(f"kernel command line: fsck.repair={repair} is set there; left as it is")

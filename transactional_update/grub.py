@@ -39,6 +39,7 @@ from transactional_update.errors import (
     TUError,
     UsageError,
 )
+from transactional_update.files import checkpoint
 from transactional_update.lock import Lock
 from transactional_update.paths import resolve_under
 from transactional_update.proc import run
@@ -187,6 +188,7 @@ def install_config(root: Path, tools: Tools, text: str) -> None:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
+        checkpoint(cfg.parent)  # GRUB reads ext4 without its journal
     except OSError as exc:
         raise SystemError_(
             f"cannot write {cfg}: {exc.strerror or exc}", f"check that {cfg.parent} is writable"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transactional_update.errors import SystemError_, UsageError
-from transactional_update.files import write_atomic
+from transactional_update.files import checkpoint, write_atomic
 
 if TYPE_CHECKING:
     from transactional_update.context import Context
@@ -73,6 +73,7 @@ def write(path: Path, values: dict[str, str]) -> None:
     """Replace *path* atomically and durably with a block holding *values*."""
     try:
         write_atomic(path, format_block(values))
+        checkpoint(path.parent)  # GRUB finds (and rewrites) the new block without the journal
     except OSError as exc:
         raise SystemError_(
             f"cannot write the GRUB environment {path}: {exc.strerror or exc}",

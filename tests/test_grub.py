@@ -28,7 +28,8 @@ import pytest
 from tests.helpers import IN_USE, System, _detach, _unmount_below, sh
 from transactional_update import bootmenu, btrfs, grub, grubenv, image
 from transactional_update.chroot import ChrootSession, command_env, plan_for
-from transactional_update.create_system import CreateOptions, packages
+from transactional_update.create_system import GRUB_MKFS, CreateOptions, packages
+from transactional_update.files import checkpoint, write_atomic
 
 pytestmark = [
     pytest.mark.privileged,
@@ -600,6 +601,28 @@ def test_grub_partition_is_ext4_that_grub_reads_and_writes(disk: Disk) -> None:
     # the kernel of every entry is told to repair /boot/grub (and / ...) at boot
     assert "'fsck.repair=yes'" in menu_args(disk, "tu-default")
     assert "'fsck.repair=yes'" in menu_args(disk, "tu-snapshot-1")
+
+
+def test_grub_sees_a_replaced_file_on_ext4_after_the_checkpoint(tmp_path: Path) -> None:
+    """Why files.checkpoint exists: GRUB's driver ignores ext4's journal, and after fsync and
+    rename the new directory entry is in the journal only: grub-fstest says "not found" until
+    the checkpoint, or until writeback gets to the metadata (about 30 s; at once when anything
+    runs sync, so that half is not asserted: tests run in parallel)."""
+    img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    sh("truncate", "-s", "64M", str(img))
+    sh(*GRUB_MKFS, str(img))
+    device = sh("losetup", "--show", "-f", str(img)).stdout.strip()
+    try:
+        sh("mount", device, str(mnt))
+        data = os.urandom(30000)
+        write_atomic(mnt / "grub.cfg", data)  # fsync, rename, fsync of the directory
+        checkpoint(mnt)
+        r = sh("grub-fstest", str(img), "crc", "(loop0)/grub.cfg")
+        assert int(r.stdout, 16) == zlib.crc32(data)
+    finally:
+        _unmount_below(tmp_path)
+        _detach(device)
 
 
 def test_setup_boot_fs_migrates_a_mounted_ext2_boot_grub(disk: Disk) -> None:

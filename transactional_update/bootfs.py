@@ -278,6 +278,11 @@ def setup_boot_fs(ctx: Context, opts: Options, emit: Emit) -> BootFs:
                     f"{device} is mounted at {points[0]}, not at {target}",
                     f"unmount it there, or mount it at {target}",
                 )
+            if os.path.ismount(target):
+                raise SystemError_(
+                    f"{target} is mounted from another device than {device} ({source})",
+                    f"unmount {target}, or correct the fstab entry",
+                )
             out.fsck = check(device)
             say(f"e2fsck -fy {device}: {out.fsck}")
             if "has_journal" not in feats:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -526,6 +527,21 @@ def ext_features(device: str) -> set[str]:
     return set(line.split(":", 1)[1].split())
 
 
+def umount_grub(d: Disk) -> str:
+    """Unmount /boot/grub and wait until nothing holds its device any more: a mount namespace
+    made meanwhile (a chroot, a private bus of another test run on this machine) keeps its own
+    copy of the mount until it ends, and e2fsck refuses a device in use."""
+    dev = f"{d.device}p2"
+    sh("umount", str(d.root / "boot/grub"))
+    for _ in range(600):
+        try:
+            os.close(os.open(dev, os.O_RDONLY | os.O_EXCL))
+            return dev
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{dev} stays in use after its unmount")
+
+
 def grub_crc(d: Disk, path: str) -> int:
     """CRC32 of /boot/grub/PATH as GRUB's ext2 driver reads it from the image (no journal)."""
     r = sh("grub-fstest", str(d.image), "crc", f"(loop0,gpt2)/{path}", check=False)
@@ -557,7 +573,7 @@ def make_ext2(d: Disk) -> tuple[str, str]:
     saved = d.workdir / "grub.tar"
     where = d.root / "boot/grub"
     sh("tar", "-C", str(where), "-cf", str(saved), ".")
-    sh("umount", str(where))
+    umount_grub(d)
     sh("mkfs.ext2", "-q", "-F", "-L", "tu-grub", "-U", uuid, dev)
     sh("mount", dev, str(where))
     sh("tar", "-C", str(where), "-xpf", str(saved))
@@ -678,7 +694,7 @@ def test_setup_boot_fs_migrates_a_mounted_ext2_boot_grub(disk: Disk) -> None:
     assert disk.cfg.read_bytes() == before
     # A rollback to snapshot 1, whose fstab says ext2: the kernel mounts the journaled
     # filesystem as ext2 (with ext4's code, journal and all).
-    sh("umount", str(disk.root / "boot/grub"))
+    umount_grub(disk)
     e2fsck = sh("e2fsck", "-p", dev, check=False)  # what the boot's fsck does first
     assert e2fsck.returncode == 0, e2fsck.stdout + e2fsck.stderr
     assert "Moving journal from /.journal to hidden inode" in e2fsck.stdout
@@ -693,7 +709,7 @@ def test_setup_boot_fs_repairs_and_mounts_a_damaged_ext2_boot_grub(disk: Disk) -
     # What the power cut left: an inode whose directory entry never reached the disk, in a
     # filesystem not marked clean (it was mounted).
     (where / ".grub.cfg.tu-new").write_text(disk.cfg_text())
-    sh("umount", str(where))
+    umount_grub(disk)
     sh("debugfs", "-w", "-R", "unlink /.grub.cfg.tu-new", dev)
     sh("debugfs", "-w", "-R", "ssv state 0", dev)
     copy = disk.workdir / "grub-part.img"
@@ -725,7 +741,7 @@ def test_setup_boot_fs_repairs_and_mounts_a_damaged_ext2_boot_grub(disk: Disk) -
     assert r.stdout.endswith("no snapshot was made\n") and r.stdout.startswith("/boot/grub: ")
     assert "everything is already set" in r.stdout
     assert disk.numbers() == [1, 2]
-    sh("umount", str(where))
+    umount_grub(disk)
     assert sh("e2fsck", "-fn", dev, check=False).returncode == 0  # clean
 
 

@@ -192,6 +192,14 @@ def check(device: str) -> str:
     log.debug("e2fsck -fy %s: exit %d\n%s%s", device, res.returncode, res.stdout, res.stderr)
     # e2fsck's exit code is a bit mask: 1 errors corrected, 2 also (reboot if it was mounted),
     # 4 errors left, 8 operational error, 16 usage, 32 cancelled, 128 library error.
+    if res.returncode & 8 and "in use" in res.stdout + res.stderr:
+        # Unmounted here, but mounted still in another mount namespace (a chroot, a service
+        # with a private /boot) or held open exclusively.
+        raise SystemError_(
+            f"{device} is in use, though not mounted at /boot/grub: e2fsck cannot check it",
+            "find the holder (a mount in another namespace: grep in /proc/*/mountinfo), end it, "
+            "and rerun",
+        )
     if res.returncode >= 4:
         last = (res.stderr or res.stdout).strip().splitlines()
         raise SystemError_(

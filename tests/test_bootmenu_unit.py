@@ -352,8 +352,16 @@ def test_defaults_text_and_kernel_args() -> None:
     text = grub.defaults_text(serial=True, cmdline="quiet")
     assert 'GRUB_TERMINAL="console serial"' in text
     assert (
-        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX console=tty0 console=ttyS0,115200 quiet"' in text
+        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX fsck.repair=yes console=tty0 '
+        'console=ttyS0,115200 quiet"' in text
     )
+    # fsck.repair=yes on every managed system, also without other arguments, and first, so that
+    # an admin's own fsck.repair= comes later and wins
+    plain = grub.defaults_text()
+    assert plain.splitlines()[-1] == 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX fsck.repair=yes"'
+    defaults = bootmenu.parse_grub_defaults(['GRUB_CMDLINE_LINUX="quiet"', plain])
+    args = bootmenu.kernel_args("u", None, defaults)
+    assert args[-2:] == ("quiet", "fsck.repair=yes")
     assert "GRUB_FONT=/boot/grub/fonts/unicode.pf2" in text
     with pytest.raises(UsageError, match="need quoting"):
         grub.defaults_text(cmdline='init="/bin/sh"')

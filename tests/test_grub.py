@@ -2,7 +2,7 @@
 
 One image is created per module with ``create-system`` from a cached bootable Debian root (kernel,
 initramfs, grub-pc-bin, systemd); each test works on its own sparse copy, attached to a free loop
-device and mounted as it would boot (``/boot/grub`` = the ext2 GRUB partition).  grub-mkconfig
+device and mounted as it would boot (``/boot/grub`` = the ext4 GRUB partition).  grub-mkconfig
 runs inside the image's snapshots (``grub.cfg``), never on the host's configuration; nothing here
 touches the host's bootloader.  Booting the images is left to the VM tests.
 """
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,8 @@ import pytest
 from tests.helpers import IN_USE, System, _detach, _unmount_below, sh
 from transactional_update import bootmenu, btrfs, grub, grubenv, image
 from transactional_update.chroot import ChrootSession, command_env, plan_for
-from transactional_update.create_system import CreateOptions, packages
+from transactional_update.create_system import GRUB_MKFS, CreateOptions, packages
+from transactional_update.files import checkpoint, write_atomic
 
 pytestmark = [
     pytest.mark.privileged,
@@ -61,7 +63,7 @@ def tu_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
 
 @dataclass
 class Disk(System):
-    """A system made by create-system: partitions 1 BIOS boot, 2 /boot/grub (ext2), 3 btrfs."""
+    """A system made by create-system: partitions 1 BIOS boot, 2 /boot/grub (ext4), 3 btrfs."""
 
     top: Path = Path()
 
@@ -173,7 +175,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p4").stdout.strip() == "vfat"
     # UEFI: GRUB at the removable-media path (no NVRAM entry needed), read back from the ESP
     # with mtools (this kernel has no FAT driver); it finds grub.cfg and the environment on the
-    # ext2 partition by UUID, like the BIOS GRUB, and loads its modules from there.
+    # ext4 partition by UUID, like the BIOS GRUB, and loads its modules from there.
     efi = disk.workdir / "BOOTX64.EFI"
     mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     esp = f"{disk.device}p4"
@@ -186,7 +188,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert f"search.fs_uuid {grub_uuid} root\nset prefix=($root)/\n".encode() in data
     assert data == (disk.root / "boot/grub/x86_64-efi/core.efi").read_bytes()
     assert (disk.root / "boot/grub/x86_64-efi/normal.mod").is_file()
-    assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p2").stdout.strip() == "ext2"
+    assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p2").stdout.strip() == "ext4"
     assert sh("blkid", "-s", "TYPE", "-o", "value", f"{disk.device}p3").stdout.strip() == "btrfs"
     # GRUB's boot code in the MBR and its core image in the BIOS boot partition
     with open(disk.image, "rb") as f:
@@ -210,7 +212,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     # the other subvolumes wait for /var (image.fstab: racing read-write mounts on Debian 12)
     assert f"UUID={uuid} /var btrfs subvol=/@/var 0 0\n" in fstab
     assert f"UUID={uuid} /home btrfs subvol=/@/home,x-systemd.after=var.mount 0 0\n" in fstab
-    assert f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2\n" in fstab
+    assert f"UUID={grub_uuid} /boot/grub ext4 defaults,nofail 0 2\n" in fstab
     esp_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p4").stdout.strip()
     assert f"UUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2\n" in fstab
     assert "tmpfs /tmp tmpfs" in fstab
@@ -228,8 +230,16 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert "/dev/loop" not in text
     assert f"search --no-floppy --fs-uuid --set=root '{uuid}'" in disk.section()
     assert disk.main_linux().startswith("/@/.snapshots/1/snapshot/boot/vmlinuz-")
-    pin = "'rootflags=subvol=@/.snapshots/1/snapshot'"
-    args = f"'root=UUID={uuid}' 'ro' {pin} 'console=tty0' 'console=ttyS0,115200' 'quiet'\n"
+    pin = "rootflags=subvol=@/.snapshots/1/snapshot"
+    words = [
+        "root=UUID=" + uuid,
+        "ro",
+        pin,
+        "fsck.repair=yes",
+        "console=tty0",
+        "console=ttyS0,115200",
+    ]
+    args = " ".join(f"'{w}'" for w in [*words, "quiet"]) + "\n"
     assert f"\tlinux '{disk.main_linux()}' {args}" in disk.section()
     assert "serial --unit=0 --speed=115200\n" in text and "terminal_output console serial" in text
     assert disk.submenu_ids() == [1]
@@ -510,7 +520,7 @@ def test_boot_once_refuses_a_grub_dir_in_the_snapshot_or_on_btrfs(managed_system
     assert r.returncode == 3
     assert r.stderr == (
         f"error: {s.root}/boot/grub/grubenv lies on btrfs, where GRUB cannot clear a one-shot "
-        "choice\nhint: keep /boot/grub on a small ext2 partition (create-system does)\n"
+        "choice\nhint: keep /boot/grub on a small ext4 partition (create-system does)\n"
     )
     assert not (s.root / "boot/grub/grubenv").exists()
 
@@ -578,3 +588,285 @@ def test_a_menu_behind_the_default_is_stale_and_reboot_catches_it_up(disk: Disk)
     assert r.returncode == 0, r.stderr
     assert disk.main_linux().startswith("/@/.snapshots/2/snapshot/")
     assert _status(disk)["boot_menu"]["stale"] is False
+
+
+# --- /boot/grub on ext4; setup-boot-fs for systems made with ext2 --------------------------------
+
+FEATURES_OFF = ("metadata_csum_seed", "large_dir", "orphan_file")  # create_system.GRUB_MKFS
+
+
+def ext_features(device: str) -> set[str]:
+    out = sh("dumpe2fs", "-h", device).stdout
+    line = next(x for x in out.splitlines() if x.startswith("Filesystem features:"))
+    return set(line.split(":", 1)[1].split())
+
+
+def umount_grub(d: Disk) -> str:
+    """Unmount /boot/grub and wait until nothing holds its device any more: a mount namespace
+    made meanwhile (a chroot, a private bus of another test run on this machine) keeps its own
+    copy of the mount until it ends, and e2fsck refuses a device in use."""
+    dev = f"{d.device}p2"
+    sh("umount", str(d.root / "boot/grub"))
+    for _ in range(600):
+        try:
+            os.close(os.open(dev, os.O_RDONLY | os.O_EXCL))
+            return dev
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{dev} stays in use after its unmount")
+
+
+def grub_crc(d: Disk, path: str) -> int:
+    """CRC32 of /boot/grub/PATH as GRUB's ext2 driver reads it from the image (no journal)."""
+    r = sh("grub-fstest", str(d.image), "crc", f"(loop0,gpt2)/{path}", check=False)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout, 16)
+
+
+def grub_reads_its_files(d: Disk) -> None:
+    """grub.cfg, a module and grubenv read through GRUB's own driver are the files Linux sees;
+    grub-editenv reads the environment block."""
+    for path in ("grub.cfg", "i386-pc/normal.mod", "grubenv"):
+        assert grub_crc(d, path) == zlib.crc32((d.root / "boot/grub" / path).read_bytes()), path
+    env = d.root / "boot/grub/grubenv"
+    assert sh("grub-editenv", str(env), "list").stdout == "".join(
+        f"{k}={v}\n" for k, v in grubenv.read(env).items()
+    )
+
+
+def fstab_line(d: Disk, number: int) -> str:
+    text = (d.snapshot(number) / "etc/fstab").read_text()
+    return next(x for x in text.splitlines() if " /boot/grub " in x)
+
+
+def make_ext2(d: Disk) -> tuple[str, str]:
+    """Make the disk what create-system made before ext4: /boot/grub on ext2 (same UUID and
+    files), ``ext2`` in the fstab, no fsck.repair= in GRUB's defaults.  ``(device, uuid)``."""
+    dev = f"{d.device}p2"
+    uuid = sh("blkid", "-s", "UUID", "-o", "value", dev).stdout.strip()
+    saved = d.workdir / "grub.tar"
+    where = d.root / "boot/grub"
+    sh("tar", "-C", str(where), "-cf", str(saved), ".")
+    umount_grub(d)
+    sh("mkfs.ext2", "-q", "-F", "-L", "tu-grub", "-U", uuid, dev)
+    sh("mount", dev, str(where))
+    sh("tar", "-C", str(where), "-xpf", str(saved))
+    saved.unlink()
+    os.sync()  # on the disk, as the files of a system made long ago are
+    with d.booted_writable() as snap:
+        fstab = snap / "etc/fstab"
+        fstab.write_text(fstab.read_text().replace(" /boot/grub ext4 ", " /boot/grub ext2 "))
+        defaults = snap / grub.DEFAULTS_PATH.lstrip("/")
+        lines = defaults.read_text().splitlines(keepends=True)
+        defaults.write_text("".join(x for x in lines if "fsck.repair" not in x))
+    assert r_ok(d.tu("cleanup", "--prune-only"))  # the menu as it was: no fsck.repair=yes
+    assert "has_journal" not in ext_features(dev)
+    assert fstab_line(d, 1) == f"UUID={uuid} /boot/grub ext2 defaults,nofail 0 2"
+    return dev, uuid
+
+
+def r_ok(r: subprocess.CompletedProcess[str]) -> bool:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return True
+
+
+def menu_args(d: Disk, entry_id: str) -> str:
+    m = re.search(rf"--id {entry_id} \{{.*?\n\s*linux '[^']+' ([^\n]*)", d.section(), re.S)
+    assert m, d.section()
+    return m.group(1)
+
+
+def test_grub_partition_is_ext4_that_grub_reads_and_writes(disk: Disk) -> None:
+    dev = f"{disk.device}p2"
+    feats = ext_features(dev)
+    assert {"has_journal", "extent"} <= feats
+    assert not feats & set(FEATURES_OFF)
+    # A commit rewrites grub.cfg, boot-once grubenv: GRUB (which never replays ext4's journal)
+    # reads both at once, without a sync: they are checkpointed out of the journal.
+    assert r_ok(disk.tu("run", "--", "true"))
+    assert r_ok(disk.tu("boot-once", "1"))
+    grub_reads_its_files(disk)
+    r = sh("grub-fstest", str(disk.image), "cat", "(loop0,gpt2)/grubenv")
+    assert "next_entry=tu-snapshots>tu-snapshot-1\n" in r.stdout
+    # the kernel of every entry is told to repair /boot/grub (and / ...) at boot
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-default")
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-snapshot-1")
+
+
+def test_grub_sees_a_replaced_file_on_ext4_after_the_checkpoint(tmp_path: Path) -> None:
+    """Why files.checkpoint exists: GRUB's driver ignores ext4's journal, and after fsync and
+    rename the new directory entry is in the journal only: grub-fstest says "not found" until
+    the checkpoint, or until writeback gets to the metadata (about 30 s; at once when anything
+    runs sync, so that half is not asserted: tests run in parallel)."""
+    img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    sh("truncate", "-s", "64M", str(img))
+    sh(*GRUB_MKFS, str(img))
+    device = sh("losetup", "--show", "-f", str(img)).stdout.strip()
+    try:
+        sh("mount", device, str(mnt))
+        data = os.urandom(30000)
+        write_atomic(mnt / "grub.cfg", data)  # fsync, rename, fsync of the directory
+        checkpoint(mnt)
+        r = sh("grub-fstest", str(img), "crc", "(loop0)/grub.cfg")
+        assert int(r.stdout, 16) == zlib.crc32(data)
+    finally:
+        _unmount_below(tmp_path)
+        _detach(device)
+
+
+def test_setup_boot_fs_migrates_a_mounted_ext2_boot_grub(disk: Disk) -> None:
+    dev, uuid = make_ext2(disk)
+    assert "fsck.repair" not in menu_args(disk, "tu-snapshot-1")
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r) and r.stderr == ""
+    assert r.stdout == (
+        f"/boot/grub: {dev} (UUID={uuid}, ext2, no journal), mounted\n"
+        f"tune2fs -j {dev}: journal added (hidden by the next boot's fsck)\n"
+        "snapshot 2: /etc/fstab mounts /boot/grub as ext4 (pass 2); "
+        "/etc/default/grub.d/transactional-update.cfg adds fsck.repair=yes\n"
+        "snapshot 2 is the new default; reboot to use it\n"
+    )
+    assert "has_journal" in ext_features(dev)
+    # tune2fs on a mounted filesystem: the journal is a file until the next check hides it
+    assert (disk.root / "boot/grub/.journal").is_file()
+    assert disk.default_number() == 2
+    assert fstab_line(disk, 2) == f"UUID={uuid} /boot/grub ext4 defaults,nofail 0 2"
+    assert fstab_line(disk, 1) == f"UUID={uuid} /boot/grub ext2 defaults,nofail 0 2"  # kept
+    defaults = (disk.snapshot(2) / grub.DEFAULTS_PATH.lstrip("/")).read_text()
+    assert defaults.endswith('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX fsck.repair=yes"\n')
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-default")
+    assert "'fsck.repair=yes'" in menu_args(disk, "tu-snapshot-2")
+    assert "fsck.repair" not in menu_args(disk, "tu-snapshot-1")
+    grub_reads_its_files(disk)
+    assert_paths_exist(disk)
+    # twice: nothing changes (the pending snapshot 2 has it all)
+    before = disk.cfg.read_bytes()
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r)
+    assert r.stdout == (
+        f"/boot/grub: {dev} (UUID={uuid}, ext3, journaled), mounted\n"
+        "everything is already set: the fstab mounts /boot/grub as ext4 (pass 2), "
+        "fsck.repair=yes; no snapshot was made\n"
+    )
+    r = disk.tu("--json", "setup-boot-fs")
+    assert r_ok(r)
+    out = json.loads(r.stdout)
+    assert len(out.pop("steps")) == 2
+    assert out == {
+        "mount_point": "/boot/grub",
+        "source": f"UUID={uuid}",
+        "device": dev,
+        "fsck": None,
+        "mounted": False,
+        "journal": "present",
+        "fstab": "current",
+        "fsck_repair": "current",
+        "snapshot": None,
+    }
+    assert disk.numbers() == [1, 2] and disk.default_number() == 2
+    assert disk.cfg.read_bytes() == before
+    # A rollback to snapshot 1, whose fstab says ext2: the kernel mounts the journaled
+    # filesystem as ext2 (with ext4's code, journal and all).
+    umount_grub(disk)
+    e2fsck = sh("e2fsck", "-p", dev, check=False)  # what the boot's fsck does first
+    assert e2fsck.returncode == 0, e2fsck.stdout + e2fsck.stderr
+    assert "Moving journal from /.journal to hidden inode" in e2fsck.stdout
+    sh("mount", "-t", "ext2", dev, str(disk.root / "boot/grub"))
+    assert not (disk.root / "boot/grub/.journal").exists()
+    grub_reads_its_files(disk)
+
+
+def test_setup_boot_fs_repairs_and_mounts_a_damaged_ext2_boot_grub(disk: Disk) -> None:
+    dev, uuid = make_ext2(disk)
+    where = disk.root / "boot/grub"
+    # What the power cut left: an inode whose directory entry never reached the disk, in a
+    # filesystem not marked clean (it was mounted).
+    (where / ".grub.cfg.tu-new").write_text(disk.cfg_text())
+    umount_grub(disk)
+    sh("debugfs", "-w", "-R", "unlink /.grub.cfg.tu-new", dev)
+    sh("debugfs", "-w", "-R", "ssv state 0", dev)
+    copy = disk.workdir / "grub-part.img"
+    sh("dd", f"if={dev}", f"of={copy}", "bs=1M", "status=none")
+    preen = sh("e2fsck", "-p", str(copy), check=False)  # systemd-fsck without fsck.repair=yes
+    copy.unlink()
+    assert preen.returncode == 4, preen.stdout + preen.stderr
+    assert "Unattached inode" in preen.stdout
+    assert "UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY" in preen.stderr
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r) and r.stderr == ""
+    assert r.stdout == (
+        f"/boot/grub: {dev} (UUID={uuid}, ext2, no journal)\n"
+        f"e2fsck -fy {dev}: repaired\n"
+        f"tune2fs -j {dev}: journal added\n"
+        f"mounted {dev} at {where}\n"
+        "snapshot 2: /etc/fstab mounts /boot/grub as ext4 (pass 2); "
+        "/etc/default/grub.d/transactional-update.cfg adds fsck.repair=yes\n"
+        "snapshot 2 is the new default; reboot to use it\n"
+    )
+    assert sh("mountpoint", "-q", str(where), check=False).returncode == 0
+    assert [p.name for p in (where / "lost+found").iterdir()]  # the unattached inode
+    assert "has_journal" in ext_features(dev)
+    assert not (where / ".journal").exists()  # added unmounted: a hidden inode from the start
+    assert fstab_line(disk, 2) == f"UUID={uuid} /boot/grub ext4 defaults,nofail 0 2"
+    grub_reads_its_files(disk)
+    r = disk.tu("setup-boot-fs")
+    assert r_ok(r)
+    assert r.stdout.endswith("no snapshot was made\n") and r.stdout.startswith("/boot/grub: ")
+    assert "everything is already set" in r.stdout
+    assert disk.numbers() == [1, 2]
+    umount_grub(disk)
+    assert sh("e2fsck", "-fn", dev, check=False).returncode == 0  # clean
+
+
+def test_setup_boot_fs_refuses_roots_without_a_grub_partition(
+    managed_system: System, tmp_path: Path
+) -> None:
+    r = managed_system.tu("setup-boot-fs")
+    assert r.returncode == 3
+    assert r.stderr == (
+        f"error: {managed_system.root} has no separate /boot/grub partition (nothing in its "
+        "/etc/fstab)\nhint: only a /boot/grub partition can be set up; create-system makes one\n"
+    )
+    assert managed_system.numbers() == [1]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = tu_cli("--root", str(plain), "setup-boot-fs")
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 2, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_journaled_ext2_mounts_as_ext2_once_fsck_replayed_it(tmp_path: Path) -> None:
+    """What an old snapshot's fstab (type ext2) does with the converted partition, for real."""
+    img, copy, mnt = tmp_path / "fs.img", tmp_path / "cut.img", tmp_path / "mnt"
+    mnt.mkdir()
+    sh("truncate", "-s", "64M", str(img))
+    sh("mkfs.ext2", "-q", "-F", str(img))
+    sh("tune2fs", "-j", str(img))
+    devices = []
+    try:
+        devices.append(sh("losetup", "--show", "-f", str(img)).stdout.strip())
+        sh("mount", "-t", "ext2", devices[0], str(mnt))
+        # Debian's kernels mount ext2 with ext4's code (CONFIG_EXT4_USE_FOR_EXT2), which uses
+        # the journal: jbd2 runs for the device.
+        name = Path(devices[0]).name
+        assert any(p.name.startswith(f"{name}-") for p in Path("/proc/fs/jbd2").iterdir())
+        for i in range(20):
+            (mnt / f"f{i}").write_text("x" * 5000)
+        os.sync()
+        (mnt / "late").write_text("y")
+        # a power cut now: the image as it is while mounted, its journal needing recovery
+        sh("cp", "--sparse=always", str(img), str(copy))
+        sh("umount", str(mnt))
+        assert "needs_recovery" in ext_features(str(copy))
+        devices.append(sh("losetup", "--show", "-f", str(copy)).stdout.strip())
+        r = sh("mount", "-t", "ext2", devices[1], str(mnt), check=False)
+        assert r.returncode != 0  # ext2 cannot replay a journal
+        assert sh("e2fsck", "-p", devices[1], check=False).returncode == 0  # the boot's fsck
+        sh("mount", "-t", "ext2", devices[1], str(mnt))
+        assert (mnt / "f19").read_text() == "x" * 5000
+    finally:
+        _unmount_below(tmp_path)
+        for d in devices:
+            _detach(d)

@@ -631,7 +631,7 @@ def scenario_broken(m: Machine, debs: Path) -> None:
 
 
 def scenario_uefi(m: Machine, debs: Path) -> None:
-    """Scenario 1 with UEFI firmware: GRUB from the ESP, the menu and grubenv from ext2."""
+    """Scenario 1 with UEFI firmware: GRUB from the ESP, the menu and grubenv from ext4."""
     m.uefi = True
     scenario_update(m, debs)
     for b in m.boots:

@@ -585,6 +585,23 @@ def bootloader_cmd() -> Step:
     return grub_step("bootloader", reinstall=True)
 
 
+@cli.command("setup-boot-fs")
+def setup_boot_fs_cmd() -> Step:
+    """Make /boot/grub survive a power cut: repair and mount it, add a journal, and in a new
+    snapshot mount it as ext4 and add fsck.repair=yes to the kernel command line."""
+
+    def step(state: State) -> int:
+        from transactional_update import bootfs
+
+        emit = (lambda _line: None) if state.json else click.echo
+        out = bootfs.setup_boot_fs(state.ctx, state.options("setup-boot-fs"), emit)
+        if state.json:
+            click.echo(json.dumps(out.to_json()))
+        return 0
+
+    return step
+
+
 @cli.command("boot-once")
 @click.argument("number", type=int, metavar="N")
 def boot_once_cmd(number: int) -> Step:

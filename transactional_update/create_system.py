@@ -4,7 +4,7 @@ The disk (GPT; boots with BIOS and with UEFI), in disk order::
 
     1  1 MiB    BIOS boot partition     GRUB's core image for BIOS (grub-install writes it)
     4  64 MiB   FAT32 ESP "tu-esp"      /boot/efi: GRUB's UEFI image, EFI/BOOT/BOOTX64.EFI
-    2  128 MiB  ext2 "tu-grub"          /boot/grub: grub.cfg, modules, fonts, grubenv
+    2  128 MiB  ext4 "tu-grub"          /boot/grub: grub.cfg, modules, fonts, grubenv
     3  the rest btrfs "tu-root"         the MicroOS layout of :mod:`image`, snapshot 1 = the root
 
 Both GRUBs read the one ``/boot/grub`` (the UEFI image searches it by UUID), so ``grub.cfg``
@@ -16,7 +16,11 @@ carry.
 
 GRUB's directory is a partition of its own so that no snapshot owns the boot configuration
 and GRUB can write its environment (upstream GRUB cannot write to btrfs; ``boot-once`` needs
-it).  Kernels and initrds stay inside the snapshots.  Snapshot 1 gets the GRUB integration
+it).  It is ext4, journaled: a power cut while grub.cfg is replaced leaves an ext2 partition
+inconsistent (unattached inodes, wrong bitmaps) beyond what the boot-time fsck may repair in
+preen mode, while ext4 replays its journal.  GRUB reads ext4 with its ``ext2`` driver and
+writes ``grubenv`` in place (raw sectors of the file's blocks), as on ext2.  Kernels and
+initrds stay inside the snapshots.  Snapshot 1 gets the GRUB integration
 (:func:`grub.install_integration`), GRUB is installed to the disk from inside it, and the first
 grub.cfg is generated there by grub-mkconfig and completed with the boot menu.
 
@@ -55,6 +59,23 @@ ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 GRUB_PART_MIB = 128
 ESP_MIB = 64
+# mke2fs for /boot/grub.  Off explicitly, whatever the building host's mke2fs.conf enables:
+# metadata_csum_seed and large_dir are incompat features that GRUB 2.06 as released refuses
+# ("unknown filesystem"; Debian patched its 2.06 to ignore the newer ext4 flags in 2.06-8,
+# #1030846, so Debian 12's reads them, another build of 2.06 may not), and e2fsprogs' own
+# defaults since 1.47 turn metadata_csum_seed on (Debian 12's mke2fs.conf does not).
+# orphan_file (also an upstream 1.47 default) GRUB ignores, but an e2fsck older than 1.47 (a
+# rescue system) refuses to check a filesystem that has it, and a check is what repairs this
+# partition after a power cut.  None of the three helps a directory of a few hundred files.
+GRUB_MKFS = (
+    "mkfs.ext4",
+    "-q",
+    "-F",
+    "-L",
+    "tu-grub",
+    "-O",
+    "^metadata_csum_seed,^large_dir,^orphan_file",
+)
 # What a bootable root needs besides minbase: an init, a kernel with an initrd that can mount
 # btrfs, GRUB for BIOS, and what the tool itself calls on the running system.
 BASE_PACKAGES = (
@@ -277,7 +298,7 @@ EFI_BOOT = "::/EFI/BOOT/BOOTX64.EFI"  # the removable-media path: no NVRAM entry
 
 
 def uefi_load_cfg(grub_uuid: str) -> str:
-    """The config built into GRUB's UEFI image: find /boot/grub (the ext2 partition) by UUID."""
+    """The config built into GRUB's UEFI image: find /boot/grub (the ext4 partition) by UUID."""
     return f"search.fs_uuid {grub_uuid} root\nset prefix=($root)/\n"
 
 
@@ -297,7 +318,7 @@ def mkimage_argv(grub_dir: str) -> list[str]:
         f"/{grub_dir}/x86_64-efi/core.efi",
         "part_gpt",
         "part_msdos",
-        "ext2",
+        "ext2",  # GRUB's one driver for ext2, ext3 and ext4
         "search_fs_uuid",
     ]
 
@@ -355,7 +376,7 @@ def create_system(target: Path, opts: CreateOptions) -> Created:
                 if len(partitions(device)) < 4:
                     run(["partx", "-a", device], what="partx")
                 parts = partitions(device)
-            run(["mkfs.ext2", "-q", "-F", "-L", "tu-grub", parts[2]], what="mkfs.ext2")
+            run([*GRUB_MKFS, parts[2]], what="mkfs.ext4")
             grub_uuid = run(
                 ["blkid", "-s", "UUID", "-o", "value", parts[2]], what="blkid"
             ).stdout.strip()

@@ -2,7 +2,7 @@
 
 ``python -m transactional_update.demo`` builds (once) a 4 GiB sparse image under
 ``/var/lib/transactional-update-demo`` with ``transactional-update create-system``: a bootable
-disk (GPT, GRUB on its own ext2 partition, btrfs with the MicroOS layout, a minimal Debian root
+disk (GPT, GRUB on its own ext4 partition, btrfs with the MicroOS layout, a minimal Debian root
 with the cloud kernel).  It mounts the system at ``.../root`` as it would boot, runs a transaction
 with ``--root`` and shows ``status``, ``list`` and the boot menu.  The system stays mounted so the
 admin can try more commands; ``--remove`` takes it all down.  The image also boots in qemu.

@@ -2,9 +2,11 @@
 
 Where things live (``create-system`` builds it so):
 
-* ``/boot/grub`` is a small ext2 partition: ``grub.cfg``, GRUB's modules and ``grubenv`` belong
+* ``/boot/grub`` is a small ext4 partition: ``grub.cfg``, GRUB's modules and ``grubenv`` belong
   to no snapshot (deleting one can never break booting) and GRUB can write ``grubenv`` there
   (upstream GRUB cannot write on btrfs, so a one-shot ``next_entry`` would never be cleared);
+  journaled, so a power cut while ``grub.cfg`` is replaced leaves nothing for fsck to guess
+  (systems made with ext2 get a journal from ``setup-boot-fs``, :mod:`bootfs`);
 * kernels and initrds stay inside each snapshot's ``/boot``, and the menu names them there.
 
 ``grub-mkconfig`` runs ``/etc/grub.d/09_transactional-update``, which prints
@@ -37,7 +39,7 @@ from transactional_update.errors import (
     TUError,
     UsageError,
 )
-from transactional_update.files import fsync_dir
+from transactional_update.files import checkpoint, fsync_dir
 from transactional_update.lock import Lock
 from transactional_update.paths import resolve_under
 from transactional_update.proc import run
@@ -59,6 +61,10 @@ _BEGIN = re.compile(rf"^### BEGIN (?:.*/)?{re.escape(SCRIPT_NAME)} ###$")
 _END = re.compile(rf"^### END (?:.*/)?{re.escape(SCRIPT_NAME)} ###$")
 
 SAFE_ARG = re.compile(r"[A-Za-z0-9_.,:=/+@-]+")
+# systemd-fsck runs fsck in preen mode (-a) by default, which gives up on damage such as an
+# unattached inode (exit 4): the mount then fails (``nofail``: silently) and stays so until
+# someone runs fsck by hand.  fsck.repair=yes makes it answer yes (-y) to every repair.
+FSCK_REPAIR = "fsck.repair=yes"
 # Runs a command in the snapshot being set up; returns its exit code and output.
 Runner = Callable[[Sequence[str]], tuple[int, str]]
 
@@ -178,6 +184,7 @@ def install_config(root: Path, tools: Tools, text: str) -> None:
             )
         os.replace(tmp, cfg)
         fsync_dir(cfg.parent)
+        checkpoint(cfg.parent)  # GRUB reads ext4 without its journal
     except OSError as exc:
         raise SystemError_(
             f"cannot write {cfg}: {exc.strerror or exc}", f"check that {cfg.parent} is writable"
@@ -269,15 +276,21 @@ def defaults_text(serial: bool = False, cmdline: str = "") -> str:
             'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"',
         ]
         args = ["console=tty0", "console=ttyS0,115200", *args]
+    # First, so that an admin's own fsck.repair= in *cmdline* comes later and wins.
+    args = [FSCK_REPAIR, *args]
     bad = [a for a in args if not SAFE_ARG.fullmatch(a)]
     if bad:
         raise UsageError(
             f"kernel argument {bad[0]!r} has characters that need quoting",
             "use plain words like console=ttyS0,115200 (letters, digits, . , : = / + - _ @)",
         )
-    if args:
-        lines.append(f'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX {" ".join(args)}"')
+    lines.append(cmdline_line(args))
     return "\n".join(lines) + "\n"
+
+
+def cmdline_line(args: Sequence[str]) -> str:
+    """The defaults line that adds *args* to whatever GRUB_CMDLINE_LINUX says before it."""
+    return f'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX {" ".join(args)}"'
 
 
 def install_integration(snap: Path, runner: Runner) -> list[str]:
@@ -437,7 +450,7 @@ def boot_once(ctx: Context, number: int) -> str:
     if btrfs.is_btrfs(env.parent):
         raise NotManagedError(
             f"{env} lies on btrfs, where GRUB cannot clear a one-shot choice",
-            f"keep /{tools.grub_dir} on a small ext2 partition (create-system does)",
+            f"keep /{tools.grub_dir} on a small ext4 partition (create-system does)",
         )
     ctx.managed.require_snapshot_dir(number)
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):

@@ -2,7 +2,7 @@
 
 The file is exactly 1024 bytes: a header line, ``name=value`` lines, and ``#`` padding.  GRUB
 itself rewrites it in place at boot (``save_env``, e.g. to clear ``next_entry``), which upstream
-GRUB cannot do on btrfs - so a managed system keeps it on a small ext2 partition (``/boot/grub``).
+GRUB cannot do on btrfs - so a managed system keeps it on a small ext4 partition (``/boot/grub``).
 
 It also holds :func:`refresh_menu`, which every commit calls: light, so that a root without GRUB
 never loads the modules that write GRUB's menu.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transactional_update.errors import SystemError_, UsageError
-from transactional_update.files import write_atomic
+from transactional_update.files import checkpoint, write_atomic
 from transactional_update.menustate import (
     cfg_path,
     clear_stale,
@@ -82,6 +82,7 @@ def write(path: Path, values: dict[str, str]) -> None:
     """Replace *path* atomically and durably with a block holding *values*."""
     try:
         write_atomic(path, format_block(values))
+        checkpoint(path.parent)  # GRUB finds (and rewrites) the new block without the journal
     except OSError as exc:
         raise SystemError_(
             f"cannot write the GRUB environment {path}: {exc.strerror or exc}",

@@ -30,6 +30,7 @@ from transactional_update import btrfs
 from transactional_update.proc import run
 
 DATA_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
+GRUB_FSTYPE = "ext4"  # /boot/grub: journaled, so a power cut leaves nothing for fsck to guess
 # The subvolume mounted first at boot; the other read-write mounts wait for it (see fstab()).
 FIRST_RW_MOUNT = "var"
 DPKG_DB = "usr/share/dpkg/database"
@@ -83,6 +84,9 @@ def fstab(uuid: str, grub_uuid: str | None = None, esp_uuid: str | None = None) 
     ``/`` has no ``subvol=`` (the default subvolume boots) and stays read-only; ``/tmp`` is a
     tmpfs because nothing may write into a read-only snapshot; ``/boot/grub`` (GRUB's own
     partition, when there is one) belongs to no snapshot, nor does the EFI system partition.
+    ``/boot/grub`` keeps fsck pass 2 and ``nofail``: the boot checks it (and with
+    ``fsck.repair=yes`` on the kernel command line repairs it) and a failure to mount it does not
+    stop the boot, since GRUB needs it only before Linux runs.
 
     The read-write subvolume mounts wait for ``/var`` (``x-systemd.after=``): with ``/``
     mounted read-only the filesystem's superblock is read-only, and a kernel that mounts
@@ -104,7 +108,7 @@ def fstab(uuid: str, grub_uuid: str | None = None, esp_uuid: str | None = None) 
         for d in DATA_SUBVOLUMES
     ]
     if grub_uuid is not None:
-        lines.append(f"UUID={grub_uuid} /boot/grub ext2 defaults,nofail 0 2")
+        lines.append(f"UUID={grub_uuid} /boot/grub {GRUB_FSTYPE} defaults,nofail 0 2")
     if esp_uuid is not None:
         lines.append(f"UUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2")
     lines.append("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0")

@@ -341,8 +341,10 @@ class Machine:
         if note:
             (d / "note").write_text(note)
         log_text = serial.read_text(errors="replace") if serial.exists() else ""
-        # Saved before a cut and never completed: the agent writes step.rc once the step ended.
-        was_cut = "cut.point" in texts and "step.rc" not in texts
+        # Saved before a cut and never completed (the agent writes step.rc once the step ended),
+        # and the kernel said why it stopped.
+        stopped = "cut.point" in texts and "step.rc" not in texts
+        was_cut = stopped and SYSRQ_RESET in log_text
         rebooted = "reboot: Restarting system" in log_text
         boot = Boot(n, serial, seconds, texts, rebooted, was_cut, note)
         self.boots.append(boot)
@@ -350,6 +352,11 @@ class Machine:
             raise ScenarioFailed(f"boot {n}: qemu exited {proc.returncode}: {d / 'qemu.log'}")
         if not texts:
             raise ScenarioFailed(f"boot {n}: the guest stored no results")
+        if stopped and not was_cut:
+            raise ScenarioFailed(
+                f"boot {n}: the step stopped before its end, but the kernel logged no "
+                f"{SYSRQ_RESET!r}: not the power cut it prepared"
+            )
         if cut and not was_cut:
             what = texts.get("cut.point", "?").strip()
             tool = texts.get("cut_tx", "") + texts.get("cut_tx.err", "")
@@ -365,6 +372,7 @@ class Machine:
 
 
 EMERGENCY = "You are in emergency mode"
+SYSRQ_RESET = "sysrq: Resetting"  # the kernel's last words on a cut (cut.py: sysrq "b")
 # Where cut.py's line reader writes what it read (vm-tests/guest/cut.py: NOTE_AT, NOTE_SIZE):
 # on the results disk, far behind the results tar.
 NOTE_AT, NOTE_SIZE = 32 << 20, 1 << 20
@@ -862,15 +870,18 @@ def main_entry(grub_cfg: str) -> str:
     return next((line.strip() for line in m.group(1).splitlines() if "linux " in line), "")
 
 
-def check_menu(f: Findings, b: Boot, grub_cfg: str, number: int, when: str) -> None:
-    """GRUB's main entry boots *number*: its kernel, and (pinned) its subvolume."""
-    linux = main_entry(grub_cfg)
+def check_menu(f: Findings, b: Boot, fact: str, number: int, when: str) -> None:
+    """GRUB's main entry in grub.cfg (the result *fact*) boots *number*: its kernel, pinned."""
+    linux = main_entry(b.text(fact)) if b.rc(fact) == 0 else ""
+    detail = linux or f"no main entry: {b.text(fact + '.err').strip() or b.text(fact)[:300]}"
     kernel = f"/@/.snapshots/{number}/snapshot/boot/vmlinuz-"
     f.check(
-        kernel in linux, f"{when}: the menu's main entry has snapshot {number}'s kernel", b, linux
+        kernel in linux, f"{when}: the menu's main entry has snapshot {number}'s kernel", b, detail
     )
     pin = f"rootflags=subvol=@/.snapshots/{number}/snapshot"
-    f.check(pin in linux, f"{when}: the menu's main entry pins snapshot {number} ({pin})", b, linux)
+    f.check(
+        pin in linux, f"{when}: the menu's main entry pins snapshot {number} ({pin})", b, detail
+    )
 
 
 LEFTOVER_KEYS = ("orphans", "stale", "lost_commits")
@@ -949,7 +960,7 @@ def check_after_cut(f: Findings, b: Boot, prev: Boot) -> None:
         b,
         b.text("etc"),
     )
-    check_menu(f, b, b.text("grubcfg"), expected, "after the cut")
+    check_menu(f, b, "grubcfg", expected, "after the cut")
     check_status_keys(f, b, status, "before cleanup")
     f.note(b, f"status boot_menu before cleanup: {status.get('boot_menu', 'missing')!r}")
     if reported:
@@ -1073,7 +1084,7 @@ def check_next_tx(f: Findings, b: Boot) -> None:
         status.get("pending"),
     )
     if number is not None:
-        check_menu(f, b, b.text("tx_grubcfg"), number, "after the next transaction")
+        check_menu(f, b, "tx_grubcfg", number, "after the next transaction")
 
 
 def image_checks(f: Findings, b: Boot, img: Path) -> None:

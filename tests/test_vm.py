@@ -1,9 +1,9 @@
 """Real boots in qemu (tests/vm.py, vm-tests/run): scenarios 1-3, the ones CI is meant to run.
 
 About 4.5 minutes for the three under TCG, part of every ``./tu-dev test`` (and so of CI);
-``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds scenarios 4 and 5 (also run with
-``vm-tests/run nightly broken``).  The golden image is cached in
-/var/cache/transactional-update-tests/vm.
+``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds scenarios 4-7 (also run with
+``vm-tests/run nightly broken uefi powercut``; powercut alone boots six times, so it is not in
+the default set).  The golden image is cached in /var/cache/transactional-update-tests/vm.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ pytestmark = [
     ),
 ]
 
-MORE = ["nightly", "broken", "uefi"]
+MORE = ["nightly", "broken", "uefi", "powercut"]
 SCENARIOS = ["update", "rollback", "grub"] + (MORE if SELECTED == "all" else [])
 
 

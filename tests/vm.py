@@ -113,23 +113,32 @@ def image_key() -> str:
 
 
 @contextmanager
-def attached_top(img: Path, where: Path) -> Iterator[Path]:
-    """The btrfs top level of the image mounted at *where* (only while no qemu runs it)."""
-    device = sh("losetup", "--show", "-f", "-P", str(img)).stdout.strip()
+def attached(img: Path, read_only: bool = False) -> Iterator[str]:
+    """The image as a loop device with its partitions (``DEVICEp3``: the btrfs root), only while
+    no qemu runs it; *read_only* attaches it so that nothing can write to it."""
+    argv = ["losetup", "--show", "-f", "-P", *(["-r"] if read_only else []), str(img)]
+    device = sh(*argv).stdout.strip()
     try:
         sh("partx", "-a", device, check=False)  # this kernel makes no partition devices itself
-        where.mkdir(parents=True, exist_ok=True)
-        sh("mount", "-o", "subvolid=5", f"{device}p3", str(where))
-        try:
-            yield where
-        finally:
-            sh("umount", str(where))
+        yield device
     finally:
         sh("partx", "-d", device, check=False)
         for _ in range(50):
             if sh("losetup", "-d", device, check=False).returncode == 0:
                 break
             time.sleep(0.1)
+
+
+@contextmanager
+def attached_top(img: Path, where: Path) -> Iterator[Path]:
+    """The btrfs top level of the image mounted at *where* (only while no qemu runs it)."""
+    with attached(img) as device:
+        where.mkdir(parents=True, exist_ok=True)
+        sh("mount", "-o", "subvolid=5", f"{device}p3", str(where))
+        try:
+            yield where
+        finally:
+            sh("umount", str(where))
 
 
 def _link(path: Path, target: str) -> None:
@@ -231,6 +240,10 @@ class Boot:
     seconds: float
     results: dict[str, str]
     rebooted: bool  # the guest asked for a reboot (qemu -no-reboot ended there)
+    # The power was cut (sysrq reset, see vm-tests/guest/cut.py): *results* are what the step
+    # saved before the cut, *note* what cut.py's line reader wrote just before it.
+    cut: bool = False
+    note: str = ""
 
     def text(self, name: str) -> str:
         if name not in self.results:
@@ -271,12 +284,17 @@ class Machine:
         sh("cp", "--sparse=always", str(golden_image), str(img))
         return cls(workdir, img)
 
-    def boot(self, step: str, repo: Path | None = None, timeout: float = BOOT_TIMEOUT) -> Boot:
+    def boot(
+        self, step: str, repo: Path | None = None, timeout: float = BOOT_TIMEOUT, cut: bool = False
+    ) -> Boot:
+        """One boot running *step*; with *cut*, the step ends in a power cut (``precut``, then
+        cut.py), which must happen: a step that runs to its end fails the boot."""
         n = len(self.boots) + 1
         d = self.workdir / f"boot-{n}"
         stage = d / "in"
         stage.mkdir(parents=True)
         shutil.copy(GUEST / "agent.sh", stage / "agent.sh")
+        shutil.copy(GUEST / "cut.py", stage / "cut.py")
         (stage / "step.sh").write_text(step)
         if repo is not None:
             shutil.copytree(repo, stage / "repo")
@@ -317,19 +335,56 @@ class Machine:
         results = d / "results"
         results.mkdir()
         sh("tar", "-xf", str(out), "-C", str(results), check=False)
+        note = _read_note(out)
         out.unlink()
         texts = {f.name: f.read_text(errors="replace") for f in results.iterdir() if f.is_file()}
+        if note:
+            (d / "note").write_text(note)
         log_text = serial.read_text(errors="replace") if serial.exists() else ""
-        boot = Boot(n, serial, seconds, texts, "reboot: Restarting system" in log_text)
+        # Saved before a cut and never completed (the agent writes step.rc once the step ended),
+        # and the kernel said why it stopped.
+        stopped = "cut.point" in texts and "step.rc" not in texts
+        was_cut = stopped and SYSRQ_RESET in log_text
+        rebooted = "reboot: Restarting system" in log_text
+        boot = Boot(n, serial, seconds, texts, rebooted, was_cut, note)
         self.boots.append(boot)
         if proc.returncode != 0:
             raise ScenarioFailed(f"boot {n}: qemu exited {proc.returncode}: {d / 'qemu.log'}")
         if not texts:
             raise ScenarioFailed(f"boot {n}: the guest stored no results")
+        if stopped and not was_cut:
+            raise ScenarioFailed(
+                f"boot {n}: the step stopped before its end, but the kernel logged no "
+                f"{SYSRQ_RESET!r}: not the power cut it prepared"
+            )
+        if cut and not was_cut:
+            what = texts.get("cut.point", "?").strip()
+            tool = texts.get("cut_tx", "") + texts.get("cut_tx.err", "")
+            raise ScenarioFailed(
+                f"boot {n}: the power cut at point {what} did not happen (the step ran to its "
+                f"end; the tool said: {tool.strip()!r})"
+                if "step.rc" in texts
+                else f"boot {n}: no power cut was prepared (the step saved no cut.point)"
+            )
+        if was_cut and not cut:
+            raise ScenarioFailed(f"boot {n}: the power was cut where the step expected none")
         return boot
 
 
 EMERGENCY = "You are in emergency mode"
+SYSRQ_RESET = "sysrq: Resetting"  # the kernel's last words on a cut (cut.py: sysrq "b")
+# Where cut.py's line reader writes what it read (vm-tests/guest/cut.py: NOTE_AT, NOTE_SIZE):
+# on the results disk, far behind the results tar.
+NOTE_AT, NOTE_SIZE = 32 << 20, 1 << 20
+
+
+def _read_note(results_disk: Path) -> str:
+    with open(results_disk, "rb") as f:
+        f.seek(NOTE_AT)
+        data = f.read(NOTE_SIZE)
+    return data.split(b"\0", 1)[0].decode(errors="replace")
+
+
 OVMF = "/usr/share/ovmf/OVMF.fd"  # Debian's ovmf: UEFI firmware for qemu
 
 
@@ -389,10 +444,21 @@ def check_booted(boot: Boot, number: int, via_default: bool = True) -> None:
         boot.text("status"),
     )
     subvol = f"rootflags=subvol=@/.snapshots/{number}/snapshot"
-    if via_default:  # the main entry: no subvol=, the kernel mounts the default subvolume
+    if via_default:
+        # The main entry boots the default snapshot: pinned to it by subvol= (so that its kernel
+        # and root are one snapshot's even when the menu lags behind the default), or, in menus
+        # written before the pin, without subvol= (the kernel mounts the default subvolume).
         check(
-            "subvol=" not in boot.text("cmdline"),
-            "booted by the main entry",
+            default_number(boot) == number,
+            f"snapshot {number} is the default",
+            boot,
+            boot.text("default"),
+        )
+        args = boot.text("cmdline").split()
+        pins = [a for a in args if "subvol=" in a]
+        check(
+            pins == [] or (len(pins) == 1 and pins[0].split(",")[0] == subvol),
+            f"booted by the main entry (unpinned or pinned to snapshot {number})",
             boot,
             boot.text("cmdline"),
         )
@@ -640,6 +706,424 @@ def scenario_uefi(m: Machine, debs: Path) -> None:
         check("Welcome to GRUB!" in text, "GRUB for UEFI ran from the ESP", b)
 
 
+# --- power cuts ----------------------------------------------------------------------------------
+
+# Shell helpers of every powercut boot (sourced by agent.sh with the step).
+POWERCUT_HELPERS = r"""
+# snapdirs: "N snapshot|- info.xml|-" per numbered directory of /.snapshots: what is on disk,
+# whatever the tool makes of it
+snapdirs() {
+    for d in /.snapshots/[0-9]*/; do
+        n=${d%/}
+        n=${n##*/}
+        s=-
+        [ -d "$d/snapshot" ] && s=snapshot
+        i=-
+        [ -e "$d/info.xml" ] && i=info.xml
+        echo "$n $s $i"
+    done
+}
+# the fsck unit of /boot/grub (fstab names it by UUID), and what it said this boot
+grub_fsck() {
+    uuid=$(awk '$2 == "/boot/grub" { sub(/^UUID=/, "", $1); print $1 }' /etc/fstab)
+    systemctl show -p Id,LoadState,ActiveState,Result,ExecMainStatus \
+        "systemd-fsck@$(systemd-escape -p "/dev/disk/by-uuid/$uuid").service"
+}
+# wait_ready: until cut.py watches (it creates the file), at most 30 s
+wait_ready() {
+    i=0
+    while [ ! -e /run/tu-vm/ready ] && [ $i -lt 300 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+CUT="python3 /run/tu-vm/cut.py"
+"""
+
+# What every boot after a cut records first, then cleanup and what it left.
+AFTER_CUT_STEP = """
+fact grubcfg cat /boot/grub/grub.cfg
+fact grub_mount findmnt -n -o SOURCE,FSTYPE,OPTIONS /boot/grub
+fact grub_fsck grub_fsck
+fact fsck_journal journalctl -b --no-pager -o cat -u 'systemd-fsck*'
+fact failed systemctl --failed --no-legend --plain
+fact etc sh -c 'ls /etc | grep ^tu-vm-'
+fact snapdirs snapdirs
+fact list transactional-update --json list
+fact cleanup transactional-update --json cleanup
+fact cleaned transactional-update --json status
+fact cleaned_snapdirs snapdirs
+"""
+
+# A transaction after the cut (it must work), then the state the next cut starts from.
+NEXT_TX_STEP = """
+fact tx transactional-update --json run -- touch /etc/tu-vm-tx
+fact tx_status transactional-update --json status
+fact tx_grubcfg cat /boot/grub/grub.cfg
+"""
+
+PRECUT_STEP = """
+fact precut_status transactional-update --json status
+fact precut_snapdirs snapdirs
+"""
+
+# The cuts, by point; each stores the results first (precut) and never returns when it works.
+SUCCESS_LINE = "is the new default"
+CUTS = {
+    # while snapper creates the fork: the moment its subvolume appears
+    1: """
+precut 1
+$CUT snapshot /run/tu-vm/ready &
+wait_ready
+fact cut_tx transactional-update -v run -- touch /etc/tu-vm-cut1
+sleep 5
+""",
+    # during the command: the chroot has its own /proc, so the command cuts the power itself
+    2: """
+precut 2
+fact cut_tx transactional-update -v run -- \\
+    sh -c 'echo x > /etc/tu-vm-cut2; sync; echo b > /proc/sysrq-trigger'
+sleep 5
+""",
+    # right after the command, while the tool commits: the command's last act is a marker in
+    # /dev/shm, which the chroot shares with the system (/dev is bound into it)
+    3: """
+precut 3
+$CUT file /dev/shm/tu-vm-cut3 /run/tu-vm/ready &
+wait_ready
+fact cut_tx transactional-update -v run -- sh -c 'touch /etc/tu-vm-cut3; : > /dev/shm/tu-vm-cut3'
+sleep 5
+""",
+    # the moment the tool says the new default is in place (-v: its log line comes first)
+    4: f"""
+precut 4
+transactional-update -v run -- touch /etc/tu-vm-cut4 </dev/null 2>&1 |
+    $CUT line '{SUCCESS_LINE}' >"$OUT/cut_tx"
+sleep 5
+""",
+    # 3 s after the tool exited: long before btrfs commits by itself (every 30 s)
+    5: """
+fact cut_tx sh -c 'transactional-update --json run -- touch /etc/tu-vm-cut5; rc=$?
+    cut -d" " -f1 /proc/uptime >/run/tu-vm-out/cut_tx.exited; exit $rc'
+precut 5
+$CUT at "$(cat "$OUT/cut_tx.exited")" 3
+sleep 5
+""",
+}
+
+
+class Findings:
+    """The powercut scenario's checks: each one logged, failures collected, so that one run
+    shows every check that fails rather than only the first."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.failed: list[str] = []
+        self.log_path = log_path
+
+    def _log(self, line: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def check(self, condition: bool, what: str, boot: Boot, detail: object = "") -> bool:
+        where = f"boot {boot.number}: {what}"
+        if condition:
+            self._log(f"PASS {where}")
+        else:
+            text = where + (f": {detail!r}" if detail != "" else "")
+            self._log(f"FAIL {text}")
+            self.failed.append(text)
+        return condition
+
+    def run(self, what: Callable[[], None], boot: Boot, title: str) -> None:
+        """A check function of the other scenarios (raising at its first failure)."""
+        try:
+            what()
+            self._log(f"PASS boot {boot.number}: {title}")
+        except ScenarioFailed as e:
+            self._log(f"FAIL {e}")
+            self.failed.append(str(e))
+
+    def note(self, boot: Boot, text: str) -> None:
+        self._log(f"INFO boot {boot.number}: {text}")
+
+
+def snapdirs(text: str) -> dict[int, tuple[bool, bool]]:
+    """``{N: (has the subvolume, has info.xml)}`` from the ``snapdirs`` helper's output."""
+    dirs = {}
+    for line in text.splitlines():
+        n, subvol, info = line.split()
+        dirs[int(n)] = (subvol == "snapshot", info == "info.xml")
+    return dirs
+
+
+def default_number(boot: Boot) -> int | None:
+    """The default subvolume's snapshot, from ``btrfs subvolume get-default /``."""
+    m = re.search(r"path @/\.snapshots/(\d+)/snapshot$", boot.text("default").strip())
+    return int(m.group(1)) if m else None
+
+
+def main_entry(grub_cfg: str) -> str:
+    """The ``linux`` line of the menu's main entry (id tu-default), "" without one."""
+    m = re.search(r"^menuentry .* --id tu-default \{\n(.*?)^\}", grub_cfg, re.M | re.S)
+    if m is None:
+        return ""
+    return next((line.strip() for line in m.group(1).splitlines() if "linux " in line), "")
+
+
+def check_menu(f: Findings, b: Boot, fact: str, number: int, when: str) -> None:
+    """GRUB's main entry in grub.cfg (the result *fact*) boots *number*: its kernel, pinned."""
+    linux = main_entry(b.text(fact)) if b.rc(fact) == 0 else ""
+    detail = linux or f"no main entry: {b.text(fact + '.err').strip() or b.text(fact)[:300]}"
+    kernel = f"/@/.snapshots/{number}/snapshot/boot/vmlinuz-"
+    f.check(
+        kernel in linux, f"{when}: the menu's main entry has snapshot {number}'s kernel", b, detail
+    )
+    pin = f"rootflags=subvol=@/.snapshots/{number}/snapshot"
+    f.check(
+        pin in linux, f"{when}: the menu's main entry pins snapshot {number} ({pin})", b, detail
+    )
+
+
+LEFTOVER_KEYS = ("orphans", "stale", "lost_commits")
+
+
+def status_lists(status: dict[str, Any]) -> dict[str, list[int]] | None:
+    """status's lists of what interrupted transactions left; None when it has not all three."""
+    if not all(k in status for k in LEFTOVER_KEYS):
+        return None
+    return {k: list(status[k] or []) for k in LEFTOVER_KEYS}
+
+
+def menu_current(status: dict[str, Any]) -> bool:
+    """status says the boot menu follows the snapshots (``boot_menu`` null or not stale)."""
+    if "boot_menu" not in status:
+        return False
+    menu = status["boot_menu"]
+    return menu is None or menu.get("stale") is False
+
+
+def check_status_keys(f: Findings, b: Boot, status: dict[str, Any], when: str) -> None:
+    missing = [
+        k
+        for k in ("orphans", "stale", "lost_commits", "boot_menu", "stale_in_progress")
+        if k not in status
+    ]
+    f.check(not missing, f"{when}: status --json has the power-cut keys", b, missing)
+
+
+def check_after_cut(f: Findings, b: Boot, prev: Boot) -> None:
+    """The boot after *prev*'s power cut: what booted, what was left, cleanup, /boot/grub."""
+    point = int(prev.text("cut.point"))
+    before = prev.json("precut_status")
+    old = before["default"]["number"]
+    if point == 4:  # the fork's number, from the log the tool wrote before its success line
+        m = re.search(r"working in snapshot (\d+)", prev.note)
+        check(m is not None, "the tool named its fork before the cut", prev, prev.note)
+        assert m is not None
+        expected = int(m.group(1))
+    elif point == 5:
+        check(
+            prev.rc("cut_tx") == 0,
+            "the transaction before cut 5 succeeded",
+            prev,
+            prev.text("cut_tx.err"),
+        )
+        expected = int(prev.json("cut_tx")["snapshot"])
+    else:
+        expected = old
+    reported = point >= 4
+    f.note(b, f"after cut {point}: old default {old}, expected to boot {expected}")
+    f.note(b, f"booted {b.root()}, cmdline {b.text('cmdline').strip()}")
+    what = "the new default the tool reported" if reported else "the old default"
+    f.run(
+        lambda: check_booted(b, expected), b, f"check_booted: snapshot {expected} by the main entry"
+    )
+    f.check(b.booted() == expected, f"{what}, snapshot {expected}, booted", b, b.root())
+    f.check(
+        default_number(b) == expected,
+        f"snapshot {expected} is the default subvolume",
+        b,
+        b.text("default"),
+    )
+    status = b.json("status")
+    f.check(
+        (status.get("default") or {}).get("number") == expected and status["pending"] is None,
+        f"status: snapshot {expected} is the default, nothing pending",
+        b,
+        {"default": (status.get("default") or {}).get("number"), "pending": status["pending"]},
+    )
+    has_file = f"tu-vm-cut{point}" in b.text("etc").split()
+    f.check(
+        has_file == reported,
+        f"/etc/tu-vm-cut{point} is {'there' if reported else 'absent'}: the cut "
+        f"transaction's change {'survived' if reported else 'is not in the booted root'}",
+        b,
+        b.text("etc"),
+    )
+    check_menu(f, b, "grubcfg", expected, "after the cut")
+    check_status_keys(f, b, status, "before cleanup")
+    f.note(b, f"status boot_menu before cleanup: {status.get('boot_menu', 'missing')!r}")
+    if reported:
+        f.check(
+            menu_current(status),
+            "status: the boot menu is current (it was durable before the success line)",
+            b,
+            status.get("boot_menu", "missing"),
+        )
+    # /boot/grub: mounted after the cut, checked by fsck at boot
+    f.check(b.rc("grub_mount") == 0, "/boot/grub is mounted", b, b.text("grub_mount.err"))
+    f.note(b, f"/boot/grub: {b.text('grub_mount').strip()}")
+    fields = b.text("grub_mount").split()
+    f.check(
+        len(fields) > 1 and fields[1] == "ext4",
+        "/boot/grub is ext4 (journaled)",
+        b,
+        b.text("grub_mount"),
+    )
+    f.check(
+        "fsck.repair=yes" in b.text("cmdline").split(),
+        "fsck.repair=yes on the kernel command line",
+        b,
+        b.text("cmdline"),
+    )
+    fsck = dict(line.split("=", 1) for line in b.text("grub_fsck").splitlines() if "=" in line)
+    f.note(b, f"fsck of /boot/grub: {fsck}; journal: {b.text('fsck_journal').strip()!r}")
+    f.check(
+        fsck.get("LoadState") == "loaded" and fsck.get("Result") == "success",
+        "the boot-time fsck of /boot/grub ran and succeeded",
+        b,
+        fsck,
+    )
+    f.check(b.text("failed").strip() == "", "no unit failed", b, b.text("failed"))
+    # what the cut left behind: on disk, and in status (classified by the on-disk facts)
+    dirs = snapdirs(b.text("snapdirs"))
+    left = sorted(set(dirs) - set(snapdirs(prev.text("precut_snapdirs"))))
+    listed = {s["number"]: s for s in b.json("list")}
+    lists = status_lists(status)
+    f.note(b, f"left on disk by the cut: {[(n, dirs[n]) for n in left]}; status lists {lists}")
+    if reported:
+        f.check(
+            left == [expected], f"only the reported snapshot {expected} is new on disk", b, left
+        )
+    # Anything new but the default is a leftover: the fork of a cut transaction, or with a
+    # commit that did not reach the disk, the snapshot the tool reported.
+    leftovers = {}
+    for n in left:
+        if n == default_number(b):
+            continue
+        subvol, info = dirs[n]
+        if not (subvol and info):
+            kind = "orphans"
+        elif n in listed and listed[n]["in_progress"]:
+            kind = "stale"
+        else:
+            kind = "lost_commits"
+        leftovers[n] = kind
+        f.note(b, f"snapshot {n} left by cut {point}: subvolume {subvol}, info.xml {info}: {kind}")
+        f.check(
+            lists is not None and n in lists[kind],
+            f"status lists snapshot {n} in {kind!r}",
+            b,
+            lists,
+        )
+        if kind == "stale":  # the older key, kept: the newest stale fork
+            stale = status.get("stale_in_progress")
+            f.check(stale == n, f"status: stale_in_progress is {n}", b, stale)
+    listed_all = None if lists is None else sorted(n for ns in lists.values() for n in ns)
+    f.check(
+        listed_all == sorted(leftovers),
+        f"status lists exactly the leftovers {sorted(leftovers)}",
+        b,
+        lists,
+    )
+    # cleanup removes what was left, and then status lists nothing
+    f.check(b.rc("cleanup") == 0, "cleanup succeeds", b, b.text("cleanup.err"))
+    cleanup = b.json("cleanup") if b.rc("cleanup") == 0 else {}
+    f.note(b, f"cleanup: {cleanup}")
+    f.check(
+        "orphans" in cleanup and "lost" in cleanup,
+        "cleanup --json has orphans and lost",
+        b,
+        cleanup,
+    )
+    removed = {n for k in ("orphans", "stale", "lost") for n in cleanup.get(k) or []}
+    after = snapdirs(b.text("cleaned_snapdirs"))
+    for n in leftovers:
+        f.check(n in removed, f"cleanup reports removing snapshot {n}", b, cleanup)
+        f.check(n not in after, f"snapshot {n} is gone from disk after cleanup", b, after.get(n))
+    orphans = sorted(n for n, (subvol, info) in after.items() if not (subvol and info))
+    f.check(not orphans, "after cleanup no orphan is on disk", b, orphans)
+    cleaned = b.json("cleaned")
+    check_status_keys(f, b, cleaned, "after cleanup")
+    f.check(
+        status_lists(cleaned) == {key: [] for key in LEFTOVER_KEYS}
+        and cleaned.get("stale_in_progress") is None,
+        "after cleanup status lists no leftover",
+        b,
+        status_lists(cleaned),
+    )
+    f.check(
+        menu_current(cleaned),
+        "after cleanup status says the boot menu is current",
+        b,
+        cleaned.get("boot_menu", "missing"),
+    )
+
+
+def check_next_tx(f: Findings, b: Boot) -> None:
+    """The transaction after the cut works: the new default, in status and in the menu."""
+    ok = f.check(b.rc("tx") == 0, "the next transaction succeeds", b, b.text("tx.err"))
+    number = b.json("tx").get("snapshot") if ok else None
+    status = b.json("tx_status")
+    f.check(
+        number is not None
+        and status["pending"] == number
+        and (status.get("default") or {}).get("number") == number,
+        f"its snapshot {number} is the pending default",
+        b,
+        status.get("pending"),
+    )
+    if number is not None:
+        check_menu(f, b, "tx_grubcfg", number, "after the next transaction")
+
+
+def image_checks(f: Findings, b: Boot, img: Path) -> None:
+    """The image after the last boot, on the host: btrfs and /boot/grub's ext fs are clean."""
+    with attached(img, read_only=True) as device:
+        r = sh("btrfs", "check", "--readonly", f"{device}p3", check=False)
+        f.check(
+            r.returncode == 0,
+            "btrfs check --readonly of the image is clean",
+            b,
+            (r.stdout + r.stderr)[-2000:],
+        )
+        r = sh("e2fsck", "-fn", f"{device}p2", check=False)
+        f.check(
+            r.returncode == 0,
+            "e2fsck -fn of /boot/grub's partition is clean",
+            b,
+            (r.stdout + r.stderr)[-2000:],
+        )
+
+
+def scenario_powercut(m: Machine, debs: Path) -> None:
+    """Five power cuts, each followed by a boot that checks, cleans up and transacts again."""
+    f = Findings(m.workdir / "checks.log")
+    prev = m.boot(POWERCUT_HELPERS + PRECUT_STEP + CUTS[1], cut=True)
+    check_booted(prev, 1)
+    for point in (2, 3, 4, 5, None):
+        step = POWERCUT_HELPERS + AFTER_CUT_STEP + NEXT_TX_STEP
+        if point is not None:
+            step += PRECUT_STEP + CUTS[point]
+        b = m.boot(step, cut=point is not None)
+        check_after_cut(f, b, prev)
+        check_next_tx(f, b)
+        prev = b
+    image_checks(f, prev, m.image)
+    if f.failed:
+        raise ScenarioFailed(f"{len(f.failed)} check(s) failed:\n  " + "\n  ".join(f.failed))
+
+
 SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "update": scenario_update,
     "rollback": scenario_rollback,
@@ -647,6 +1131,7 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "nightly": scenario_nightly,
     "broken": scenario_broken,
     "uefi": scenario_uefi,
+    "powercut": scenario_powercut,
 }
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # One boot of a VM test scenario, in the guest (started by tu-vm-agent from the step disk).
-# Records what booted, runs step.sh (sourced: it uses fact and save), stores every result file
-# on the results disk (a tar the host unpacks after qemu exits), then powers off unless the
+# Records what booted, runs step.sh (sourced: it uses fact, save and precut), stores every result
+# file on the results disk (a tar the host unpacks after qemu exits), then powers off unless the
 # step said a reboot is coming (NO_POWEROFF=1: the host then sees qemu end on that reboot).
 IN=/run/tu-vm
 OUT=/run/tu-vm-out
@@ -22,9 +22,23 @@ fact() {
     say "fact $name: exit $(cat "$OUT/$name.rc")"
 }
 
+# store: the results so far onto the results disk (that disk only: nothing else is synced)
+store() {
+    tar -cf "$RESULTS" -C "$OUT" . && blockdev --flushbufs "$RESULTS" && say "results saved"
+}
+
 save() {
     sync
-    tar -cf "$RESULTS" -C "$OUT" . && blockdev --flushbufs "$RESULTS" && say "results saved"
+    store
+}
+
+# precut POINT: store the results before the step cuts the power (vm-tests/guest/cut.py).  No
+# sync: what the tool under test wrote must reach the disk by the tool's own doing, or not at all.
+# The host takes results with cut.point and without step.rc for a boot that ended in a cut.
+precut() {
+    echo "$1" >"$OUT/cut.point"
+    store
+    say "cutting the power: $1"
 }
 
 if [ -d "$IN/repo" ]; then  # this boot's local package repository (apt's file: source)

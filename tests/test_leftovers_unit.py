@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from transactional_update import leftovers, menustate
 from transactional_update.cleanup import CleanupResult, cleanup_text
 from transactional_update.leftovers import Leftovers
@@ -193,3 +195,19 @@ def test_status_reuses_its_scan_until_the_store_changes(tmp_path: Path) -> None:
     (tmp_path / leftovers.CACHE).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / leftovers.CACHE).write_text("garbage")  # a garbled cache is a rescan
     assert leftovers.for_status(managed, 1, 1, None).orphans == [9]  # type: ignore[arg-type]
+
+
+def test_a_directory_from_before_this_boot_is_an_orphan_however_young(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot right after a cut looks within a minute of it: the orphan is judged at once."""
+    store = tmp_path / ".snapshots"
+    (store / "5").mkdir(parents=True)
+    made = time.time() - 10
+    os.utime(store / "5", (made, made))
+    managed = _Managed(tmp_path)
+    monkeypatch.setattr(leftovers, "boot_time", lambda: made - 100)  # made during this boot
+    assert leftovers.find(managed, 1, 1).orphans == []  # type: ignore[arg-type]
+    monkeypatch.setattr(leftovers, "boot_time", lambda: made + 5)  # booted after it was made
+    assert leftovers.find(managed, 1, 1).orphans == [5]  # type: ignore[arg-type]
+    assert 0 < leftovers.boot_time() <= time.time()

@@ -16,7 +16,8 @@ A power cut or ``kill -9`` can stop a transaction at any point; each point leave
 :func:`find` derives all three from the directories, ``info.xml`` files and the intent, never
 from the lock file's notes, which a power cut may have lost.  A directory younger than
 :data:`MIN_AGE` seconds without ``info.xml`` is snapper creating a snapshot right now (ours or
-its own timeline's), not an orphan.  Light on purpose: ``status`` imports it.
+its own timeline's), not an orphan - unless it was made before the current boot.  Light on
+purpose: ``status`` imports it.
 """
 
 from __future__ import annotations
@@ -107,10 +108,25 @@ def _info(store: str, number: int) -> bytes | None:
 
 
 def _young(store: str, number: int, now: float) -> bool:
+    """Whether the directory may be one that snapper is creating right now: made during this
+    boot, less than :data:`MIN_AGE` ago (one from before the boot, like a cut's, never is)."""
     try:
-        return now - os.stat(f"{store}/{number}").st_mtime < MIN_AGE
+        made = os.stat(f"{store}/{number}").st_mtime
     except OSError:
         return True  # gone while looking: nothing to report
+    return made >= boot_time() and now - made < MIN_AGE
+
+
+def boot_time() -> float:
+    """When the running kernel booted (``btime`` of /proc/stat), 0 when unknown."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def find(

@@ -633,29 +633,13 @@ def context_lines(rows: Mapping[str, Row], info: Mapping[str, Any]) -> list[tupl
         out.append(
             ("baseline pkg install / plain chroot apt-get install", fmt_x(ratio(base, plain)))
         )
-        totals = base_row.extra.get("apt-get, all of them", [])
-        rest = [w - c for w, c in zip(base_row.samples, totals, strict=False)]
-        if rest:
-            out.append(
-                (
-                    "baseline pkg install minus its apt-get commands (median)",
-                    fmt_ms(statistics.median(rest)),
-                )
-            )
+        out += minus_apt(base_row, "baseline pkg install minus its apt-get commands (median)")
     if tu_row is not None and tu_row.samples:
         inner = tu_row.extra_median("apt-get -y install")
         out.append(
             ("pkg install's own apt-get -y install / plain chroot", fmt_x(ratio(inner, plain)))
         )
-        totals = tu_row.extra.get("apt-get, all of them", [])
-        rest = [w - c for w, c in zip(tu_row.samples, totals, strict=False)]
-        if rest:
-            out.append(
-                (
-                    "pkg install minus its apt-get commands (median)",
-                    fmt_ms(statistics.median(rest)),
-                )
-            )
+        out += minus_apt(tu_row, "pkg install minus its apt-get commands (median)")
     return out
 
 
@@ -665,6 +649,13 @@ def fmt(value: float | None) -> str:
 
 def fmt_x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def minus_apt(row: Row, label: str) -> list[tuple[str, str]]:
+    """The median of what a ``pkg install`` row took besides its apt-get commands."""
+    totals = row.extra.get("apt-get, all of them", [])
+    rest = [w - c for w, c in zip(row.samples, totals, strict=False)]
+    return [(label, fmt_ms(statistics.median(rest)))] if rest else []
 
 
 def fmt_ms(value: float | None) -> str:

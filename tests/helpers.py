@@ -107,6 +107,13 @@ class System:
         ).stdout
         return int(out.strip())
 
+    def status_json(self) -> dict[str, Any]:
+        """``status --json``, which must succeed."""
+        r = self.tu("--json", "status")
+        assert r.returncode == 0, r.stderr
+        data: dict[str, Any] = json.loads(r.stdout)
+        return data
+
     def tu(
         self,
         *args: str,

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -528,13 +527,6 @@ def test_boot_once_refuses_a_grub_dir_in_the_snapshot_or_on_btrfs(managed_system
 # --- a menu that cannot follow is never silent ---------------------------------------------------
 
 
-def _status(disk: Disk) -> dict[str, Any]:
-    r = disk.tu("--json", "status")
-    assert r.returncode == 0, r.stderr
-    data: dict[str, Any] = json.loads(r.stdout)
-    return data
-
-
 def test_an_unmounted_grub_partition_is_reported_and_caught_up(disk: Disk) -> None:
     """A failed boot-time fsck leaves /boot/grub (nofail) unmounted: every commit says so, in
     stderr, status and the changelog, until a refresh succeeds again."""
@@ -547,7 +539,7 @@ def test_an_unmounted_grub_partition_is_reported_and_caught_up(disk: Disk) -> No
         "the boot menu was not refreshed: /boot/grub is not mounted (mount it, or "
         "repair it with: transactional-update setup-boot-fs)\n"
     )
-    menu = _status(disk)["boot_menu"]
+    menu = disk.status_json()["boot_menu"]
     assert menu["stale"] is True and menu["since"]
     assert menu["reason"].startswith("/boot/grub is not mounted")
     text = disk.tu("status").stdout
@@ -556,14 +548,14 @@ def test_an_unmounted_grub_partition_is_reported_and_caught_up(disk: Disk) -> No
     assert log["boot_menu"].startswith("stale: /boot/grub is not mounted"), log
     # A second commit keeps the time it began.
     assert disk.tu("run", "--", "touch", "/etc/again").returncode == 0
-    assert _status(disk)["boot_menu"]["since"] == menu["since"]
+    assert disk.status_json()["boot_menu"]["since"] == menu["since"]
     sh("mount", grub_dev, str(disk.root / "boot/grub"))
     assert disk.main_linux().startswith("/@/.snapshots/1/snapshot/")  # still the old menu
     r = disk.tu("cleanup", "--prune-only")
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith("; the boot menu is current\n"), r.stdout
     assert disk.main_linux().startswith("/@/.snapshots/3/snapshot/")
-    assert _status(disk)["boot_menu"] == {"stale": False, "since": None, "reason": None}
+    assert disk.status_json()["boot_menu"] == {"stale": False, "since": None, "reason": None}
     assert "boot menu:" not in disk.tu("status").stdout
 
 
@@ -577,7 +569,7 @@ def test_a_menu_behind_the_default_is_stale_and_reboot_catches_it_up(disk: Disk)
     main = re.search(r"--id tu-default \{.*?\n\s*linux '[^']+'(.*)", disk.section(), re.S)
     assert main and "'rootflags=subvol=@/.snapshots/2/snapshot'" in main.group(1).split("\n")[0]
     disk.cfg.write_text(old)  # the rewrite that the cut prevented
-    menu = _status(disk)["boot_menu"]
+    menu = disk.status_json()["boot_menu"]
     assert menu == {
         "stale": True,
         "since": None,
@@ -587,7 +579,7 @@ def test_a_menu_behind_the_default_is_stale_and_reboot_catches_it_up(disk: Disk)
     r = disk.tu("reboot")
     assert r.returncode == 0, r.stderr
     assert disk.main_linux().startswith("/@/.snapshots/2/snapshot/")
-    assert _status(disk)["boot_menu"]["stale"] is False
+    assert disk.status_json()["boot_menu"]["stale"] is False
 
 
 # --- /boot/grub on ext4; setup-boot-fs for systems made with ext2 --------------------------------

@@ -36,13 +36,6 @@ def _orphan(system: System, number: int, *, subvolume: bool = True, age: float =
     os.utime(d, (then, then))
 
 
-def _status(system: System) -> dict[str, object]:
-    r = system.tu("--json", "status")
-    assert r.returncode == 0, r.stderr
-    data: dict[str, object] = json.loads(r.stdout)
-    return data
-
-
 def _lost_commit(system: System) -> int:
     """A committed transaction whose new default a power cut took back: the fsynced intent
     and the complete snapshot are on disk, the default is the old one."""
@@ -58,7 +51,7 @@ def test_an_orphan_subvolume_is_shown_and_removed_and_its_number_reused(system: 
     _orphan(system, 2)
     _orphan(system, 3, subvolume=False)  # cut after snapper's mkdir, before the snapshot
     assert system.numbers() == [1]  # snapper does not know them
-    st = _status(system)
+    st = system.status_json()
     assert st["orphans"] == [2, 3]
     assert st["stale"] == [] and st["lost_commits"] == []
     text = system.tu("status").stdout
@@ -73,7 +66,7 @@ def test_an_orphan_subvolume_is_shown_and_removed_and_its_number_reused(system: 
     assert sorted(p.name for p in (system.root / ".snapshots").iterdir() if p.name.isdigit()) == [
         "1"
     ]
-    assert _status(system)["orphans"] == []
+    assert system.status_json()["orphans"] == []
     assert "orphan:" not in system.tu("status").stdout
     # The numbers are free again: snapper takes 2 for the next transaction.
     r = system.tu("run", "--", "touch", "/etc/after")
@@ -86,7 +79,7 @@ def test_a_young_directory_without_metadata_is_left_to_snapper(system: System) -
     """snapper writes info.xml right after the subvolume: a fresh directory is one being made
     (by a transaction or snapper's own timeline), never removed from under it."""
     _orphan(system, 2, age=0)
-    assert _status(system)["orphans"] == []
+    assert system.status_json()["orphans"] == []
     r = system.tu("--json", "cleanup")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["orphans"] == []
@@ -98,7 +91,7 @@ def test_a_stale_fork_is_found_without_the_lock_note(system: System) -> None:
     in-progress mark in info.xml is what tells."""
     fork = system.in_progress_fork_cli()
     (system.root / LOCK).write_text("")
-    st = _status(system)
+    st = system.status_json()
     assert st["stale"] == [fork] and st["stale_in_progress"] == fork
     assert (
         f"stale:    snapshot {fork} was left by an interrupted transaction; {STALE_HINT}"
@@ -107,12 +100,12 @@ def test_a_stale_fork_is_found_without_the_lock_note(system: System) -> None:
     r = system.tu("--json", "cleanup")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stale"] == [fork]
-    assert _status(system)["stale"] == []
+    assert system.status_json()["stale"] == []
 
 
 def test_a_lost_commit_is_named_and_rollback_keeps_it(system: System) -> None:
     lost = _lost_commit(system)
-    st = _status(system)
+    st = system.status_json()
     assert st["lost_commits"] == [lost] and st["pending"] is None
     assert (
         f"lost:     snapshot {lost} is complete, but its commit did not reach the disk; keep it "
@@ -122,7 +115,7 @@ def test_a_lost_commit_is_named_and_rollback_keeps_it(system: System) -> None:
     assert r.returncode == 0, r.stderr
     assert system.default_number() == lost
     assert (system.snapshot(lost) / "etc/lost").exists()
-    st = _status(system)
+    st = system.status_json()
     assert st["lost_commits"] == [] and st["pending"] == lost
     assert not (system.root / leftovers.INTENT).exists()
 
@@ -137,14 +130,14 @@ def test_a_lost_commit_is_dropped_by_cleanup(system: System) -> None:
     assert system.default_number() == 1
     assert not (system.root / leftovers.INTENT).exists()
     assert not (system.root / f"var/lib/transactional-update/changelog/{lost}.json").exists()
-    assert _status(system)["lost_commits"] == []
+    assert system.status_json()["lost_commits"] == []
 
 
 def test_the_next_transaction_supersedes_a_lost_commits_intent(system: System) -> None:
     lost = _lost_commit(system)
     r = system.tu("run", "--", "touch", "/etc/next")
     assert r.returncode == 0, r.stderr
-    st = _status(system)
+    st = system.status_json()
     # The lost one is just an older snapshot now, kept as a rollback target.
     assert st["lost_commits"] == [] and lost in system.numbers()
     assert not (system.root / leftovers.INTENT).exists()
@@ -154,7 +147,7 @@ def test_a_committed_transaction_leaves_no_intent_and_no_leftover(system: System
     r = system.tu("run", "--", "touch", "/etc/x")
     assert r.returncode == 0, r.stderr
     assert not (system.root / leftovers.INTENT).exists()
-    st = _status(system)
+    st = system.status_json()
     assert (st["orphans"], st["stale"], st["lost_commits"]) == ([], [], [])
     assert st["boot_menu"] is None  # a system without GRUB has no menu to be stale
 
@@ -175,7 +168,7 @@ def test_a_running_transactions_fork_is_no_leftover(managed_system: System) -> N
         while not (system.snapshot(2) / "etc/started").exists():
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.1)
-        st = _status(system)
+        st = system.status_json()
         assert st["running"] is not None
         assert (st["orphans"], st["stale"], st["lost_commits"]) == ([], [], [])
         info = system.root / ".snapshots/2/info.xml"

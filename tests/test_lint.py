@@ -41,3 +41,20 @@ def test_only_source_is_tracked() -> None:
     )
     tracked = [path for path in r.stdout.splitlines() if bad.search(path)]
     assert tracked == [], f"not source, untrack it (git rm -r --cached): {tracked[:10]}"
+
+
+def test_grub_script_ships_at_the_top_level_like_the_units() -> None:
+    """What a distribution installs (grub.d/, systemd-units/) lies beside the package, executable
+    where it runs, and the wheel's data files carry it to where the tool looks for it."""
+    import tomllib
+
+    from transactional_update import grub, units
+
+    script = REPO / "grub.d" / grub.SCRIPT_NAME
+    assert script.is_file() and script.stat().st_mode & 0o111
+    assert not (REPO / "transactional_update/grub.d").exists()
+    assert grub.script_text() == script.read_text(encoding="utf-8")
+    assert units.source_dir() == REPO / "systemd-units"
+    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    files = data["tool"]["setuptools"]["data-files"]
+    assert files["share/transactional-update/grub.d"] == [f"grub.d/{grub.SCRIPT_NAME}"]

@@ -96,6 +96,7 @@ def _input_files() -> list[Path]:
     files = [
         *(REPO / "transactional_update").rglob("*"),
         *(REPO / "systemd-units").rglob("*"),
+        *(REPO / "grub.d").rglob("*"),
         GUEST / "tu-vm-agent",
         GUEST / "tu-vm-agent.service",
         GUEST / "emergency-dump.conf",
@@ -159,7 +160,10 @@ def complete_snapshot(snap: Path) -> None:
     launcher.chmod(0o755)
     # Where units.source_dir() finds them for a wheel installed with prefix /usr; the units are
     # also in place (not enabled: the timer must not fire during a scenario).
-    units = snap / "usr/share/transactional-update/systemd-units"
+    share = snap / "usr/share/transactional-update"
+    shutil.rmtree(share / "grub.d", ignore_errors=True)
+    shutil.copytree(REPO / "grub.d", share / "grub.d")
+    units = share / "systemd-units"
     shutil.rmtree(units, ignore_errors=True)
     shutil.copytree(REPO / "systemd-units", units)
     for unit in units.iterdir():  # units, and drop-ins for other units (directories)

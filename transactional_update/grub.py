@@ -26,7 +26,6 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +40,7 @@ from transactional_update.errors import (
 )
 from transactional_update.files import checkpoint, fsync_dir
 from transactional_update.lock import Lock
-from transactional_update.paths import resolve_under
+from transactional_update.paths import data_dir, resolve_under
 from transactional_update.proc import run
 
 if TYPE_CHECKING:
@@ -254,9 +253,14 @@ def refresh(ctx: Context) -> str | None:
 
 
 def script_text() -> str:
-    return (resources.files("transactional_update") / "grub.d" / SCRIPT_NAME).read_text(
-        encoding="utf-8"
-    )
+    """The grub.d script, shipped beside the tool (``grub.d/`` like ``systemd-units/``)."""
+    found = data_dir("grub.d", SCRIPT_NAME)
+    if found is None:
+        raise SystemError_(
+            f"{SCRIPT_NAME} is not installed next to {Path(__file__).resolve().parent}",
+            "reinstall transactional-update (pip install); the GRUB script ships with it",
+        )
+    return (found / SCRIPT_NAME).read_text(encoding="utf-8")
 
 
 def defaults_text(serial: bool = False, cmdline: str = "") -> str:

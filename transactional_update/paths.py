@@ -44,3 +44,14 @@ def resolve_under(root: Path, path: str | PurePosixPath) -> Path:
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
+
+
+def data_dir(name: str, probe: str) -> Path | None:
+    """Where the files a distribution installs beside the tool are: the top-level folder *name*
+    of a source checkout (editable install), or a wheel's data files under
+    ``PREFIX/share/transactional-update/NAME``; None when *probe* is in neither."""
+    import sys
+
+    checkout = Path(__file__).resolve().parent.parent / name
+    installed = Path(sys.prefix) / "share/transactional-update" / name
+    return next((d for d in (checkout, installed) if (d / probe).is_file()), None)

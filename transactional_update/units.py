@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from transactional_update.errors import SystemError_
-from transactional_update.paths import resolve_under
+from transactional_update.paths import data_dir, resolve_under
 
 UNITS = (
     "transactional-update.service",
@@ -41,17 +41,13 @@ SHIPPED_EXEC = "/usr/bin/transactional-update"
 
 def source_dir() -> Path:
     """``systemd-units/`` of a source checkout (editable install) or a wheel's data files."""
-    import sys
-
-    here = Path(__file__).resolve().parent
-    installed = Path(sys.prefix) / "share/transactional-update/systemd-units"  # a wheel install
-    for candidate in (here.parent / "systemd-units", installed):
-        if (candidate / UNITS[0]).is_file():
-            return candidate
-    raise SystemError_(
-        f"the unit files are not installed next to {here}",
-        "reinstall transactional-update (pip install); the units ship with it",
-    )
+    found = data_dir("systemd-units", UNITS[0])
+    if found is None:
+        raise SystemError_(
+            f"the unit files are not installed next to {Path(__file__).resolve().parent}",
+            "reinstall transactional-update (pip install); the units ship with it",
+        )
+    return found
 
 
 def render(text: str, exec_path: str) -> str:

@@ -1,7 +1,7 @@
 """Real boots in qemu (tests/vm.py, vm-tests/run): scenarios 1-3 and 7, the ones CI runs.
 
-About 11 minutes for the four under TCG (powercut alone boots six times, about 6), part of every
-``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
+About 13 minutes for the four under TCG (powercut alone boots eight times, about 8-10), part of
+every ``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
 scenarios 4-6 (also run with ``vm-tests/run nightly broken uefi``).  The golden image is cached in
 /var/cache/transactional-update-tests/vm.
 """

@@ -742,9 +742,24 @@ wait_ready() {
     done
 }
 CUT="python3 /run/tu-vm/cut.py"
+# from status --json: the lost commits; whether the boot menu is stale (exit code)
+lost_commits() {
+    transactional-update --json status |
+        python3 -c 'import json, sys; print(*json.load(sys.stdin)["lost_commits"])'
+}
+menu_stale() {
+    transactional-update --json status |
+        python3 -c 'import json, sys; menu = json.load(sys.stdin)["boot_menu"] or {}
+sys.exit(not menu.get("stale"))'
+}
+# the tool of a watched cut exited: store what it said, then let the watcher cut (cut.py DONE)
+tool_done() {
+    store
+    : >/run/tu-vm/tool-done
+}
 """
 
-# What every boot after a cut records first, then cleanup and what it left.
+# What every boot after a cut records first.
 AFTER_CUT_STEP = """
 fact grubcfg cat /boot/grub/grub.cfg
 fact grub_mount findmnt -n -o SOURCE,FSTYPE,OPTIONS /boot/grub
@@ -754,6 +769,27 @@ fact failed systemctl --failed --no-legend --plain
 fact etc sh -c 'ls /etc | grep ^tu-vm-'
 fact snapdirs snapdirs
 fact list transactional-update --json list
+"""
+
+# After a cut inside the commit (6, 7), before cleanup: a lost commit is kept by rollback, a stale
+# menu follows the default with cleanup --prune-only.
+COMMIT_CUT_STEP = """
+fact status_text transactional-update status
+lost=$(lost_commits)
+if [ -n "$lost" ]; then
+    fact rollback transactional-update rollback "${lost##* }"
+    fact rolled transactional-update --json status
+    fact rolled_grubcfg cat /boot/grub/grub.cfg
+fi
+if menu_stale; then
+    fact prune transactional-update --json cleanup --prune-only
+    fact pruned transactional-update --json status
+    fact pruned_grubcfg cat /boot/grub/grub.cfg
+fi
+"""
+
+# Then cleanup, and what it left.
+CLEANUP_STEP = """
 fact cleanup transactional-update --json cleanup
 fact cleaned transactional-update --json status
 fact cleaned_snapdirs snapdirs
@@ -813,7 +849,27 @@ precut 5
 $CUT at "$(cat "$OUT/cut_tx.exited")" 3
 sleep 5
 """,
+    # between the commit intent (fsynced) and the btrfs commit: the moment the intent exists
+    6: """
+precut 6
+$CUT file /var/lib/transactional-update/commit /run/tu-vm/ready /run/tu-vm/tool-done &
+wait_ready
+fact cut_tx transactional-update --json run -- touch /etc/tu-vm-cut6
+tool_done
+sleep 5
+""",
+    # aimed between the btrfs commit and the menu's rewrite: the moment the default subvolume
+    # changes, which the watcher sees in memory, so usually before BTRFS_IOC_SYNC committed it
+    7: """
+precut 7
+$CUT default /run/tu-vm/ready /run/tu-vm/tool-done &
+wait_ready
+fact cut_tx transactional-update --json run -- touch /etc/tu-vm-cut7
+tool_done
+sleep 5
+""",
 }
+COMMIT_CUTS = (6, 7)  # inside the commit: checked by check_after_commit_cut
 
 
 class Findings:
@@ -974,7 +1030,12 @@ def check_after_cut(f: Findings, b: Boot, prev: Boot) -> None:
             b,
             status.get("boot_menu", "missing"),
         )
-    # /boot/grub: mounted after the cut, checked by fsck at boot
+    check_grub_fs(f, b)
+    check_leftovers(f, b, prev, status, reported)
+
+
+def check_grub_fs(f: Findings, b: Boot) -> None:
+    """/boot/grub after a cut: mounted, ext4, checked by fsck at boot; no unit failed."""
     f.check(b.rc("grub_mount") == 0, "/boot/grub is mounted", b, b.text("grub_mount.err"))
     f.note(b, f"/boot/grub: {b.text('grub_mount').strip()}")
     fields = b.text("grub_mount").split()
@@ -999,6 +1060,20 @@ def check_after_cut(f: Findings, b: Boot, prev: Boot) -> None:
         fsck,
     )
     f.check(b.text("failed").strip() == "", "no unit failed", b, b.text("failed"))
+
+
+def check_leftovers(
+    f: Findings,
+    b: Boot,
+    prev: Boot,
+    status: dict[str, Any],
+    reported: bool,
+    kept: int | None = None,
+) -> None:
+    """What *prev*'s cut left: each new snapshot but the default listed by status in the kind
+    its on-disk state says, and removed by cleanup (all but *kept*, made the default since)."""
+    point = int(prev.text("cut.point"))
+    expected = default_number(b)
     # what the cut left behind: on disk, and in status (classified by the on-disk facts)
     dirs = snapdirs(b.text("snapdirs"))
     left = sorted(set(dirs) - set(snapdirs(prev.text("precut_snapdirs"))))
@@ -1053,6 +1128,9 @@ def check_after_cut(f: Findings, b: Boot, prev: Boot) -> None:
     removed = {n for k in ("orphans", "stale", "lost") for n in cleanup.get(k) or []}
     after = snapdirs(b.text("cleaned_snapdirs"))
     for n in leftovers:
+        if n == kept:
+            f.check(n in after, f"snapshot {n}, the default since, is kept by cleanup", b, after)
+            continue
         f.check(n in removed, f"cleanup reports removing snapshot {n}", b, cleanup)
         f.check(n not in after, f"snapshot {n} is gone from disk after cleanup", b, after.get(n))
     orphans = sorted(n for n, (subvol, info) in after.items() if not (subvol and info))
@@ -1072,6 +1150,139 @@ def check_after_cut(f: Findings, b: Boot, prev: Boot) -> None:
         b,
         cleaned.get("boot_menu", "missing"),
     )
+
+
+def check_pair(f: Findings, b: Boot, number: int) -> None:
+    """Kernel and root of one snapshot run: *number*'s, whatever the default."""
+    args = b.text("cmdline").split()
+    pins = [a.split(",")[0] for a in args if "subvol=" in a]
+    image = f"BOOT_IMAGE=/@/.snapshots/{number}/snapshot/boot/vmlinuz-{b.text('kernel').strip()}"
+    f.check(
+        pins == [f"rootflags=subvol=@/.snapshots/{number}/snapshot"] and image in args,
+        f"kernel and rootflags=subvol= both of snapshot {number}",
+        b,
+        b.text("cmdline"),
+    )
+    f.check(
+        b.root() == f"/@/.snapshots/{number}/snapshot" and b.root_read_only(),
+        f"snapshot {number} is / (read-only)",
+        b,
+        b.text("root"),
+    )
+    f.check(b.booted() == number, f"status says snapshot {number} is booted", b, b.text("status"))
+
+
+def check_after_commit_cut(f: Findings, b: Boot, prev: Boot) -> None:
+    """The boot after a cut inside the commit (6: after the intent, 7: after the new default).
+
+    Either the commit reached the disk or it is a lost commit; either way one snapshot's kernel
+    and root boot, and no finished snapshot is left unlisted (check_leftovers: a complete one
+    that is not the default must be in lost_commits).
+    """
+    point = int(prev.text("cut.point"))
+    old = prev.json("precut_status")["default"]["number"]
+    status = b.json("status")
+    default = default_number(b)
+    new = sorted(set(snapdirs(b.text("snapdirs"))) - set(snapdirs(prev.text("precut_snapdirs"))))
+    fork = new[-1] if new else None
+    late = "cut_tx.rc" in prev.results  # the tool exited before the watcher saw its moment
+    if late:
+        ok = f.check(
+            prev.rc("cut_tx") == 0, "the cut transaction succeeded", prev, prev.text("cut_tx.err")
+        )
+        fork = int(prev.json("cut_tx")["snapshot"]) if ok else fork
+    booted = b.booted()
+    if not f.check(fork is not None, f"cut {point} came after the fork was made", b, new):
+        return
+    assert fork is not None
+    f.note(b, f"after cut {point}: old default {old}, fork {fork}, default now {default}")
+    f.note(b, f"booted {b.root()}, cmdline {b.text('cmdline').strip()}")
+    check_status_keys(f, b, status, "before cleanup")
+    f.note(b, f"status boot_menu before cleanup: {status.get('boot_menu', 'missing')!r}")
+    lost = list(status.get("lost_commits") or [])
+    kept = None
+    if late:
+        case = "cut after the commit completed (the watcher missed the window)"
+    elif default == old:
+        case = f"lost commit: snapshot {fork} did not become the default"
+    elif booted == default:
+        case = f"committed: snapshot {fork} is the default and boots"
+    else:
+        case = f"committed, menu stale: snapshot {fork} is the default, {booted} boots"
+    f.note(b, f"cut {point}: {case}")
+    print(f"INFO boot {b.number}: cut {point}: {case}", flush=True)
+    f.check(default in (old, fork), f"the default is the old {old} or the fork {fork}", b, default)
+    check_pair(f, b, booted if booted is not None else old)
+    has_file = f"tu-vm-cut{point}" in b.text("etc").split()
+    f.check(
+        has_file == (booted == fork),
+        f"/etc/tu-vm-cut{point} is in the booted root exactly when the fork {fork} boots",
+        b,
+        b.text("etc"),
+    )
+    if default == old:
+        f.run(lambda: check_booted(b, old), b, f"check_booted: snapshot {old} by the main entry")
+        f.check(lost == [fork], f"status --json: lost_commits == [{fork}]", b, lost)
+        text = b.text("status_text")
+        line = next((x for x in text.splitlines() if x.startswith("lost:")), "")
+        f.check(
+            f"rollback {fork}" in line and "cleanup" in line,
+            f"status: a lost: line with rollback {fork} and cleanup",
+            b,
+            text,
+        )
+        check_menu(f, b, "grubcfg", old, "after the cut")
+        f.check(
+            menu_current(status), "status: the boot menu is current", b, status.get("boot_menu")
+        )
+        if f.check(b.rc("rollback") == 0, f"rollback {fork} succeeds", b, b.text("rollback.err")):
+            rolled = b.json("rolled")
+            f.check(
+                (rolled.get("default") or {}).get("number") == fork and rolled["pending"] == fork,
+                f"after rollback {fork}: it is the pending default",
+                b,
+                {"default": rolled.get("default"), "pending": rolled["pending"]},
+            )
+            f.check(not rolled.get("lost_commits"), "after rollback: no lost commit", b, rolled)
+            check_menu(f, b, "rolled_grubcfg", fork, f"after rollback {fork}")
+            kept = fork
+    else:
+        f.check(lost == [], "status --json: no lost commit", b, lost)
+        f.check(
+            (status.get("default") or {}).get("number") == fork,
+            f"status: snapshot {fork} is the default",
+            b,
+            status.get("default"),
+        )
+        if booted == fork:
+            f.run(lambda: check_booted(b, fork), b, f"check_booted: snapshot {fork}")
+            check_menu(f, b, "grubcfg", fork, "after the cut")
+            f.check(
+                menu_current(status), "status: the boot menu is current", b, status.get("boot_menu")
+            )
+        else:
+            menu = status.get("boot_menu") or {}
+            reason = str(menu.get("reason"))
+            f.check(
+                menu.get("stale") is True
+                and f"snapshot {booted}" in reason
+                and f"default is {fork}" in reason,
+                f"status: boot_menu stale, naming snapshots {booted} and {fork}",
+                b,
+                menu,
+            )
+            check_menu(f, b, "grubcfg", old, "after the cut (stale)")
+            if f.check(b.rc("prune") == 0, "cleanup --prune-only succeeds", b, b.text("prune.err")):
+                check_menu(f, b, "pruned_grubcfg", fork, "after cleanup --prune-only")
+                pruned = b.json("pruned")
+                f.check(
+                    menu_current(pruned),
+                    "after cleanup --prune-only status says the boot menu is current",
+                    b,
+                    pruned.get("boot_menu"),
+                )
+    check_grub_fs(f, b)
+    check_leftovers(f, b, prev, status, reported=False, kept=kept)
 
 
 def check_next_tx(f: Findings, b: Boot) -> None:
@@ -1111,16 +1322,18 @@ def image_checks(f: Findings, b: Boot, img: Path) -> None:
 
 
 def scenario_powercut(m: Machine, debs: Path) -> None:
-    """Five power cuts, each followed by a boot that checks, cleans up and transacts again."""
+    """Seven power cuts, each followed by a boot that checks, cleans up and transacts again."""
     f = Findings(m.workdir / "checks.log")
     prev = m.boot(POWERCUT_HELPERS + PRECUT_STEP + CUTS[1], cut=True)
     check_booted(prev, 1)
-    for point in (2, 3, 4, 5, None):
-        step = POWERCUT_HELPERS + AFTER_CUT_STEP + NEXT_TX_STEP
+    for point in (2, 3, 4, 5, 6, 7, None):
+        inside = int(prev.text("cut.point")) in COMMIT_CUTS
+        step = POWERCUT_HELPERS + AFTER_CUT_STEP + (COMMIT_CUT_STEP if inside else "")
+        step += CLEANUP_STEP + NEXT_TX_STEP
         if point is not None:
             step += PRECUT_STEP + CUTS[point]
         b = m.boot(step, cut=point is not None)
-        check_after_cut(f, b, prev)
+        (check_after_commit_cut if inside else check_after_cut)(f, b, prev)
         check_next_tx(f, b)
         prev = b
     image_checks(f, prev, m.image)

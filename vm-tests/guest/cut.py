@@ -6,13 +6,16 @@ syncing, so the guest's page cache is lost while every write qemu already receiv
 image (qemu runs with -no-reboot and exits).  The trigger is opened before waiting, so the cut
 itself is a single write(2) once the awaited moment comes.
 
-    cut.py snapshot READY      reset as soon as a new /.snapshots/N/snapshot appears
-    cut.py file PATH READY     reset as soon as PATH exists
-    cut.py line TEXT           copy stdin to stdout; reset the moment a line holds TEXT
-    cut.py at UPTIME DELAY     reset DELAY seconds after /proc/uptime was UPTIME
+    cut.py snapshot READY           reset as soon as a new /.snapshots/N/snapshot appears
+    cut.py file PATH READY [DONE]   reset as soon as PATH exists
+    cut.py default READY [DONE]     reset as soon as the btrfs default subvolume of / changes
+    cut.py line TEXT                copy stdin to stdout; reset the moment a line holds TEXT
+    cut.py at UPTIME DELAY          reset DELAY seconds after /proc/uptime was UPTIME
 
-The watchers create READY once they are watching, so the step starts the tool only then.  The
-line reader writes every line before the awaited one to the results disk's note area (NOTE_AT),
+The watchers create READY once they are watching, so the step starts the tool only then.  With
+DONE they also reset once DONE exists (the step creates it when the tool has exited): a window
+the watcher missed still ends the boot in a cut, after the tool finished.  The line reader
+writes every line before the awaited one to the results disk's note area (NOTE_AT),
 synchronously: what the tool said before the cut survives it (e.g. the fork's number).
 """
 
@@ -59,11 +62,33 @@ def watch_snapshot(ready_path: str) -> None:
             cut(fd)
 
 
-def watch_file(path: str, ready_path: str) -> None:
+def missed(done: str | None) -> bool:
+    return done is not None and os.path.lexists(done)
+
+
+def watch_file(path: str, ready_path: str, done: str | None = None) -> None:
     fd = trigger()
     ready(ready_path)
+    polls = 0
     while not os.path.lexists(path):
-        pass
+        polls += 1
+        # the tool's exit is rare news: looking for it every time would widen the window
+        if polls % 1000 == 0 and missed(done):
+            break
+    cut(fd)
+
+
+def watch_default(ready_path: str, done: str | None = None) -> None:
+    import btrfsutil  # python3-btrfsutil: the guest image has it
+
+    fd = trigger()
+    start = btrfsutil.get_default_subvolume("/")
+    ready(ready_path)
+    polls = 0
+    while btrfsutil.get_default_subvolume("/") == start:
+        polls += 1
+        if polls % 100 == 0 and missed(done):
+            break
     cut(fd)
 
 
@@ -96,8 +121,10 @@ def main(argv: list[str]) -> None:
     match argv:
         case ["snapshot", ready_path]:
             watch_snapshot(ready_path)
-        case ["file", path, ready_path]:
-            watch_file(path, ready_path)
+        case ["file", path, ready_path, *done] if len(done) <= 1:
+            watch_file(path, ready_path, *done)
+        case ["default", ready_path, *done] if len(done) <= 1:
+            watch_default(ready_path, *done)
         case ["line", text]:
             read_lines(text)
         case ["at", when, delay]:

@@ -774,6 +774,7 @@ fact list transactional-update --json list
 # After a cut inside the commit (6, 7), before cleanup: a lost commit is kept by rollback, a stale
 # menu follows the default with cleanup --prune-only.
 COMMIT_CUT_STEP = """
+fact intent_dir ls -a /var/lib/transactional-update
 fact status_text transactional-update status
 lost=$(lost_commits)
 if [ -n "$lost" ]; then
@@ -1210,6 +1211,9 @@ def check_after_commit_cut(f: Findings, b: Boot, prev: Boot) -> None:
     else:
         case = f"committed, menu stale: snapshot {fork} is the default, {booted} boots"
     f.note(b, f"cut {point}: {case}")
+    # the intent's directory: a cut between its rename and the directory's fsync may leave the
+    # temporary file only
+    f.note(b, f"/var/lib/transactional-update: {b.results.get('intent_dir', '?').split()}")
     print(f"INFO boot {b.number}: cut {point}: {case}", flush=True)
     f.check(default in (old, fork), f"the default is the old {old} or the fork {fork}", b, default)
     check_pair(f, b, booted if booted is not None else old)

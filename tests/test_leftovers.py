@@ -43,7 +43,7 @@ def _lost_commit(system: System) -> int:
     assert r.returncode == 0, r.stderr
     number = system.default_number()
     btrfsutil.set_default_subvolume(system.snapshot(1))
-    leftovers.write_intent(system.root, number, 1)
+    leftovers.write_intent(system.root, number, 1, btrfsutil.subvolume_id(system.snapshot(number)))
     return number
 
 
@@ -118,6 +118,18 @@ def test_a_lost_commit_is_named_and_rollback_keeps_it(system: System) -> None:
     st = system.status_json()
     assert st["lost_commits"] == [] and st["pending"] == lost
     assert not (system.root / leftovers.INTENT).exists()
+
+
+def test_an_intent_naming_a_reused_number_is_no_lost_commit(system: System) -> None:
+    """snapper reuses the number of a deleted snapshot: the intent's subvolume id tells the
+    later snapshot (here: any other subvolume) from the fork, which cleanup must never drop."""
+    lost = _lost_commit(system)
+    other = btrfsutil.subvolume_id(system.snapshot(1))
+    leftovers.write_intent(system.root, lost, 1, other)
+    assert system.status_json()["lost_commits"] == []
+    r = system.tu("--json", "cleanup")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["lost"] == [] and lost in system.numbers()
 
 
 def test_a_lost_commit_is_dropped_by_cleanup(system: System) -> None:

@@ -88,8 +88,8 @@ def test_menu_state_compares_the_main_entry_with_the_default(tmp_path: Path) -> 
 
 def test_intent_round_trip(tmp_path: Path) -> None:
     assert leftovers.read_intent(tmp_path) is None
-    leftovers.write_intent(tmp_path, 12, 9)
-    assert (tmp_path / leftovers.INTENT).read_text() == "12 9\n"
+    leftovers.write_intent(tmp_path, 12, 9, 345)
+    assert (tmp_path / leftovers.INTENT).read_text() == "12 9 345\n"
     assert leftovers.read_intent(tmp_path) == 12
     leftovers.clear_intent(tmp_path)
     leftovers.clear_intent(tmp_path)
@@ -125,7 +125,8 @@ def test_find_sorts_directories_by_what_they_hold(tmp_path: Path) -> None:
     snap(6, done.format(6))  # the lost commit
     snap(7, "<key>transactional-update-failed</key>")
     snap(8, "<userdata><key>transactional-update-in-progress</key></userdata>")  # live
-    leftovers.write_intent(tmp_path, 6, 2)
+    (tmp_path / leftovers.INTENT).parent.mkdir(parents=True)
+    (tmp_path / leftovers.INTENT).write_text("6 2\n")  # without a subvolume id: by number
     (store / "0").mkdir()
     (store / "x").mkdir()
     managed = _Managed(tmp_path)
@@ -136,6 +137,9 @@ def test_find_sorts_directories_by_what_they_hold(tmp_path: Path) -> None:
     assert (only.orphans, only.stale, only.lost) == ([], [3], [])
     # Once the default is the intent's snapshot, its commit did land.
     assert leftovers.find(managed, 1, 6).lost == []  # type: ignore[arg-type]
+    # An intent whose subvolume is not the one at that number now: a reused number, no loss.
+    leftovers.write_intent(tmp_path, 6, 2, 12345)
+    assert leftovers.find(managed, 1, 2).lost == []  # type: ignore[arg-type]
     assert leftovers.status_candidates(managed, 2, 3) == [3, 4, 5, 6, 7, 8]  # type: ignore[arg-type]
 
 
@@ -182,7 +186,8 @@ def test_status_reuses_its_scan_until_the_store_changes(tmp_path: Path) -> None:
     (store / "4").mkdir()
     (store / "4/info.xml").write_text("<num>4</num>")
     assert leftovers.for_status(managed, 1, 1, None).lost == []  # type: ignore[arg-type]
-    leftovers.write_intent(tmp_path, 4, 1)
+    (tmp_path / leftovers.INTENT).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / leftovers.INTENT).write_text("4 1\n")
     assert leftovers.for_status(managed, 1, 1, None).lost == [4]  # type: ignore[arg-type]
     # While a transaction runs nothing is cached, and a young directory is never judged.
     (tmp_path / leftovers.CACHE).unlink()

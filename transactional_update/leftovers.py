@@ -42,9 +42,11 @@ _MARK = IN_PROGRESS.encode()
 _FAILED_MARK = FAILED.encode()
 
 
-def write_intent(root: Path, number: int, base: int) -> None:
-    """Record, durably, that snapshot *number* is about to become the default."""
-    write_atomic(root / INTENT, f"{number} {base}\n")
+def write_intent(root: Path, number: int, base: int, subvolume_id: int) -> None:
+    """Record, durably, that snapshot *number* (btrfs subvolume *subvolume_id*) is about to
+    become the default.  The id, which btrfs never reuses, tells the fork from a later snapshot
+    that snapper gave the same number after the fork was deleted."""
+    write_atomic(root / INTENT, f"{number} {base} {subvolume_id}\n")
 
 
 def clear_intent(root: Path) -> None:
@@ -56,12 +58,30 @@ def clear_intent(root: Path) -> None:
 
 def read_intent(root: Path) -> int | None:
     """The snapshot the last commit was making the default, if its intent is still recorded."""
+    found = _intent(root)
+    return found[0] if found else None
+
+
+def _intent(root: Path) -> tuple[int, int | None] | None:
     try:
         with open(root / INTENT, "rb") as f:
-            word = f.read(64).split(maxsplit=1)
+            words = f.read(128).split()
     except OSError:
         return None
-    return int(word[0]) if word and word[0].isdigit() else None
+    if not words or not words[0].isdigit():
+        return None
+    return int(words[0]), int(words[2]) if len(words) > 2 and words[2].isdigit() else None
+
+
+def _same_subvolume(store: str, number: int, subvolume_id: int | None) -> bool:
+    if subvolume_id is None:
+        return True
+    import btrfsutil  # here: only with an intent left behind, never on a healthy status
+
+    try:
+        return int(btrfsutil.subvolume_id(f"{store}/{number}/snapshot")) == subvolume_id
+    except Exception:
+        return False
 
 
 class Leftovers:
@@ -145,7 +165,7 @@ def find(
     store = str(managed.snapshots_dir)
     skip = {booted, default, *live}
     now = time.time()
-    intent = read_intent(managed.root)
+    intent = _intent(managed.root)
     orphans, stale, lost = [], [], []
     young = False
     for n in sorted(set(numbers(managed.snapshots_dir) if candidates is None else candidates)):
@@ -161,7 +181,12 @@ def find(
                 orphans.append(n)
         elif _MARK in data:
             stale.append(n)
-        elif n == intent and _FAILED_MARK not in data:
+        elif (
+            intent is not None
+            and n == intent[0]
+            and _FAILED_MARK not in data
+            and _same_subvolume(store, n, intent[1])
+        ):
             lost.append(n)
     return Leftovers(orphans, stale, lost, young)
 

@@ -236,9 +236,10 @@ class Transaction:
         Everything reported as done is on disk before :attr:`Result.number` is set: the btrfs
         transaction holding the new default is committed (a power cut right after the success
         line keeps it), and GRUB's menu is rewritten only after that, so it never names a
-        default that a power cut could still take back.  A cut between the intent and the
-        btrfs commit leaves a complete snapshot that is not the default: a *lost commit*, which
-        ``status`` names and ``cleanup`` or ``rollback N`` resolve (see :mod:`leftovers`).
+        default that a power cut could still take back.  The commit intent is durable before
+        the in-progress mark is dropped, so a cut between them and the btrfs commit leaves a
+        complete snapshot that is not the default as a *lost commit*, which ``status`` names and
+        ``cleanup`` or ``rollback N`` resolve (see :mod:`leftovers`), never one nobody lists.
         """
         assert self.session is not None and self.number is not None
         fork_dir = self.ctx.managed.snapshot_dir(self.number)
@@ -250,6 +251,11 @@ class Transaction:
             self._delete()
             self.result.dropped = True
             return
+        # The intent before the in-progress mark goes: a cut at any point from here on leaves
+        # a snapshot that status names (stale while marked, a lost commit once finished).
+        leftovers.write_intent(
+            self.ctx.root, self.number, self._base(), btrfs.subvolume_id(fork_dir)
+        )
         self._describe(entry)
         self._make_default(fork_dir)
         self._refresh_menu(entry)
@@ -300,7 +306,6 @@ class Transaction:
         booted = self.ctx.managed.booted()
         if booted is not None:  # before the commit point: nothing may fail after it
             state.record_working(root, booted)
-        leftovers.write_intent(root, self.number, self._base())
         btrfs.set_default(fork_dir)
         self.result.number = self.number  # from here on nothing may undo the fork (_abort)
         # In the same btrfs transaction as the new default when /var is on this filesystem (the
@@ -403,6 +408,7 @@ class Transaction:
             subvol = btrfs.subvolume_id(fork_dir)
         except TUError:
             subvol = None
+        leftovers.clear_intent(self.ctx.root)  # it may name this fork, which is going
         try:
             self.ctx.snapper.delete_snapshots([self.number])
         except TUError as err:

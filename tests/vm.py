@@ -1176,7 +1176,9 @@ def check_pair(f: Findings, b: Boot, number: int) -> None:
 def check_after_commit_cut(f: Findings, b: Boot, prev: Boot) -> None:
     """The boot after a cut inside the commit (6: after the intent, 7: after the new default).
 
-    Either the commit reached the disk or it is a lost commit; either way one snapshot's kernel
+    The commit reached the disk, or it is a lost commit, or (cut before the fork's in-progress
+    mark was dropped, which comes after the durable intent) a stale fork; either way one
+    snapshot's kernel
     and root boot, and no finished snapshot is left unlisted (check_leftovers: a complete one
     that is not the default must be in lost_commits).
     """
@@ -1202,8 +1204,11 @@ def check_after_commit_cut(f: Findings, b: Boot, prev: Boot) -> None:
     f.note(b, f"status boot_menu before cleanup: {status.get('boot_menu', 'missing')!r}")
     lost = list(status.get("lost_commits") or [])
     kept = None
+    marked = fork in (status.get("stale") or [])  # checked against the disk: check_leftovers
     if late:
         case = "cut after the commit completed (the watcher missed the window)"
+    elif default == old and marked:
+        case = f"stale: snapshot {fork} was cut before its in-progress mark was dropped"
     elif default == old:
         case = f"lost commit: snapshot {fork} did not become the default"
     elif booted == default:
@@ -1224,7 +1229,13 @@ def check_after_commit_cut(f: Findings, b: Boot, prev: Boot) -> None:
         b,
         b.text("etc"),
     )
-    if default == old:
+    if default == old and marked:
+        # The intent is durable before the mark goes: a cut between them leaves a fork that
+        # is still marked, listed as stale and removed by cleanup (check_leftovers).
+        f.run(lambda: check_booted(b, old), b, f"check_booted: snapshot {old} by the main entry")
+        f.check(lost == [], "status --json: no lost commit (the fork is stale)", b, lost)
+        check_menu(f, b, "grubcfg", old, "after the cut")
+    elif default == old:
         f.run(lambda: check_booted(b, old), b, f"check_booted: snapshot {old} by the main entry")
         f.check(lost == [fork], f"status --json: lost_commits == [{fork}]", b, lost)
         text = b.text("status_text")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transactional_update import bootmenu, btrfs, grubenv
+from transactional_update import bootmenu, btrfs, grubenv, menustate
 from transactional_update.errors import (
     CommandFailed,
     NotManagedError,
@@ -200,8 +200,7 @@ def require_grub_dir(root: Path, tools: Tools) -> Path:
             f"{grub_dir} does not exist: GRUB is not installed on this system",
             "create the system with: transactional-update create-system",
         )
-    # A separate mount or btrfs subvolume has its own st_dev; the snapshot's own directory not.
-    if os.stat(grub_dir).st_dev == os.stat(root).st_dev:
+    if not menustate.is_mount(root, tools.grub_dir):
         raise NotManagedError(
             f"{grub_dir} lies inside the root snapshot: deleting that snapshot would break booting",
             f"put /{tools.grub_dir} on its own partition or subvolume (create-system does)",

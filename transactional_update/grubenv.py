@@ -23,6 +23,7 @@ from transactional_update.menustate import (
     is_mount,
     mark_stale,
 )
+from transactional_update.menustate import state as menu_state
 
 if TYPE_CHECKING:
     from transactional_update.context import Context
@@ -137,10 +138,9 @@ def refresh_menu(ctx: Context) -> bool | None:
 
 def ensure_current(ctx: Context) -> None:
     """Refresh GRUB's menu if it does not follow the default (before a reboot relies on it)."""
-    from transactional_update import menustate
     from transactional_update.lock import Lock
 
-    found = menustate.state(ctx.root, ctx.managed.default())
+    found = menu_state(ctx.root, ctx.managed.default())
     if found is None or not found["stale"]:
         return
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):

@@ -42,7 +42,8 @@ def fstab_grub_dir(root: Path) -> str | None:
 
 
 def is_mount(root: Path, rel: str) -> bool:
-    """Whether ``root/rel`` is another filesystem or subvolume than the root itself."""
+    """Whether ``root/rel`` is another filesystem or subvolume than the root itself (a separate
+    mount or btrfs subvolume has its own st_dev; a directory of the snapshot does not)."""
     try:
         return (root / rel).stat().st_dev != root.stat().st_dev
     except OSError:

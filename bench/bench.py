@@ -63,9 +63,10 @@ from bench.harness import (  # noqa: E402
     run_as_root,
 )
 from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
-from transactional_update import btrfs, leftovers, menustate  # noqa: E402
-from transactional_update.snapper import DBusSnapper  # noqa: E402
-from transactional_update.system import ManagedRoot  # noqa: E402
+from transactional_update.boot import menustate  # noqa: E402
+from transactional_update.snapshots import btrfs, leftovers  # noqa: E402
+from transactional_update.snapshots.snapper import DBusSnapper  # noqa: E402
+from transactional_update.snapshots.system import ManagedRoot  # noqa: E402
 
 VERSIONS = {"snapper": ["snapper", "--version"]}  # shown in the report header
 BASE_SNAPSHOT = 1

@@ -65,8 +65,10 @@ from bench.harness import (  # noqa: E402
     run_as_root,
 )
 from tests.helpers import System, make_deb, managed_system  # noqa: E402
-from transactional_update import btrfs, filediff, image  # noqa: E402
-from transactional_update.chroot import command_env  # noqa: E402
+from transactional_update.core.chroot import command_env  # noqa: E402
+from transactional_update.provision import image  # noqa: E402
+from transactional_update.record import filediff  # noqa: E402
+from transactional_update.snapshots import btrfs  # noqa: E402
 
 VERSIONS = {"btrfs": ["btrfs", "--version"], "apt": ["apt-get", "--version"]}
 BASE = 1  # the booted, read-only, default snapshot of the managed system

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transactional_update import btrfs, image
+from transactional_update.provision import image
+from transactional_update.snapshots import btrfs
 
 CACHE = Path(os.environ.get("TU_TEST_CACHE", str(image.ROOTFS_CACHE)))
 REPO = Path(__file__).resolve().parent.parent

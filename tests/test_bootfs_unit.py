@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from transactional_update import bootfs, bootmenu, grub, image
+from transactional_update.boot import bootfs, bootmenu, grub
+from transactional_update.provision import image
 
 UUID = "ab1c2a69-f497-4b1c-aa8f-24c9df4546fd"
 GRUB_UUID = "0f3c5f0e-7b1d-4a43-9a53-2d1f0d3a9c11"

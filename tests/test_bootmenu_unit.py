@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import bootmenu, config, grub, grubenv
-from transactional_update.bootmenu import Flavour, Kernel, SnapshotFiles
-from transactional_update.create_system import parse_size, partition_script
+from transactional_update.boot import bootmenu, grub, grubenv
+from transactional_update.boot.bootmenu import Flavour, Kernel, SnapshotFiles
+from transactional_update.config import settings as config
 from transactional_update.errors import ConfigError, UsageError
-from transactional_update.snapper import Snapshot, SnapshotType
-from transactional_update.system import FAILED, IN_PROGRESS
+from transactional_update.provision.create_system import parse_size, partition_script
+from transactional_update.snapshots.snapper import Snapshot, SnapshotType
+from transactional_update.snapshots.system import FAILED, IN_PROGRESS
 
 HOSTILE = "it's $(reboot); } \\ ${root} `id` \"q\" a\nmenuentry 'x' { echo pwned }\t#;"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import System, sh
-from transactional_update import summary
+from transactional_update.record import summary
 
 pytestmark = pytest.mark.privileged
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from transactional_update import changelog, summary
-from transactional_update.changelog import Command, Entry, Who
+from transactional_update.record import changelog, summary
+from transactional_update.record.changelog import Command, Entry, Who
 
 PKGS: list[dict[str, Any]] = [
     {"name": "a", "kind": "added", "old": None, "new": "1"},

@@ -7,14 +7,17 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from transactional_update import chroot, conffile, config, state
-from transactional_update.cleanup import NumberLimits, number_candidates
-from transactional_update.cli import normalize_continue
+from transactional_update.cli.app import normalize_continue
+from transactional_update.config import conffile
+from transactional_update.config import settings as config
+from transactional_update.core import chroot
+from transactional_update.core.cleanup import NumberLimits, number_candidates
+from transactional_update.core.rollback import parse_target
 from transactional_update.errors import ConfigError, UsageError
 from transactional_update.paths import resolve_under
-from transactional_update.rollback import parse_target
-from transactional_update.snapinfo import Snapshot, SnapshotType
-from transactional_update.system import snapshot_number
+from transactional_update.record import state
+from transactional_update.snapshots.snapinfo import Snapshot, SnapshotType
+from transactional_update.snapshots.system import snapshot_number
 
 ROOT = PurePosixPath("/mnt/sys")
 MOUNTS = [
@@ -222,7 +225,7 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_quick_queries_are_only_plain_status_and_list() -> None:
-    from transactional_update.entry import parse_query
+    from transactional_update.cli.entry import parse_query
 
     assert parse_query(["status"]) == (Path("/"), False, "status")
     assert parse_query(["--root", "/mnt", "--json", "list"]) == (Path("/mnt"), True, "list")
@@ -233,7 +236,7 @@ def test_quick_queries_are_only_plain_status_and_list() -> None:
 
 def _click_parse(argv: list[str]) -> tuple[dict[str, object], str, dict[str, object]]:
     """What the full command line makes of ``[OPTIONS] COMMAND …``: options, command, its params."""
-    from transactional_update import cli
+    from transactional_update.cli import app as cli
 
     ctx = cli.cli.make_context("transactional-update", normalize_continue(argv))
     rest = list(ctx.protected_args) + list(ctx.args) if hasattr(ctx, "protected_args") else []
@@ -263,7 +266,7 @@ def _click_parse(argv: list[str]) -> tuple[dict[str, object], str, dict[str, obj
     ],
 )
 def test_quick_transactions_parse_as_the_full_command_line(argv: list[str]) -> None:
-    from transactional_update.entry import parse_transaction
+    from transactional_update.cli.entry import parse_transaction
 
     quick = parse_transaction(argv)
     assert quick is not None
@@ -293,7 +296,7 @@ def test_quick_transactions_parse_as_the_full_command_line(argv: list[str]) -> N
 
 
 def test_quick_transactions_leave_everything_else_to_click() -> None:
-    from transactional_update.entry import parse_transaction
+    from transactional_update.cli.entry import parse_transaction
 
     for argv in (
         ["run"],
@@ -320,7 +323,7 @@ def test_quick_transactions_leave_everything_else_to_click() -> None:
 
 
 def test_rootfs_cache_names_fit_a_file_name() -> None:
-    from transactional_update.image import rootfs_name
+    from transactional_update.provision.image import rootfs_name
 
     assert rootfs_name("bookworm", ["dnf", "rpm"]) == "debian-bookworm-minbase+dnf+rpm.tar"
     many = [f"package-with-a-long-name-{i}" for i in range(20)]
@@ -346,7 +349,7 @@ def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path) ->
 
 
 def test_created_systems_get_a_machine_id_of_their_own(tmp_path: Path) -> None:
-    from transactional_update.image import _give_identity
+    from transactional_update.provision.image import _give_identity
 
     first, second, kept = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     (first / "etc").mkdir(parents=True)
@@ -363,13 +366,20 @@ def test_created_systems_get_a_machine_id_of_their_own(tmp_path: Path) -> None:
 
 
 def test_prune_only_text() -> None:
-    from transactional_update.cleanup import PruneResult, prune_text
+    from transactional_update.core.cleanup import PruneResult, prune_text
+    from transactional_update.core.context import Followup
+
+    def menu(done: bool | None) -> list[Followup]:
+        return [Followup("boot_menu", "the boot menu", done)]
 
     assert prune_text(PruneResult()) == "no changelog entry of a deleted snapshot"
-    assert prune_text(PruneResult(pruned=[2, 5], menu=True)) == (
+    assert prune_text(PruneResult(followups=menu(None))) == (
+        "no changelog entry of a deleted snapshot"
+    )
+    assert prune_text(PruneResult(pruned=[2, 5], followups=menu(True))) == (
         "dropped the changelog entries of 2 deleted snapshot(s): 2 5; the boot menu is current"
     )
-    assert prune_text(PruneResult(menu=False)) == (
+    assert prune_text(PruneResult(followups=menu(False))) == (
         "no changelog entry of a deleted snapshot; the boot menu was not refreshed"
     )
     assert prune_text(PruneResult(skipped="another transaction is running (pid 7)")) == (

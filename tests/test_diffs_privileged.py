@@ -9,9 +9,14 @@ import pytest
 
 from tests.helpers import System, make_deb, sh
 from tests.test_packages import _stage
-from transactional_update.filediff import FileChange, FileChangeKind, file_changes
-from transactional_update.packages import Manager
-from transactional_update.pkgdiff import ChangeKind, PackageChange, package_changes, packages_of
+from transactional_update.config.settings import Manager
+from transactional_update.record.filediff import FileChange, FileChangeKind, file_changes
+from transactional_update.record.pkgdiff import (
+    ChangeKind,
+    PackageChange,
+    package_changes,
+    packages_of,
+)
 
 pytestmark = pytest.mark.privileged
 

@@ -216,7 +216,7 @@ def test_a_chroot_that_cannot_be_prepared_is_undone(managed_system: System) -> N
     """The holder, started before the snapshot exists, fails a mount: nothing stays behind."""
     import btrfsutil
 
-    from transactional_update.chroot import ChrootSession, Kind, Mount, plan_for
+    from transactional_update.core.chroot import ChrootSession, Kind, Mount, plan_for
     from transactional_update.errors import SystemError_
 
     fork = managed_system.root / ".snapshots/99/snapshot"

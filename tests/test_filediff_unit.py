@@ -12,9 +12,16 @@ from typing import Any
 
 import pytest
 
-from transactional_update import btrfs, filediff
 from transactional_update.errors import SystemError_
-from transactional_update.filediff import FileChange, FileChangeKind, SendOp, classify, parse_dump
+from transactional_update.record import filediff
+from transactional_update.record.filediff import (
+    FileChange,
+    FileChangeKind,
+    SendOp,
+    classify,
+    parse_dump,
+)
+from transactional_update.snapshots import btrfs
 
 A, M, D = FileChangeKind.ADDED, FileChangeKind.MODIFIED, FileChangeKind.DELETED
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import image
+from transactional_update.provision import image
 
 UUID = "ab1c2a69-f497-4b1c-aa8f-24c9df4546fd"
 GRUB_UUID = "0f3c5f0e-7b1d-4a43-9a53-2d1f0d3a9c11"

@@ -27,10 +27,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import IN_USE, System, _detach, _unmount_below, sh
-from transactional_update import bootmenu, btrfs, grub, grubenv, image
-from transactional_update.chroot import ChrootSession, command_env, plan_for
-from transactional_update.create_system import GRUB_MKFS, CreateOptions, packages
+from transactional_update.boot import bootmenu, grub, grubenv
+from transactional_update.core.chroot import ChrootSession, command_env, plan_for
 from transactional_update.files import checkpoint, write_atomic
+from transactional_update.provision import image
+from transactional_update.provision.create_system import GRUB_MKFS, CreateOptions, packages
+from transactional_update.record import pkgdb
+from transactional_update.snapshots import btrfs
 
 pytestmark = [
     pytest.mark.privileged,
@@ -218,7 +221,7 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     assert (disk.root / "var/lib/dpkg").is_symlink()  # into the snapshot (shared /var)
     assert (disk.snapshot(1) / "etc/snapper/configs/root").is_file()
     # Debian's 10_linux is diverted (its entries would pin a snapshot); ours is in place.
-    diversions = (disk.snapshot(1) / image.DPKG_DB / "diversions").read_text()
+    diversions = (disk.snapshot(1) / pkgdb.DPKG_DB / "diversions").read_text()
     assert grub.LINUX_SCRIPT in diversions and grub.LINUX_DIVERTED in diversions
     assert not (disk.snapshot(1) / "etc/grub.d/10_linux").exists()
     assert os.access(disk.snapshot(1) / grub.SCRIPT_PATH.lstrip("/"), os.X_OK)

@@ -17,8 +17,8 @@ import btrfsutil
 import pytest
 
 from tests.helpers import System
-from transactional_update import leftovers
-from transactional_update.system import IN_PROGRESS
+from transactional_update.snapshots import leftovers
+from transactional_update.snapshots.system import IN_PROGRESS
 
 pytestmark = pytest.mark.privileged
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import leftovers, menustate
-from transactional_update.cleanup import CleanupResult, cleanup_text
-from transactional_update.leftovers import Leftovers
-from transactional_update.status import leftover_lines
+from transactional_update.boot import menustate
+from transactional_update.cli.status import leftover_lines
+from transactional_update.core.cleanup import CleanupResult, cleanup_text
+from transactional_update.snapshots import leftovers
+from transactional_update.snapshots.leftovers import Leftovers
 
 CFG = """\
 ### BEGIN /etc/grub.d/09_transactional-update ###

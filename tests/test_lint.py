@@ -48,7 +48,8 @@ def test_grub_script_ships_at_the_top_level_like_the_units() -> None:
     where it runs, and the wheel's data files carry it to where the tool looks for it."""
     import tomllib
 
-    from transactional_update import grub, units
+    from transactional_update.boot import grub
+    from transactional_update.reboot import units
 
     script = REPO / "grub.d" / grub.SCRIPT_NAME
     assert script.is_file() and script.stat().st_mode & 0o111

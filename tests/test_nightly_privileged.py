@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import System, make_deb, sh
-from transactional_update import btrfs, image, reboot_manager, units
+from transactional_update.provision import image
+from transactional_update.reboot import manager as reboot_manager
+from transactional_update.reboot import units
+from transactional_update.snapshots import btrfs
 
 pytestmark = pytest.mark.privileged
 

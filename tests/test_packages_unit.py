@@ -9,36 +9,38 @@ from types import SimpleNamespace
 
 import pytest
 
-from transactional_update import packages
-from transactional_update.config import Config
+from transactional_update.config.settings import Config, Manager
+from transactional_update.core.transaction import NothingToDo
 from transactional_update.errors import CommandFailed, NotManagedError, UsageError
-from transactional_update.packages import Action, Manager, Outcome, Request, Verdict, refresh
-from transactional_update.transaction import NothingToDo
+from transactional_update.packages import model as packages
+from transactional_update.packages import operation, refresh
+from transactional_update.packages.model import Action, Outcome, Request, Verdict
+from transactional_update.record import pkgdb
 
 
 def test_apt_plans() -> None:
-    p = packages.plan(Manager.APT, Request(Action.INSTALL, ("hello", "htop")))
+    p = operation.plan(Manager.APT, Request(Action.INSTALL, ("hello", "htop")))
     assert p.prepare == (("apt-get", "update"),)
     assert p.probe == ("apt-get", "-s", "install", "hello", "htop")
     assert p.commands == (("apt-get", "-y", "install", "hello", "htop"),)
     assert dict(p.env) == {"DEBIAN_FRONTEND": "noninteractive"}
-    up = packages.plan(Manager.APT, Request(Action.UP))
+    up = operation.plan(Manager.APT, Request(Action.UP))
     assert up.prepare == (("apt-get", "update"),)
     assert up.commands == (("apt-get", "-y", "upgrade"),)
-    interactive = packages.plan(Manager.APT, Request(Action.REMOVE, ("x",), interactive=True))
+    interactive = operation.plan(Manager.APT, Request(Action.REMOVE, ("x",), interactive=True))
     assert interactive.commands == (("apt-get", "remove", "x"),) and interactive.env == ()
     with pytest.raises(UsageError, match="apt has no patches") as err:
-        packages.plan(Manager.APT, Request(Action.PATCH))
+        operation.plan(Manager.APT, Request(Action.PATCH))
     assert err.value.hint == "use `transactional-update up` to install updates"
 
 
 def test_zypper_and_dnf_plans() -> None:
-    assert packages.plan(Manager.ZYPPER, Request(Action.DUP)).commands == (
+    assert operation.plan(Manager.ZYPPER, Request(Action.DUP)).commands == (
         ("zypper", "--non-interactive", "dist-upgrade"),
     )
     # patch: zypper includes the patches that ask for a reboot (a snapshot needs one anyway);
     # dnf installs the lowest versions that the advisories name, as zypper patch does.
-    z = packages.plan(Manager.ZYPPER, Request(Action.PATCH))
+    z = operation.plan(Manager.ZYPPER, Request(Action.PATCH))
     assert z.commands == (
         ("zypper", "--non-interactive", "--non-interactive-include-reboot-patches", "patch"),
     )
@@ -50,12 +52,12 @@ def test_zypper_and_dnf_plans() -> None:
         "--dry-run",
     )
     assert z.reboot_check == ("zypper", "needs-rebooting")
-    d = packages.plan(Manager.DNF, Request(Action.PATCH))
+    d = operation.plan(Manager.DNF, Request(Action.PATCH))
     assert d.commands == (("dnf", "-y", "upgrade-minimal"),)
     assert d.probe == ("dnf", "--assumeno", "upgrade-minimal")
     assert d.reboot_check is None
     with pytest.raises(UsageError, match="pkg install needs package names"):
-        packages.plan(Manager.DNF, Request(Action.INSTALL))
+        operation.plan(Manager.DNF, Request(Action.INSTALL))
 
 
 R = Outcome
@@ -103,8 +105,8 @@ LIBZYPP = "problem reported by libzypp (e.g. unresolvable dependencies)"
 def test_exit_codes(
     manager: Manager, action: Action, rc: int, outcome: Outcome, meaning: str
 ) -> None:
-    assert packages.verdict(manager, action, rc) == Verdict(outcome, meaning)
-    assert packages.succeeded(manager, action, rc) is (outcome is not R.FAILED)
+    assert operation.verdict(manager, action, rc) == Verdict(outcome, meaning)
+    assert operation.succeeded(manager, action, rc) is (outcome is not R.FAILED)
 
 
 def test_describe_and_options() -> None:
@@ -116,27 +118,27 @@ def test_describe_and_options() -> None:
 
 def test_detect_and_database_guard(tmp_path: Path) -> None:
     with pytest.raises(NotManagedError, match="no supported package manager"):
-        packages.detect(tmp_path)
+        pkgdb.detect(tmp_path)
     (tmp_path / "usr/bin").mkdir(parents=True)
     (tmp_path / "usr/bin/apt-get").touch()
-    assert packages.detect(tmp_path) is Manager.APT
+    assert pkgdb.detect(tmp_path) is Manager.APT
     with pytest.raises(NotManagedError, match="no apt package database"):
-        packages.check_database(tmp_path, Manager.APT)
+        pkgdb.check_database(tmp_path, Manager.APT)
     (tmp_path / "usr/share/dpkg/database").mkdir(parents=True)
     (tmp_path / "var/lib").mkdir(parents=True)
     (tmp_path / "var/lib/dpkg").symlink_to("../../usr/share/dpkg/database")
-    assert packages.check_database(tmp_path, Manager.APT) == tmp_path / "usr/share/dpkg/database"
+    assert pkgdb.check_database(tmp_path, Manager.APT) == tmp_path / "usr/share/dpkg/database"
 
 
 def test_rpm_backends_refresh_and_read_dry_runs() -> None:
     for action in (Action.UP, Action.INSTALL, Action.PATCH):
         pkgs = ("x",) if action is Action.INSTALL else ()
-        z = packages.plan(Manager.ZYPPER, Request(action, pkgs))
+        z = operation.plan(Manager.ZYPPER, Request(action, pkgs))
         assert z.prepare == (("zypper", "--non-interactive", "refresh"),)
-        d = packages.plan(Manager.DNF, Request(action, pkgs))
+        d = operation.plan(Manager.DNF, Request(action, pkgs))
         assert d.prepare == (("dnf", "makecache", "--refresh"),)
-    assert packages.plan(Manager.ZYPPER, Request(Action.REMOVE, ("x",))).prepare == ()
-    assert packages.plan(Manager.DNF, Request(Action.REMOVE, ("x",))).prepare == ()
+    assert operation.plan(Manager.ZYPPER, Request(Action.REMOVE, ("x",))).prepare == ()
+    assert operation.plan(Manager.DNF, Request(Action.REMOVE, ("x",))).prepare == ()
     from transactional_update.packages import dnf, zypper
 
     assert zypper.nothing_to_do(Action.REMOVE, 104, "Nothing to do.") is True
@@ -148,8 +150,8 @@ def test_rpm_backends_refresh_and_read_dry_runs() -> None:
 def test_configured_manager_wins_over_detection(tmp_path: Path) -> None:
     (tmp_path / "usr/bin").mkdir(parents=True)
     (tmp_path / "usr/bin/apt-get").touch()
-    assert packages.manager_for(tmp_path, None) is Manager.APT
-    assert packages.manager_for(tmp_path, Manager.DNF) is Manager.DNF
+    assert pkgdb.manager_for(tmp_path, None) is Manager.APT
+    assert pkgdb.manager_for(tmp_path, Manager.DNF) is Manager.DNF
 
 
 class FakeTx:
@@ -203,7 +205,7 @@ PATCH = "zypper --non-interactive --non-interactive-include-reboot-patches patch
 
 
 def _execute(tx: FakeTx, manager: Manager, request: Request) -> None:
-    packages.execute(tx, manager, request)  # type: ignore[arg-type]
+    operation.execute(tx, manager, request)  # type: ignore[arg-type]
 
 
 def test_zypper_runs_again_after_restart_needed_and_records_the_reboot() -> None:
@@ -279,7 +281,7 @@ def test_nothing_to_do_ends_before_the_command() -> None:
 def test_the_reboot_flag_travels_with_the_changelog_entry() -> None:
     from dataclasses import asdict, replace
 
-    from transactional_update import changelog
+    from transactional_update.record import changelog
 
     entry = replace(changelog.new_entry(3, 2, "patch", [], []), reboot="reboot")
     assert changelog.userdata(entry) == {"tu-files": "0", "tu-reboot": "reboot"}

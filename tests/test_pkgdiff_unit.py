@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from transactional_update import pkgdiff
+from transactional_update.config.settings import Manager
 from transactional_update.errors import NotManagedError, SystemError_
-from transactional_update.packages import Manager
-from transactional_update.pkgdiff import (
+from transactional_update.record import pkgdiff
+from transactional_update.record.pkgdiff import (
     ChangeKind,
     Package,
     PackageChange,

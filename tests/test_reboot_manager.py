@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import maintenance, reboot_manager
-from transactional_update.config import Window
+from transactional_update.config.settings import Window
+from transactional_update.core.lock import Lock
 from transactional_update.errors import LockedError, SystemError_
-from transactional_update.lock import Lock
-from transactional_update.reboot_manager import Decision, Manager, Plan, decide
+from transactional_update.reboot import maintenance
+from transactional_update.reboot import manager as reboot_manager
+from transactional_update.reboot.manager import Decision, Manager, Plan, decide
 
 WINDOW = Window(start=time(3, 0), duration=timedelta(minutes=90), timezone="UTC")
 
@@ -231,13 +232,13 @@ def test_apscheduler_is_imported_only_by_the_daemon(tmp_path: Path) -> None:
     """`--help`, `config`, `reboot-manager status` stay fast: no apscheduler, no tzlocal."""
     code = (
         "import sys\n"
-        "from transactional_update import cli\n"
+        "from transactional_update.cli import app as cli\n"
         "for argv in (['--help'], ['--root', sys.argv[1], 'config']):\n"
         "    try:\n"
         "        cli.main(argv)\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
-        "from transactional_update import reboot_manager\n"
+        "from transactional_update.reboot import manager as reboot_manager\n"
         "assert not [m for m in sys.modules if m.startswith(('apscheduler', 'tzlocal'))]\n"
     )
     r = subprocess.run(

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import config, reboot, reboot_manager
-from transactional_update.config import RebootMethod
+from transactional_update.config import settings as config
+from transactional_update.config.settings import RebootMethod
 from transactional_update.errors import SystemError_, UsageError
-from transactional_update.reboot import KexecImage, plan
+from transactional_update.reboot import manager as reboot_manager
+from transactional_update.reboot import methods as reboot
+from transactional_update.reboot.methods import KexecImage, plan
 
 
 def recorder(tmp_path: Path, name: str) -> tuple[str, Path]:

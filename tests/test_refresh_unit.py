@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update.packages import Manager
+from transactional_update.config.settings import Manager
 from transactional_update.packages.refresh import (
     Decision,
     Stamp,

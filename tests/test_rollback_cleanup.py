@@ -15,9 +15,9 @@ import btrfsutil
 import pytest
 
 from tests.helpers import System, sh
-from transactional_update import btrfs
-from transactional_update.snapper import CliSnapper, DBusSnapper, Snapper
-from transactional_update.system import IN_PROGRESS
+from transactional_update.snapshots import btrfs
+from transactional_update.snapshots.snapper import CliSnapper, DBusSnapper, Snapper
+from transactional_update.snapshots.system import IN_PROGRESS
 
 pytestmark = pytest.mark.privileged
 

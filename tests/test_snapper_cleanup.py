@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import System, sh
-from transactional_update import summary, units
-from transactional_update.lock import LOCK_NAME, Lock
+from transactional_update.core.lock import LOCK_NAME, Lock
+from transactional_update.reboot import units
+from transactional_update.record import summary
 
 pytestmark = pytest.mark.privileged
 

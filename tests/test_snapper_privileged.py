@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from transactional_update import snapinfo as si
-from transactional_update import snapper as sn
 from transactional_update.errors import NotManagedError, SnapshotError
-from transactional_update.snapper import Backend
+from transactional_update.snapshots import snapinfo as si
+from transactional_update.snapshots import snapper as sn
+from transactional_update.snapshots.snapper import Backend
 
 pytestmark = pytest.mark.privileged
 

@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 
 from transactional_update import proc
-from transactional_update import snapinfo as si
-from transactional_update import snapper as sn
 from transactional_update.errors import (
     ConfigError,
     NoSpaceError,
@@ -29,8 +27,10 @@ from transactional_update.errors import (
     TUError,
     UsageError,
 )
-from transactional_update.snapinfo import Snapshot, SnapshotType
-from transactional_update.snapper import Backend, SnapshotFlags
+from transactional_update.snapshots import snapinfo as si
+from transactional_update.snapshots import snapper as sn
+from transactional_update.snapshots.snapinfo import Snapshot, SnapshotType
+from transactional_update.snapshots.snapper import Backend, SnapshotFlags
 
 REPO = Path(__file__).resolve().parent.parent
 # jeepney ships no type information; import_module keeps mypy --strict quiet either way.
@@ -579,7 +579,7 @@ def test_connect_auto_without_bus_uses_cli_and_skips_jeepney(tmp_path: Path) -> 
     root = _managed_root(tmp_path)
     code = (
         "import sys; from pathlib import Path\n"
-        "from transactional_update import snapper\n"
+        "from transactional_update.snapshots import snapper\n"
         f"c = snapper.connect(Path({str(root)!r}))\n"
         "assert type(c).__name__ == 'CliSnapper', c\n"
         "assert 'jeepney' not in sys.modules\n"

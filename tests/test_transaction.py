@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import System, sh
-from transactional_update import btrfs
+from transactional_update.snapshots import btrfs
 
 pytestmark = pytest.mark.privileged
 

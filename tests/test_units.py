@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update import units
+from transactional_update.reboot import units
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import make_deb
-from transactional_update import image
+from transactional_update.provision import image
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST = REPO / "vm-tests/guest"
@@ -70,7 +70,7 @@ LAUNCHER = """#!/usr/bin/python3
 # transactional-update, installed by the VM tests from a source checkout
 import sys
 
-from transactional_update.entry import main
+from transactional_update.cli.entry import main
 
 sys.exit(main())
 """
@@ -192,7 +192,7 @@ def complete_snapshot(snap: Path) -> None:
 
 def golden(log: Callable[[str], None] = print) -> Path:
     """The golden image, built once per :func:`image_key` (concurrent callers wait for it)."""
-    from transactional_update import btrfs
+    from transactional_update.snapshots import btrfs
 
     key = image_key()
     CACHE.mkdir(parents=True, exist_ok=True)

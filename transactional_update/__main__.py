@@ -1,5 +1,5 @@
 """``python -m transactional_update``."""
 
-from transactional_update.entry import main
+from transactional_update.cli.entry import main
 
 main()

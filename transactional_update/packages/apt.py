@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from transactional_update.errors import UsageError
-from transactional_update.packages import Action, Outcome, Plan, Request, Verdict
+from transactional_update.packages.model import Action, Outcome, Plan, Request, Verdict
 
 # The summary line of every apt-get run, simulated or not.
 _NOTHING = re.compile(r"^0 upgraded, 0 newly installed, 0 to remove", re.MULTILINE)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from transactional_update.packages import Action, Outcome, Plan, Request, Verdict
+from transactional_update.packages.model import Action, Outcome, Plan, Request, Verdict
 
 # rpm's words for a failed scriptlet, as dnf's history keeps them (read in the C locale).
 _SCRIPT_FAILED = re.compile(r"(%\w+\([^)\s]+\)) scriptlet failed")

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from transactional_update.config import show_delay
+from transactional_update.config.settings import Manager, show_delay
 from transactional_update.files import write_atomic
-from transactional_update.packages import Manager
 from transactional_update.paths import resolve_under
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ automatically; an unsigned local repository needs ``gpgcheck=0`` in its ``.repo`
 
 from __future__ import annotations
 
-from transactional_update.packages import Action, Outcome, Plan, Request, Verdict
+from transactional_update.packages.model import Action, Outcome, Plan, Request, Verdict
 
 REBOOT_NEEDED = 102
 RESTART_NEEDED = 103

@@ -1,0 +1,709 @@
+"""The ``transactional-update`` command line (click), a thin layer over the core.
+
+General commands chain as in openSUSE's tool (``transactional-update cleanup run -- cmd``) and run
+in the order given; the first failure stops the chain.  Everything but click is imported inside the
+commands, so ``--help`` starts fast.
+
+Exit codes: 0 success; 1 transaction failed (``run`` passes the command's own code through);
+2 usage; 3 not a managed system; 4 another transaction runs; 5 bad snapshot number;
+6 bad configuration; 7 btrfs/snapper/mount failure; 8 no space left; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from transactional_update.cli.commands import (
+    PKG_ACTIONS,
+    VALUE_OPTIONS,
+    State,
+    begin,
+    discard_unless_ok,
+    execute,
+    failed,
+    package_step,
+    report,
+    run_step,
+)
+
+if TYPE_CHECKING:
+    from transactional_update.cli.commands import Step
+
+log = logging.getLogger("transactional_update")
+
+EPILOG = """\b
+Exit codes: 0 ok, 1 transaction failed (run: the command's code), 2 usage,
+3 not a managed system, 4 locked by another transaction, 5 bad snapshot,
+6 bad config, 7 btrfs/snapper failure, 8 no space left, 130 interrupted.
+"""
+
+
+def normalize_continue(argv: Sequence[str]) -> list[str]:
+    """``-c [N]``/``--continue [N]`` take a number only when one follows (as in openSUSE's tool).
+
+    Only the global options are rewritten: from the first command on, arguments belong to the
+    commands (``run sh -c 'exit 3'`` keeps its ``-c``).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--continue"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            if re.fullmatch(r"\d+", nxt):
+                out.append(f"--continue={nxt}")
+                i += 1
+            else:
+                out.append("--continue=default")
+        elif arg in VALUE_OPTIONS:
+            out += argv[i : i + 2]
+            i += 1
+        elif arg == "--" or not arg.startswith("-"):
+            out += argv[i:]
+            break
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def parse_continue(value: str | None) -> int | None:
+    from transactional_update.snapshots.system import CONTINUE_DEFAULT
+
+    if value is None:
+        return None
+    if value == "default":
+        return CONTINUE_DEFAULT
+    if not value.isdigit() or int(value) == 0:
+        raise click.BadParameter(f"{value!r} is not a snapshot number", param_hint="--continue")
+    return int(value)
+
+
+@click.group(chain=True, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Manage the system mounted at PATH (like snapper --root).",
+)
+@click.option("-v", "--verbose", count=True, help="More output; -vv shows every command.")
+@click.option("--debug", is_flag=True, help="Show debug output and tracebacks.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.option("-n", "--non-interactive", is_flag=True, help="Never ask (default for run).")
+@click.option("-i", "--interactive", is_flag=True, help="Let package managers ask.")
+@click.option(
+    "--refresh", is_flag=True, help="Refresh repository metadata even within REFRESH_DELAY."
+)
+@click.option(
+    "-c",
+    "--continue",
+    "continue_",
+    metavar="[N]",
+    help="Build on the pending default snapshot, or on snapshot N.",
+)
+@click.option(
+    "-d",
+    "--drop-if-no-change",
+    is_flag=True,
+    help="Leave no snapshot when the transaction changed no file.",
+)
+@click.option(
+    "-k", "--keep", is_flag=True, help="Keep a failed snapshot for inspection (never as default)."
+)
+@click.option("--description", metavar="TEXT", help="Description of the new snapshot.")
+@click.option("--json", "json_out", is_flag=True, help="Machine-readable output (status, list).")
+@click.version_option(package_name="transactional-update")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    root: Path,
+    verbose: int,
+    debug: bool,
+    quiet: bool,
+    non_interactive: bool,
+    interactive: bool,
+    refresh: bool,
+    continue_: str | None,
+    drop_if_no_change: bool,
+    keep: bool,
+    description: str | None,
+    json_out: bool,
+) -> None:
+    """Change a btrfs root atomically: every change goes to a new snapshot that boots next."""
+    ctx.obj = begin(
+        root,
+        json_out,
+        verbose=verbose,
+        quiet=quiet,
+        debug=debug,
+        continue_from=parse_continue(continue_),
+        drop_if_no_change=drop_if_no_change,
+        keep=keep,
+        description=description,
+        interactive=interactive,
+        non_interactive=non_interactive,
+        refresh=refresh,
+    )
+
+
+@cli.result_callback()
+@click.pass_obj
+def run_steps(state: State, /, steps: list[Step], **_: Any) -> None:
+    code = execute(steps, state)
+    if code != 0:
+        sys.exit(code)
+
+
+# Everything after the command's name is its argv, "--" included (``run grep -- -x f``); a first
+# "--" only ends the options of ``run`` itself.
+@cli.command(
+    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_cmd(command: tuple[str, ...]) -> Step:
+    """Run COMMAND in a new snapshot; a non-zero exit discards it and is passed through."""
+    return run_step(command)
+
+
+@cli.command("shell")
+def shell_cmd() -> Step:
+    """Open an interactive shell in a new snapshot; exit 0 keeps the change, non-zero discards."""
+
+    def step(state: State) -> int:
+        from transactional_update.core.chroot import SHELL_RC
+        from transactional_update.core.transaction import Transaction, default_description
+
+        tx = Transaction(state.ctx, state.options(default_description("shell")))
+        with tx:
+            click.echo(
+                f"Shell in snapshot {tx.number} (from {tx.result.base}). "
+                "`exit 0` keeps the changes; `exit 1` (any non-zero) discards them.",
+                err=True,
+            )
+            shell = (
+                "/bin/bash"
+                if (tx.ctx.managed.snapshot_dir(tx.number or 0) / "bin/bash").exists()
+                else "/bin/sh"
+            )
+            argv = [shell, "--rcfile", SHELL_RC, "-i"] if shell == "/bin/bash" else [shell, "-i"]
+            rc = tx.run(argv, {"PS1": r"transactional update \w# "}, interactive=True)
+            discard_unless_ok(rc, "shell")
+        return report(state, tx.result)
+
+    return step
+
+
+@cli.command("up")
+def up_cmd() -> Step:
+    """Update all packages in a new snapshot."""
+    return package_step("up")
+
+
+@cli.command("dup")
+def dup_cmd() -> Step:
+    """Distribution upgrade in a new snapshot."""
+    return package_step("dup")
+
+
+@cli.command("patch")
+def patch_cmd() -> Step:
+    """Install patches in a new snapshot (zypper, dnf upgrade-minimal; apt has none)."""
+    return package_step("patch")
+
+
+@cli.command("pkg", context_settings={"ignore_unknown_options": True})
+@click.argument("action", type=click.Choice(sorted(PKG_ACTIONS)), metavar="install|remove|update")
+@click.argument("names", nargs=-1, type=click.UNPROCESSED)
+def pkg_cmd(action: str, names: tuple[str, ...]) -> Step:
+    """Install, remove or update the named packages in a new snapshot."""
+    return package_step(PKG_ACTIONS[action], names)
+
+
+# --- issue 5: nightly updates, reboot methods, units, reboot manager ---
+
+
+@cli.command("config")
+def config_cmd() -> Step:
+    """Show the effective configuration and where each value came from (--json)."""
+
+    def step(state: State) -> int:
+        from transactional_update.config import settings as config
+
+        # Not state.ctx: the configuration of any root can be shown, managed or not.
+        click.echo(config.show(config.load(state.root), state.json))
+        return 0
+
+    return step
+
+
+@cli.command("auto-update")
+def auto_update_cmd() -> Step:
+    """Update with the configured UPDATE_METHOD (up, dup or patch); the nightly service runs it."""
+
+    def step(state: State) -> int:
+        return package_step(str(state.ctx.config.update_method))(state)
+
+    return step
+
+
+@cli.command("reboot")
+def reboot_cmd() -> Step:
+    """Reboot into the new default snapshot with REBOOT_METHOD, if one is pending."""
+
+    def step(state: State) -> int:
+        from transactional_update.boot.menu import ensure_current
+        from transactional_update.reboot.methods import request_reboot
+
+        ctx = state.ctx
+        # GRUB boots what its menu names: a menu a cut or a failed refresh left behind first.
+        ensure_current(ctx)
+        out = request_reboot(state.root, ctx.config, ctx.managed)
+        if state.json:
+            action = out.action
+            click.echo(
+                json.dumps(
+                    {
+                        "reboot_needed": action is not None,
+                        "booted": out.booted,
+                        "default": out.default,
+                        "method": None if action is None else str(action.method),
+                        "commands": [] if action is None else [list(c) for c in action.commands],
+                        "markers": [] if action is None else [p for p, _ in action.markers],
+                        "message": out.message,
+                    }
+                )
+            )
+        else:
+            click.echo(out.message)
+        return 0
+
+    return step
+
+
+@cli.command("install-units")
+@click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Write the units into DIR (packaging) instead of a new snapshot of the root.",
+)
+@click.option(
+    "--exec",
+    "exec_path",
+    metavar="PATH",
+    help="The transactional-update the units start (default: /usr/bin/transactional-update).",
+)
+@click.option(
+    "--enable/--no-enable",
+    default=None,
+    help="Also enable the timers and the reboot manager (default; not with --unit-dir).",
+)
+def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
+    """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot.
+
+    Also a drop-in for snapper's snapper-cleanup.service that follows its deletions.
+    """
+    if exec_path is not None and not exec_path.startswith("/"):
+        raise click.BadParameter(f"{exec_path!r} is not an absolute path", param_hint="--exec")
+    if unit_dir is not None and enable:
+        # Enabling means links in a system's /etc; a packager's directory has none.
+        raise click.BadParameter("cannot enable units in a --unit-dir", param_hint="--enable")
+
+    def step(state: State) -> int:
+        from transactional_update.core.transaction import Transaction
+        from transactional_update.reboot import units
+
+        exe = exec_path or units.SHIPPED_EXEC
+        if unit_dir is not None:
+            texts = units.shipped()
+            units.write(unit_dir.absolute(), units.files(texts, exe, "", enable=False))
+            drop_ins = sum(units.is_drop_in(name) for name in texts)
+            click.echo(
+                f"installed {len(texts) - drop_ins} unit(s) and {drop_ins} drop-in(s) in {unit_dir}"
+            )
+            return 0
+        wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
+        if units.up_to_date(state.root, wanted):
+            click.echo("the units are installed and up to date; no snapshot was made")
+            return 0
+        tx = Transaction(state.ctx, state.options("install-units"))
+        with tx:
+            assert tx.number is not None
+            units.write(tx.ctx.managed.snapshot_dir(tx.number), wanted)
+        return report(state, tx.result)
+
+    return step
+
+
+@cli.command("reboot-manager")
+@click.argument(
+    "action", type=click.Choice(["run", "status", "cancel"]), default="run", required=False
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between looks for new or cancelled reboot requests (run).",
+)
+def reboot_manager_cmd(action: str, poll: float) -> Step:
+    """Reboot inside the maintenance window (run), or show (status) or drop (cancel) the plan."""
+
+    def step(state: State) -> int:
+        from datetime import UTC, datetime
+
+        from transactional_update.reboot import manager as reboot_manager
+        from transactional_update.reboot.methods import pending_snapshot
+
+        ctx = state.ctx
+        if action == "run":
+            from transactional_update.boot.menu import ensure_current
+            from transactional_update.reboot.daemon import daemon
+
+            daemon(state.root, ctx.config, ctx.managed, poll, prepare=lambda: ensure_current(ctx))
+            return 0
+        if action == "cancel":
+            old = reboot_manager.cancel(state.root)
+            if state.json:
+                click.echo(json.dumps({"cancelled": old.to_json() if old.snapshot else None}))
+            elif old.snapshot is None:
+                click.echo("no reboot was planned")
+            else:
+                when = old.planned.isoformat(timespec="minutes") if old.planned else "?"
+                click.echo(f"cancelled the reboot into snapshot {old.snapshot} planned for {when}")
+            return 0
+        st = reboot_manager.status(
+            state.root, ctx.config.window, pending_snapshot(ctx.managed), datetime.now(UTC)
+        )
+        if state.json:
+            click.echo(json.dumps(st, indent=2))
+        else:
+            click.echo(reboot_manager.status_text(st, ctx.config.window))
+        return 0
+
+    return step
+
+
+# --- end of the issue 5 block ---
+
+
+@cli.command("status")
+def status_cmd() -> Step:
+    """Show the booted, default and pending snapshots and any running transaction."""
+
+    def step(state: State) -> int:
+        from transactional_update.cli.status import show_status
+
+        click.echo(show_status(state.ctx.managed, state.json))
+        return 0
+
+    return step
+
+
+@cli.command("list")
+def list_cmd() -> Step:
+    """List snapshots with number, date, description and boot marks."""
+
+    def step(state: State) -> int:
+        from transactional_update.cli.status import show_list
+
+        click.echo(show_list(state.ctx.managed, state.json))
+        return 0
+
+    return step
+
+
+def log_step(number: int | None) -> Step:
+    def step(state: State) -> int:
+        from transactional_update.record.history import show_log
+
+        click.echo(show_log(state.ctx.managed, number, state.json))
+        return 0
+
+    return step
+
+
+@cli.command("log")
+@click.argument("number", required=False, type=int, metavar="[N]")
+def log_cmd(number: int | None) -> Step:
+    """What each snapshot holds: one line per snapshot, or snapshot N in full."""
+    return log_step(number)
+
+
+@cli.command("changelog")
+@click.argument("number", type=int, metavar="N")
+def changelog_cmd(number: int) -> Step:
+    """Everything recorded about snapshot N: commands, who, when, packages, files."""
+    return log_step(number)
+
+
+@cli.command("diff")
+@click.argument("numbers", nargs=-1, type=int, metavar="[N [M]]")
+def diff_cmd(numbers: tuple[int, ...]) -> Step:
+    """Packages and files between two snapshots (default: booted -> default)."""
+    if len(numbers) > 2:
+        raise click.UsageError("diff takes at most two snapshot numbers")
+
+    def step(state: State) -> int:
+        from transactional_update.record.history import show_diff
+
+        ctx = state.ctx
+        click.echo(show_diff(ctx.managed, numbers, state.json, ctx.config.package_manager))
+        return 0
+
+    return step
+
+
+@cli.command("rollback")
+@click.argument("target", required=False, metavar="[N|last]")
+def rollback_cmd(target: str | None) -> Step:
+    """Make snapshot N (or the last working one, or the booted one) boot next."""
+    from transactional_update.core.rollback import parse_target
+
+    # Checked while the chain is parsed, so `cleanup rollback abc` runs nothing.
+    parsed = parse_target(target)
+
+    def step(state: State) -> int:
+        from transactional_update.core.rollback import rollback
+
+        res = rollback(state.ctx, parsed)
+        if state.json:
+            click.echo(
+                json.dumps({"default": res.number, "previous_default": res.previous_default})
+            )
+        else:
+            prev = res.previous_default
+            was = "a subvolume that is not a snapshot" if prev is None else str(prev)
+            click.echo(f"snapshot {res.number} is the default now (was {was}); reboot to use it")
+        return 0
+
+    return step
+
+
+@cli.command("cleanup")
+@click.option(
+    "--prune-only",
+    is_flag=True,
+    help="Remove no snapshot: only drop the changelog and boot menu entries of deleted ones "
+    "(snapper's cleanup unit runs this after it); skips while a transaction runs.",
+)
+def cleanup_cmd(prune_only: bool) -> Step:
+    """Remove snapshots of interrupted transactions and apply the number limit."""
+
+    def step(state: State) -> int:
+        from transactional_update.core.cleanup import cleanup, cleanup_text
+
+        if prune_only:
+            return prune_step(state)
+
+        res = cleanup(state.ctx)
+        if state.json:
+            click.echo(
+                json.dumps(
+                    {
+                        "stale": res.stale,
+                        "number": res.number,
+                        "orphans": res.orphans,
+                        "lost": res.lost,
+                    }
+                )
+            )
+        else:
+            click.echo(cleanup_text(res))
+        return 0
+
+    return step
+
+
+def prune_step(state: State) -> int:
+    from transactional_update.core.cleanup import prune_only, prune_text
+
+    res = prune_only(state.ctx)
+    if state.json:
+        done = {None: "none", True: "current", False: "failed"}
+        followed = {f.key: done[f.done] for f in res.followups}
+        click.echo(json.dumps({"pruned": res.pruned, **followed, "skipped": res.skipped}))
+    else:
+        click.echo(prune_text(res))
+    return 0
+
+
+# --- boot: the GRUB menu, boot configuration, boot once, new systems (transactional_update.grub,
+# .bootmenu, .create_system) ----------------------------------------------------------------------
+
+
+@cli.command("boot-menu")
+def boot_menu_cmd() -> Step:
+    """Print the GRUB boot menu (what /etc/grub.d/09_transactional-update emits); --json: model."""
+
+    def step(state: State) -> int:
+        from transactional_update.boot import bootmenu
+
+        menu = bootmenu.menu_for(state.ctx.managed, state.ctx.config)
+        if state.json:
+            click.echo(json.dumps(bootmenu.to_json(menu), indent=2))
+            return 0
+        click.echo(bootmenu.render(menu), nl=False)
+        for x in menu.left_out:
+            click.echo(f"boot menu: snapshot {x.number} left out: {x.reason}", err=True)
+        for note in menu.notes:
+            click.echo(f"boot menu: {note}", err=True)
+        return 0
+
+    return step
+
+
+def grub_step(description: str, reinstall: bool) -> Step:
+    def step(state: State) -> int:
+        from transactional_update.boot import grub
+
+        return report(
+            state, grub.regenerate(state.ctx, state.options(description), reinstall=reinstall)
+        )
+
+    return step
+
+
+@cli.command("grub.cfg")
+def grub_cfg_cmd() -> Step:
+    """Regenerate the GRUB configuration (grub-mkconfig) in a new snapshot; checked, atomic."""
+    return grub_step("grub.cfg", reinstall=False)
+
+
+@cli.command("bootloader")
+def bootloader_cmd() -> Step:
+    """Reinstall GRUB (grub-install) and its configuration in a new snapshot."""
+    return grub_step("bootloader", reinstall=True)
+
+
+@cli.command("setup-boot-fs")
+def setup_boot_fs_cmd() -> Step:
+    """Make /boot/grub survive a power cut: repair and mount it, add a journal, and in a new
+    snapshot mount it as ext4 and add fsck.repair=yes to the kernel command line."""
+
+    def step(state: State) -> int:
+        from transactional_update.boot import bootfs
+
+        emit = (lambda _line: None) if state.json else click.echo
+        out = bootfs.setup_boot_fs(state.ctx, state.options("setup-boot-fs"), emit)
+        if state.json:
+            click.echo(json.dumps(out.to_json()))
+        return 0
+
+    return step
+
+
+@cli.command("boot-once")
+@click.argument("number", type=int, metavar="N")
+def boot_once_cmd(number: int) -> Step:
+    """Boot snapshot N at the next boot only; the boot after returns to the default."""
+
+    def step(state: State) -> int:
+        from transactional_update.boot.menu import boot_once
+
+        value = boot_once(state.ctx, number)
+        if state.json:
+            click.echo(json.dumps({"snapshot": number, "next_entry": value}))
+        else:
+            default = state.ctx.managed.default()
+            click.echo(
+                f"snapshot {number} boots at the next boot only; "
+                f"later boots use the default ({default})"
+            )
+        return 0
+
+    return step
+
+
+@cli.command("create-system")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--size", metavar="SIZE", help="Create TARGET as a sparse image file (e.g. 8G).")
+@click.option(
+    "--rootfs",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Root filesystem tarball (default: built with mmdebstrap and cached).",
+)
+@click.option("--suite", help="Debian suite to build (default: the host's).")
+@click.option("--kernel", default="linux-image-amd64", show_default=True, help="Kernel package.")
+@click.option("--include", "include", multiple=True, metavar="PKG", help="More packages.")
+@click.option("--serial-console", is_flag=True, help="GRUB and kernel on ttyS0 too.")
+@click.option("--kernel-args", default="", metavar="ARGS", help="Extra kernel command line.")
+@click.option("--force", is_flag=True, help="Erase a target that holds data.")
+def create_system_cmd(
+    target: Path,
+    size: str | None,
+    rootfs: Path | None,
+    suite: str | None,
+    kernel: str,
+    include: tuple[str, ...],
+    serial_console: bool,
+    kernel_args: str,
+    force: bool,
+) -> Step:
+    """Create a bootable managed system on a disk or image file (GPT, GRUB, btrfs layout)."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import UsageError
+        from transactional_update.provision.create_system import (
+            CreateOptions,
+            create_system,
+            parse_size,
+        )
+
+        if state.root != Path("/"):
+            raise UsageError(
+                "create-system makes a new system; --root does not apply",
+                "mount the new system afterwards and manage it with --root",
+            )
+        opts = CreateOptions(
+            size=parse_size(size) if size is not None else None,
+            rootfs=rootfs,
+            suite=suite,
+            kernel=kernel,
+            include=tuple(p for arg in include for p in arg.replace(",", " ").split()),
+            serial_console=serial_console,
+            kernel_args=kernel_args,
+            force=force,
+        )
+        made = create_system(target.absolute(), opts)
+        if state.json:
+            click.echo(json.dumps(made.__dict__))
+        else:
+            click.echo(
+                f"created a managed system on {made.target} (btrfs {made.root_uuid}, "
+                f"GRUB partition {made.grub_uuid}, ESP {made.esp_uuid}, "
+                f"kernel {made.kernel or 'none: will not boot'})"
+            )
+        return 0
+
+    return step
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = normalize_continue(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
+    try:
+        cli.main(args=args, prog_name="transactional-update", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        # One error line and one hint, like every other error, instead of click's usage block.
+        ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+        path = ctx.command_path if ctx is not None else "transactional-update"
+        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"hint: see: {path} --help", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except (Exception, KeyboardInterrupt) as exc:
+        sys.exit(failed(exc, debug))

@@ -1,0 +1,75 @@
+"""``rollback [N|last]``: choose which snapshot boots next.
+
+Without N the booted snapshot becomes the default again (dropping a pending change, as openSUSE's
+tool does); ``last`` picks the newest snapshot known to have run this system
+(``LAST_WORKING_SNAPSHOTS``).  Refused: numbers that do not exist, snapper's ``0`` (the live
+system), unfinished transactions, failed ones kept with ``--keep`` (which never become the
+default) and snapshots snapper does not manage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from transactional_update.core.context import Context
+from transactional_update.core.lock import Lock
+from transactional_update.errors import SnapshotError, UsageError
+from transactional_update.record import state
+from transactional_update.snapshots import btrfs, leftovers
+from transactional_update.snapshots.system import require_finished
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    number: int
+    previous_default: int | None
+
+
+def parse_target(text: str | None) -> int | str | None:
+    """``None``, ``"last"`` or a snapshot number from the command line."""
+    if text is None or text == "last":
+        return text
+    if not text.isdigit():
+        raise UsageError(
+            f"rollback target {text!r} is not a snapshot number or 'last'",
+            "pass a number from `transactional-update list`, or 'last'",
+        )
+    return int(text)
+
+
+def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
+    managed = ctx.managed
+    with Lock(managed.snapshots_dir, ctx.config.lock_wait):
+        default = managed.default()
+        if target is None:
+            number = managed.booted()
+            assert number is not None
+        elif target == "last":
+            candidates = [
+                n
+                for n in state.last_working(ctx.root)
+                if n != default and managed.snapshot_dir(n).is_dir()
+            ]
+            if not candidates:
+                raise SnapshotError(
+                    "no last working snapshot is recorded that differs from the default",
+                    "name the snapshot: transactional-update rollback N",
+                )
+            number = candidates[0]
+        else:
+            assert isinstance(target, int)
+            number = target
+        path = managed.require_snapshot_dir(number)
+        require_finished(
+            ctx.snapper.get_snapshot(number), "it may be half-changed; pick a finished snapshot"
+        )
+        btrfs.set_default(path)
+        # The admin chose the default: a commit that did not reach the disk is theirs to drop.
+        leftovers.clear_intent(ctx.root)
+        btrfs.sync(ctx.root)  # on disk before it is reported, and before GRUB's menu names it
+        log.info("rollback: snapshot %d is the new default (was %s)", number, default)
+        ctx.default_changed()  # GRUB's main entry follows; never raises
+        return RollbackResult(number, default)

@@ -1,0 +1,472 @@
+"""One transaction: fork a snapshot, change it in a chroot, make it the default if all went well.
+
+The promise: the booted snapshot and the default subvolume are never half-changed.  The fork is the
+only thing a transaction writes until the single atomic step that makes it the default; any failure,
+signal or crash before that leaves the default as it was, and the fork is deleted (or, with
+``--keep``, kept for inspection and never made the default).  A fork left behind by a killed
+process still carries the in-progress mark; ``cleanup`` removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from transactional_update.core.chroot import ChrootSession, command_env, plan_for
+from transactional_update.core.context import Context
+from transactional_update.core.lock import Lock
+from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
+from transactional_update.log import step
+from transactional_update.record import changelog, state
+from transactional_update.snapshots import btrfs, leftovers
+from transactional_update.snapshots.system import (
+    CONTINUE_DEFAULT,
+    FAILED,
+    IN_PROGRESS,
+    require_finished,
+)
+
+if TYPE_CHECKING:
+    from transactional_update.config.settings import Manager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    description: str
+    continue_from: int | None = None  # None: the booted snapshot; CONTINUE_DEFAULT; or a number
+    keep: bool = False
+    drop_if_no_change: bool = False
+    summarize: bool = True  # append the change summary to the description (not to the admin's)
+
+
+@dataclass
+class Ran:
+    argv: list[str]
+    returncode: int
+    duration: float
+    interactive: bool = False
+
+
+@dataclass
+class Result:
+    number: int | None = None  # the new default; None when dropped or failed
+    base: int | None = None
+    previous_default: int | None = None
+    dropped: bool = False
+    reason: str = ""  # why nothing was kept, when dropped
+    summary: str = ""
+    shadowed_writes: list[str] = field(default_factory=list)
+    commands: list[Ran] = field(default_factory=list)
+    reboot: str | None = None  # set by a package backend: the change needs a full reboot
+
+
+class NothingToDo(Exception):
+    """Raised inside a transaction when a dry run finds nothing to change."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(
+        f"interrupted by {signal.Signals(signum).name}",
+        "the snapshot was discarded; the default is unchanged",
+    )
+
+
+class Transaction:
+    """``with Transaction(ctx, opts) as tx: tx.run([...])`` — commits on a clean exit."""
+
+    def __init__(self, ctx: Context, opts: Options) -> None:
+        self.ctx = ctx
+        self.opts = opts
+        self.lock = Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait)
+        self.session: ChrootSession | None = None
+        self.number: int | None = None
+        self.result = Result()
+        self._old_handlers: dict[int, Any] = {}
+
+    # -- the steps, in order ---------------------------------------------------------------------
+
+    def __enter__(self) -> Transaction:
+        if os.environ.get("TRANSACTIONAL_UPDATE") == "true":
+            raise UsageError(
+                "transactional-update cannot run inside a transaction",
+                "leave the transactional-update shell first",
+            )
+        self._trap_signals()
+        try:
+            self.lock.acquire()
+            base = self._choose_base()
+            self._start_chroot()  # its namespaces are made while snapper creates the fork
+            self._fork(base)
+            self._enter_chroot()
+        except BaseException as exc:
+            self._abort(exc)
+            self._finish()
+            raise
+        return self
+
+    def run(
+        self,
+        argv: Sequence[str],
+        extra_env: dict[str, str] | None = None,
+        *,
+        interactive: bool = False,
+    ) -> int:
+        """Run *argv* in the snapshot with the terminal; returns its exit code."""
+        assert self.session is not None
+        log.debug("in snapshot %s: %s", self.number, shlex.join(argv))
+        res = self.session.run(argv, command_env(os.environ, extra_env))
+        self.result.commands.append(Ran(list(argv), res.returncode, res.duration, interactive))
+        return res.returncode
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            if isinstance(e, NothingToDo):
+                self._drop(e.reason)
+                return True
+            if e is None:
+                try:
+                    self._commit()
+                except BaseException as exc:
+                    self._abort(exc)
+                    raise
+            else:
+                self._abort(e)
+        finally:
+            self._finish()
+        return False
+
+    def capture(
+        self, argv: Sequence[str], extra_env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Run *argv* in the snapshot and return its exit code and output (stdout and stderr)."""
+        assert self.session is not None
+        import tempfile  # here: only dry runs need it
+
+        # A file, not a pipe: the output of a dry run can exceed a pipe's buffer.
+        with tempfile.TemporaryFile() as out:
+            res = self.session.run(
+                argv, command_env(os.environ, extra_env), stdout=out.fileno(), stderr=out.fileno()
+            )
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        log.debug("dry run %s: exit %d", shlex.join(argv), res.returncode)
+        self.result.commands.append(Ran(list(argv), res.returncode, res.duration))
+        return res.returncode, text
+
+    def _drop(self, reason: str) -> None:
+        """End without a snapshot and without an error (nothing to change)."""
+        if self.session is not None:
+            self.session.kill()
+            self.session = None
+        log.info("%s; dropping snapshot %s", reason, self.number)
+        if self.number is not None:
+            self._delete()
+        self.result.dropped = True
+        self.result.reason = reason
+
+    # -- the steps' details ----------------------------------------------------------------------
+
+    def _choose_base(self) -> int:
+        managed = self.ctx.managed
+        booted, default = managed.booted(), managed.default()
+        assert booted is not None  # open_root refuses a root that is not a snapshot
+        self.result.previous_default = default
+        want = self.opts.continue_from
+        if want is None:
+            base = booted
+            if default is not None and default != booted:
+                log.warning(
+                    "snapshot %d (not booted yet) is the pending default; this transaction "
+                    "starts from the booted snapshot %d and supersedes it "
+                    "(use --continue to build on %d instead)",
+                    default,
+                    booted,
+                    default,
+                )
+        elif want == CONTINUE_DEFAULT:
+            if default is None:
+                raise SnapshotError(
+                    "the default subvolume is not a snapper snapshot",
+                    "pass the snapshot to continue from: --continue N",
+                )
+            base = default
+        else:
+            base = want
+        managed.require_snapshot_dir(base)
+        require_finished(
+            self.ctx.snapper.get_snapshot(base),
+            "continue from a finished snapshot; remove it with: cleanup",
+        )
+        self.result.base = base
+        return base
+
+    def _fork(self, base: int) -> None:
+        with step(f"creating snapshot from {base}"):
+            self.number = self.ctx.snapper.create_snapshot(
+                base,
+                read_only=False,
+                description=self.opts.description,
+                cleanup="number",
+                userdata={IN_PROGRESS: "yes"},
+            )
+        self.lock.note(f"snapshot {self.number}")
+        log.info("working in snapshot %d (from %d)", self.number, base)
+
+    def _start_chroot(self) -> None:
+        plan = plan_for(self.ctx.root, self.ctx.config.bind_dirs)
+        self.session = ChrootSession(None, plan)
+        self.session.start()
+
+    def _enter_chroot(self) -> None:
+        assert self.number is not None and self.session is not None
+        self.session.open(self.ctx.managed.snapshot_dir(self.number))
+
+    def _commit(self) -> None:
+        """Seal the fork, record it, make it the default, and only then say so.
+
+        Everything reported as done is on disk before :attr:`Result.number` is set: the btrfs
+        transaction holding the new default is committed (a power cut right after the success
+        line keeps it), and GRUB's menu is rewritten only after that, so it never names a
+        default that a power cut could still take back.  The commit intent is durable before
+        the in-progress mark is dropped, so a cut between them and the btrfs commit leaves a
+        complete snapshot that is not the default as a *lost commit*, which ``status`` names and
+        ``cleanup`` or ``rollback N`` resolve (see :mod:`leftovers`), never one nobody lists.
+        """
+        assert self.session is not None and self.number is not None
+        fork_dir = self.ctx.managed.snapshot_dir(self.number)
+        untouched = self._close_chroot()
+        self._seal(fork_dir)
+        entry = self._record(self.ctx.managed.snapshot_dir(self._base()), fork_dir, untouched)
+        if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
+            log.info("nothing changed; dropping snapshot %d", self.number)
+            self._delete()
+            self.result.dropped = True
+            return
+        # The intent before the in-progress mark goes: a cut at any point from here on leaves
+        # a snapshot that status names (stale while marked, a lost commit once finished).
+        leftovers.write_intent(
+            self.ctx.root, self.number, self._base(), btrfs.subvolume_id(fork_dir)
+        )
+        self._describe(entry)
+        self._make_default(fork_dir)
+        self._follow_default(entry)
+        log.info("snapshot %d is the new default; reboot to use it", self.result.number)
+
+    def _base(self) -> int:
+        assert self.result.base is not None
+        return self.result.base
+
+    def _close_chroot(self) -> bool:
+        """End the chroot; whether the commands left the fork untouched."""
+        assert self.session is not None
+        report = self.session.close()
+        self.session = None
+        self.result.shadowed_writes = report.shadowed_writes
+        for path in report.shadowed_writes:
+            log.warning(
+                "written outside the snapshot, discarded: %s "
+                "(a separate subvolume on the running system)",
+                path,
+            )
+        return report.untouched
+
+    def _seal(self, fork_dir: Path) -> None:
+        booted = self.ctx.managed.booted()
+        if booted is not None and btrfs.is_read_only(self.ctx.managed.snapshot_dir(booted)):
+            # Now, not after the changelog: btrfs send needs it read-only too, and each flip of
+            # the flag commits a btrfs transaction.
+            btrfs.set_read_only(fork_dir, True)
+
+    def _describe(self, entry: changelog.Entry) -> None:
+        """The summary into snapper's metadata (dropping the in-progress mark) and the changelog."""
+        assert self.number is not None
+        summary = entry.summary()
+        description = self.opts.description
+        if self.opts.summarize:
+            description = f"{description} · {summary}"
+        self.ctx.snapper.set_snapshot(
+            self.number, description=description, userdata=changelog.userdata(entry)
+        )
+        changelog.save(self.ctx.root, entry)
+        self.result.summary = summary
+
+    def _make_default(self, fork_dir: Path) -> None:
+        """The commit point: one atomic btrfs operation, made durable before anything is said."""
+        assert self.number is not None
+        root = self.ctx.root
+        booted = self.ctx.managed.booted()
+        if booted is not None:  # before the commit point: nothing may fail after it
+            state.record_working(root, booted)
+        btrfs.set_default(fork_dir)
+        self.result.number = self.number  # from here on nothing may undo the fork (_abort)
+        # In the same btrfs transaction as the new default when /var is on this filesystem (the
+        # MicroOS layout): a cut before the sync below brings the fsynced intent back (btrfs
+        # replays its log) together with the old default.
+        leftovers.clear_intent(root)
+        try:
+            btrfs.sync(root)
+        except TUError as exc:
+            exc.message = f"snapshot {self.number} is the new default, but {exc.message}"
+            exc.hint = "run `sync` before relying on it; a power cut now may undo the change"
+            raise
+
+    def _follow_default(self, entry: changelog.Entry) -> None:
+        """What follows the default (GRUB's menu) follows it; what failed goes into the record."""
+        # Entry fields (e.g. boot_menu) that a subscriber names; Any: replace() checks each type
+        notes: dict[str, Any] = {
+            k: v for f in self.ctx.default_changed() for k, v in f.notes.items()
+        }
+        if notes:
+            try:
+                changelog.save(self.ctx.root, replace(entry, **notes))
+            except OSError as exc:
+                log.warning("cannot record %s in the changelog: %s", ", ".join(notes), exc)
+
+    def _record(self, base_dir: Path, fork_dir: Path, untouched: bool) -> changelog.Entry:
+        """The changelog entry: what ran, and what changed according to btrfs and the databases.
+
+        A snapshot the commands left *untouched* (its btrfs generation did not move) holds
+        exactly what its base held: nothing to compare, and the comparing modules stay unloaded.
+        """
+        assert self.number is not None and self.result.base is not None
+        files: list[dict[str, Any]] = []
+        files_error = None
+        packages: list[dict[str, Any]] = []
+        if not untouched:
+            files, files_error = _file_changes(base_dir, fork_dir)
+            packages = _package_changes(base_dir, fork_dir, self.ctx.config.package_manager)
+        commands = [
+            changelog.Command(c.argv, c.returncode, round(c.duration, 3), c.interactive)
+            for c in self.result.commands
+        ]
+        entry = changelog.new_entry(
+            self.number,
+            self.result.base,
+            self.opts.description,
+            commands,
+            self.result.shadowed_writes,
+        )
+        return replace(
+            entry,
+            packages=packages,
+            files=files,
+            files_error=files_error,
+            reboot=self.result.reboot,
+        )
+
+    def _abort(self, exc: BaseException) -> None:
+        if self.session is not None:
+            self.session.kill()
+            self.session = None
+        if self.number is None or self.result.number is not None:
+            return  # nothing forked, or the fork is the default already: nothing to undo
+        reason = (
+            exc.message
+            if isinstance(exc, TUError)
+            else (
+                "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}"
+            )
+        )
+        if self.opts.keep:
+            try:
+                # snapper forbids "," and "=" in userdata values
+                failed = {FAILED: reason.replace(",", ";").replace("=", ":")}
+                self.ctx.snapper.set_snapshot(self.number, userdata=failed)
+                if isinstance(exc, TUError):
+                    exc.hint = (
+                        f"snapshot {self.number} was kept for inspection (--keep); "
+                        "the default is unchanged"
+                    )
+                log.warning(
+                    "transaction failed (%s); snapshot %d kept for inspection, not the default",
+                    reason,
+                    self.number,
+                )
+                return
+            except TUError as err:
+                log.error("cannot mark snapshot %d as failed: %s; deleting it", self.number, err)
+        log.warning(
+            "transaction failed (%s); snapshot %d discarded, the default is unchanged",
+            reason,
+            self.number,
+        )
+        self._delete()
+
+    def _delete(self) -> None:
+        assert self.number is not None
+        fork_dir = self.ctx.managed.snapshot_dir(self.number)
+        try:
+            subvol = btrfs.subvolume_id(fork_dir)
+        except TUError:
+            subvol = None
+        leftovers.clear_intent(self.ctx.root)  # it may name this fork, which is going
+        try:
+            self.ctx.snapper.delete_snapshots([self.number])
+        except TUError as err:
+            log.error(
+                "snapper could not delete snapshot %d (%s); `cleanup` will retry", self.number, err
+            )
+            return
+        if subvol is not None:
+            # btrfs frees a deleted subvolume's space later; a disk-full abort must leave room
+            # for the very next transaction, so wait for the cleaner here.
+            btrfs.wait_cleaned(self.ctx.root, {subvol}, timeout=30.0)
+        self.number = None
+
+    def _trap_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, _raise_interrupted)
+
+    def _finish(self) -> None:
+        self.lock.release()
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+
+def _file_changes(base_dir: Path, fork_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    from transactional_update.record import filediff
+
+    try:
+        changes = filediff.file_changes(base_dir, fork_dir)
+    except TUError as err:  # e.g. a writable base cannot be sent
+        return [], err.message
+    return [{"path": f.path, "kind": str(f.kind), "dir": f.is_dir} for f in changes], None
+
+
+def _package_changes(
+    base_dir: Path, fork_dir: Path, forced: Manager | None
+) -> list[dict[str, Any]]:
+    from transactional_update.record import pkgdb, pkgdiff
+
+    try:
+        manager = pkgdb.manager_for(fork_dir, forced)
+        return [
+            {"name": p.name, "kind": str(p.kind), "old": p.old, "new": p.new}
+            for p in pkgdiff.package_changes(base_dir, fork_dir, manager)
+        ]
+    except TUError as err:
+        log.debug("no package changes recorded: %s", err)
+        return []
+
+
+def default_description(kind: str, argv: Sequence[str] = ()) -> str:
+    text = f"{kind}: {shlex.join(argv)}" if argv else kind
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,6 +1,6 @@
 """Bad input: every mistake gets ``error:`` + ``hint:``, a documented exit code and no traceback.
 
-Exit codes (cli.py): 2 usage, 3 not a managed system, 5 bad snapshot, 6 bad configuration.  A
+Exit codes (errors.py): 2 usage, 3 not a managed system, 5 bad snapshot, 6 bad configuration.  A
 refused command changes nothing: the default subvolume and snapper's list stay as they were.
 """
 

@@ -165,3 +165,20 @@ def test_function_local_and_type_checking_imports_count(tmp_path: Path) -> None:
     modules = _modules()
     found = {t for t, _ in _imports(src, f"{PKG}.snapshots.m", modules)}
     assert found == {f"{PKG}.core.context", f"{PKG}.boot.grub"}
+
+
+def test_the_readme_code_map_matches_the_folders() -> None:
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Code map", 1)[1].split("```", 2)[1]
+    listed = [
+        line.split()[0].rstrip("/")
+        for line in block.splitlines()
+        if line.startswith("  ") and line.split()[0].endswith("/")
+    ]
+    folders = sorted(p.name for p in (REPO / PKG).iterdir() if (p / "__init__.py").exists())
+    assert sorted(listed) == folders
+    # Listed from the top layer down, as the dependencies point.
+    assert [LAYERS[name] for name in listed] == sorted((LAYERS[n] for n in listed), reverse=True)
+    leaves = {p.name for p in (REPO / PKG).glob("*.py") if not p.name.startswith("__")}
+    leaf_line = next(line for line in block.splitlines() if line.startswith("  errors.py"))
+    assert leaves <= set(leaf_line.split()), "a top-level module is missing from the map"

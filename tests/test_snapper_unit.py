@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`transactional_update.snapper`: no root, no snapper, no bus.
+"""Unit tests for :mod:`transactional_update.snapshots.snapper`: no root, no snapper, no bus.
 
 The sample outputs below were captured from snapper 0.10.4 (Debian 12) on a scratch btrfs image.
 """

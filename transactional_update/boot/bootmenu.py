@@ -20,7 +20,7 @@ Facts this design rests on:
   the default on disk; a menu left behind is reported (``status``) and refreshed by the next
   commit, rollback or cleanup;
 * Debian's ``10_linux`` adds ``rootflags=subvol=<the root it ran in>`` to all its entries, which
-  would pin one snapshot: a managed system diverts ``10_linux`` away (see :mod:`grub`) and this
+  would pin one snapshot: a managed system diverts ``10_linux`` away (see :mod:`.grub`) and this
   menu replaces its entries.
 
 Everything from users and packages (descriptions, file names, kernel arguments, OS names) reaches
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transactional_update.boot import menustate
+from transactional_update.config import conffile
 from transactional_update.paths import resolve_under
 from transactional_update.record import changelog
 from transactional_update.snapshots import btrfs
@@ -284,14 +285,7 @@ def _read(path: Path) -> str:
 
 
 def os_name(os_release: str) -> str:
-    values = {}
-    for line in os_release.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            try:
-                values[key.strip()] = " ".join(shlex.split(value))
-            except ValueError:
-                continue
+    values = conffile.values(os_release, "os-release", conffile.Lines.LENIENT)
     return values.get("PRETTY_NAME") or values.get("NAME") or "Linux"
 
 

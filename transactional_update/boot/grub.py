@@ -6,7 +6,7 @@ Where things live (``create-system`` builds it so):
   to no snapshot (deleting one can never break booting) and GRUB can write ``grubenv`` there
   (upstream GRUB cannot write on btrfs, so a one-shot ``next_entry`` would never be cleared);
   journaled, so a power cut while ``grub.cfg`` is replaced leaves nothing for fsck to guess
-  (systems made with ext2 get a journal from ``setup-boot-fs``, :mod:`bootfs`);
+  (systems made with ext2 get a journal from ``setup-boot-fs``, :mod:`.bootfs`);
 * kernels and initrds stay inside each snapshot's ``/boot``, and the menu names them there.
 
 ``grub-mkconfig`` runs ``/etc/grub.d/09_transactional-update``, which prints

@@ -1,6 +1,6 @@
 """What the commands do once their arguments are parsed, without click.
 
-The command line (:mod:`cli`) parses with click; the executable's quick path (:mod:`entry`) parses
+The command line (:mod:`.app`) parses with click; the executable's quick path (:mod:`.entry`) parses
 the most frequent invocations by hand, because importing click is a third of a no-op transaction's
 start-up.  Both hand the same :class:`State` to the same steps here, so they cannot disagree about
 what a command does, how its result is printed, or which exit code an error gets.
@@ -56,7 +56,7 @@ class State:
 
 
 # Global options that take a value as the next argument (which may look like anything), and the
-# name each has in the quick parser of :mod:`entry`.
+# name each has in the quick parser of :mod:`.entry`.
 VALUE_OPTIONS = {"--root": "root", "--description": "description"}
 
 

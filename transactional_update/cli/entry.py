@@ -4,9 +4,9 @@
 run here without importing click or the transaction machinery (half of the start-up time).
 ``run CMD…``, ``pkg …``, ``up``, ``dup`` and ``patch`` are what scripts, configuration management
 and the nightly job call for every change; they run here without click (a third of a no-op
-transaction's start-up), through the same steps as :mod:`cli`.
+transaction's start-up), through the same steps as :mod:`.app`.
 Anything else (``-c``, chained commands, ``--help``, any option not listed below, bad input)
-goes to the full command line in :mod:`cli`, which parses it with click.
+goes to the full command line in :mod:`.app`, which parses it with click.
 """
 
 from __future__ import annotations

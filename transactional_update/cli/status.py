@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 class Status:
     """What boots now and next.  A plain record: this module stays free of dataclasses, whose
-    import alone would cost ``status`` a third of its run time (see :mod:`snapinfo`)."""
+    import alone would cost ``status`` a third of its run time (see :mod:`snapshots.snapinfo`)."""
 
     __slots__ = (
         "boot_menu",

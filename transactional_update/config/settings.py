@@ -1,4 +1,4 @@
-"""Configuration: the layered ``KEY=VALUE`` files (read by :mod:`conffile`), validated once into
+"""Configuration: the layered ``KEY=VALUE`` files (read by :mod:`.conffile`), validated once into
 a frozen :class:`Config`.
 
 Every key is described once in :data:`KEYS` (parser, renderer, allowed values), so validation,

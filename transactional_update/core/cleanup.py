@@ -1,6 +1,6 @@
 """``cleanup``: remove what interrupted runs left and apply snapper's number cleanup.
 
-Left by interrupted runs (see :mod:`leftovers`): forks still marked in progress, subvolumes
+Left by interrupted runs (see :mod:`snapshots.leftovers`): forks still marked in progress, subvolumes
 without snapper's metadata (a cut while snapper created them) and complete snapshots whose
 commit did not reach the disk (a cut before the default was synced).
 
@@ -20,12 +20,12 @@ them), so the admin always keeps NUMBER_LIMIT rollback targets besides the boote
 from __future__ import annotations
 
 import logging
-import shlex
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from transactional_update.config import conffile
 from transactional_update.core.context import Context, Followup
 from transactional_update.core.lock import Lock
 from transactional_update.errors import ConfigError, LockedError, SystemError_
@@ -82,15 +82,7 @@ def read_limits(root: Path, config: str) -> NumberLimits:
         raise ConfigError(
             f"cannot read {where}: {exc}", "fix the file's permissions or encoding"
         ) from exc
-    values = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise ConfigError(f"{where}:{lineno}: {exc}", "fix the quoting of that line") from exc
-        if len(words) == 1 and "=" in words[0]:
-            k, _, v = words[0].partition("=")
-            values[k] = v
+    values = conffile.values(text, where, conffile.Lines.FOREIGN)
     return NumberLimits(
         limit=_upper(values.get("NUMBER_LIMIT", "50"), "NUMBER_LIMIT", where),
         limit_important=_upper(
@@ -125,7 +117,7 @@ def number_candidates(
 
 
 def cleanup(ctx: Context) -> CleanupResult:
-    """Remove what interrupted runs left (:mod:`leftovers`) and apply the number limit.
+    """Remove what interrupted runs left (:mod:`snapshots.leftovers`) and apply the number limit.
 
     Everything removed is on disk before it is reported (the deletions are committed).
     """

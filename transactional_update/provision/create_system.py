@@ -5,7 +5,7 @@ The disk (GPT; boots with BIOS and with UEFI), in disk order::
     1  1 MiB    BIOS boot partition     GRUB's core image for BIOS (grub-install writes it)
     4  64 MiB   FAT32 ESP "tu-esp"      /boot/efi: GRUB's UEFI image, EFI/BOOT/BOOTX64.EFI
     2  128 MiB  ext4 "tu-grub"          /boot/grub: grub.cfg, modules, fonts, grubenv
-    3  the rest btrfs "tu-root"         the MicroOS layout of :mod:`image`, snapshot 1 = the root
+    3  the rest btrfs "tu-root"         the MicroOS layout of :mod:`.image`, snapshot 1 = the root
 
 Both GRUBs read the one ``/boot/grub`` (the UEFI image searches it by UUID), so ``grub.cfg``
 and the environment block are shared, and GRUB can write that environment with either firmware

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from transactional_update.config import conffile
 from transactional_update.proc import run
 from transactional_update.record.pkgdb import DPKG_DB
 from transactional_update.snapshots import btrfs
@@ -266,10 +267,11 @@ ROOTFS_CACHE = Path("/var/cache/transactional-update")
 
 def host_suite() -> str:
     """The Debian suite of the running system (bookworm, trixie, ...)."""
-    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"') or "bookworm"
-    return "bookworm"
+    text = Path("/etc/os-release").read_text(encoding="utf-8")
+    return (
+        conffile.values(text, "/etc/os-release", conffile.Lines.LENIENT).get("VERSION_CODENAME")
+        or "bookworm"
+    )
 
 
 def rootfs_name(suite: str, extra: Sequence[str]) -> str:

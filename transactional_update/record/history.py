@@ -1,6 +1,6 @@
 """``log``, ``changelog`` and ``diff``: reading what the snapshots hold.
 
-``log`` and ``changelog`` show the entries recorded at commit (:mod:`changelog`); ``diff``
+``log`` and ``changelog`` show the entries recorded at commit (:mod:`.changelog`); ``diff``
 computes packages and files between any two snapshots now, from btrfs and the package databases.
 """
 

@@ -1,6 +1,6 @@
 """Packages added, removed, upgraded and downgraded between two snapshots.
 
-Each snapshot carries its own package database (see :mod:`transactional_update.packages`), so the
+Each snapshot carries its own package database (see :mod:`.pkgdb`), so the
 installed set of any snapshot can be read without booting it: dpkg's ``status`` file is parsed
 here, an rpm database is queried with the host's ``rpm --dbpath``.  Versions are ordered as the
 package manager orders them: :func:`debian_compare` follows Debian Policy 5.6.12 (what

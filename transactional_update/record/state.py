@@ -11,6 +11,7 @@ import logging
 import shlex
 from pathlib import Path
 
+from transactional_update.config import conffile
 from transactional_update.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -20,16 +21,8 @@ KEEP = 10
 
 
 def parse(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError:
-            continue
-        if len(words) == 1 and "=" in words[0]:
-            key, _, value = words[0].partition("=")
-            values[key] = value
-    return values
+    # A garbled line of a file another tool may write too is skipped, not fatal.
+    return conffile.values(text, STATE_FILE, conffile.Lines.LENIENT)
 
 
 def render(values: dict[str, str]) -> str:

@@ -1,6 +1,6 @@
 """The one-line summary of a change (``+1 pkg, 12 files``) and where changelog entries live.
 
-Kept apart from :mod:`changelog` so that ``status`` can show the pending change's summary from the
+Kept apart from :mod:`.changelog` so that ``status`` can show the pending change's summary from the
 entry's JSON without building the whole entry (and without importing dataclasses).
 """
 

@@ -85,7 +85,7 @@ def _same_subvolume(store: str, number: int, subvolume_id: int | None) -> bool:
 
 
 class Leftovers:
-    """Snapshot numbers by kind, each ascending.  A plain record (see :mod:`status`)."""
+    """Snapshot numbers by kind, each ascending.  A plain record (see :mod:`cli.status`)."""
 
     __slots__ = ("lost", "orphans", "stale", "young")
 

@@ -8,7 +8,7 @@ CONTRACT (implemented by the snapper work package; other modules rely on exactly
 
 Snapper stays the owner of snapshot numbering and metadata (``info.xml``); the two things Debian
 12's snapper 0.10.4 cannot do (set the btrfs default subvolume, set the read-only flag) live in
-:mod:`btrfs`.
+:mod:`.btrfs`.
 
 Backends:
 

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import System, sh
+from testkit.systems import System, sh
 from transactional_update.snapshots import btrfs
-
-pytestmark = pytest.mark.privileged
 
 CONF = "etc/transactional-update.conf"
 NOT_BTRFS_HINT = "hint: transactional-update needs a btrfs root with snapper snapshots (see --root)"

@@ -7,8 +7,9 @@ Run as root from the repository root::
         [--baseline-ref REF] [--sync-repeat 50] [--sync-only] [--profile-status DIR]
 
 Every row times complete processes (``time.perf_counter()`` around ``subprocess.run``), on a real
-managed system: a sparse btrfs image on a loop device built by :func:`tests.helpers.managed_system`,
-with snapperd on a private system bus from :func:`tests.helpers.system_bus` for the D-Bus rows.
+managed system: a sparse btrfs image on a loop device built by
+:func:`testkit.systems.managed_system`, with snapperd on a private system bus from
+:func:`testkit.systems.system_bus` for the D-Bus rows.
 The exceptions are timed in-process, because they are single calls a process start would drown:
 the sync primitives (BTRFS_IOC_SYNC, syncfs, fsync) and, with ``--profile-status``, the parts of
 ``status``.  With ``--baseline-ref REF`` every row of our tool also runs as built from REF.
@@ -62,7 +63,7 @@ from bench.harness import (  # noqa: E402
     run,
     run_as_root,
 )
-from tests.helpers import Bus, System, managed_system, system_bus  # noqa: E402
+from testkit.systems import Bus, System, managed_system, system_bus  # noqa: E402
 from transactional_update.boot import menustate  # noqa: E402
 from transactional_update.snapshots import btrfs, leftovers  # noqa: E402
 from transactional_update.snapshots.snapper import DBusSnapper  # noqa: E402

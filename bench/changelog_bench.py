@@ -7,7 +7,7 @@ Run as root from the repository root::
         [--baseline-ref REF] [--sizes 10000,100000]
 
 Two sections, each measured round-robin on a real managed system (a sparse btrfs image on a loop
-device built by :func:`tests.helpers.managed_system`):
+device built by :func:`testkit.systems.managed_system`):
 
 * **file diff against root size.**  Read-only snapshots holding about 10,000 and 100,000 entries,
   each with a child snapshot that changes exactly one file.  ``filediff.file_changes(parent,
@@ -64,7 +64,7 @@ from bench.harness import (  # noqa: E402
     run,
     run_as_root,
 )
-from tests.helpers import System, make_deb, managed_system  # noqa: E402
+from testkit.systems import System, make_deb, managed_system  # noqa: E402
 from transactional_update.core.chroot import command_env  # noqa: E402
 from transactional_update.provision import image  # noqa: E402
 from transactional_update.record import filediff  # noqa: E402
@@ -238,7 +238,7 @@ def stage_package(system: System, workdir: Path) -> str:
 
     ``pkg install`` runs ``apt-get update`` first; the Debian mirrors in the root's sources.list
     would make that a network benchmark, so the sources become a local file repository (the
-    .deb's own) in the shared /var/cache, as tests/test_packages.py does.
+    .deb's own) in the shared /var/cache, as tests/privileged/test_packages.py does.
     """
     deb = make_deb(workdir / "deb", PACKAGE, "1.0")
     inside = Path(DEB_DIR) / deb.name

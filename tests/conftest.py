@@ -1,18 +1,18 @@
-"""Fixtures: real btrfs systems on loop images and a private system bus with snapperd."""
+"""What every tier needs: SIGTERM handling, the stale-image sweep, skipping privileged tests.
+
+The tiers' own conftests mark their tests (``tests/privileged``: ``privileged``; ``tests/vm``:
+``vm`` and ``privileged``) and hold their fixtures; ``tests/unit`` needs neither.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import Bus, System, sweep_stale
-from tests.helpers import managed_system as _managed_system
-from tests.helpers import system_bus as _system_bus
+from testkit.systems import sweep_stale
 
 
 def _privileged_reason() -> str | None:
@@ -35,43 +35,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # Here, not in tests/privileged: a tier's conftest is loaded only when its directory is
+    # collected, after the session has started.
     if _privileged_reason() is None:
         for image in sweep_stale():
             print(f"removed a stale test system left by a killed run: {image}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The tiers' markers are on the items by now: they are added as each item is collected.
     reason = _privileged_reason()
     if reason is None:
         return
     for item in items:
         if "privileged" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.fixture
-def managed_system(tmp_path: Path) -> Iterator[System]:
-    with _managed_system(tmp_path) as system:
-        yield system
-
-
-@pytest.fixture
-def system_bus(managed_system: System, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bus]:
-    with _system_bus(managed_system) as bus:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-        yield bus
-
-
-@pytest.fixture(params=["cli", "dbus"])
-def system(
-    request: pytest.FixtureRequest, managed_system: System, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[System]:
-    """A managed system driven through snapper's CLI or through snapperd on a system bus."""
-    if request.param == "dbus":
-        with _system_bus(managed_system) as bus:
-            monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-            monkeypatch.setenv("TU_SNAPPER_BACKEND", "dbus")
-            yield managed_system
-    else:
-        monkeypatch.setenv("TU_SNAPPER_BACKEND", "cli")
-        yield managed_system

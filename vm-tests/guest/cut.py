@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Power cuts for the VM tests' powercut scenario (tests/vm.py), run in the guest.
+"""Power cuts for the VM tests' powercut scenario (testkit/vm.py), run in the guest.
 
 A cut is ``b`` written to /proc/sysrq-trigger: the kernel resets the machine at once, without
 syncing, so the guest's page cache is lost while every write qemu already received stays in the
@@ -26,7 +26,7 @@ import time
 SNAPSHOTS = "/.snapshots"
 RESULTS = "/dev/disk/by-id/virtio-tu-out"
 STEP_DISK = "/dev/disk/by-id/virtio-tu-step"
-NOTE_AT = 32 << 20  # tests/vm.py reads the note from here; the results tar stays far below
+NOTE_AT = 32 << 20  # testkit/vm.py reads the note from here; the results tar stays far below
 NOTE_SIZE = 1 << 20
 
 

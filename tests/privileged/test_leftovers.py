@@ -14,13 +14,10 @@ import os
 import time
 
 import btrfsutil
-import pytest
 
-from tests.helpers import System
+from testkit.systems import System
 from transactional_update.snapshots import leftovers
 from transactional_update.snapshots.system import IN_PROGRESS
-
-pytestmark = pytest.mark.privileged
 
 LOCK = ".snapshots/.transactional-update.lock"
 STALE_HINT = "remove it with: transactional-update cleanup"

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import System, make_deb, sh
-
-pytestmark = pytest.mark.privileged
-
+from testkit.systems import System, make_deb, sh
 
 INIT_SCRIPT = """#!/bin/sh
 ### BEGIN INIT INFO

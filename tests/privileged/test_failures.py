@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import System, managed_system
-
-pytestmark = pytest.mark.privileged
+from testkit.systems import System, managed_system
 
 SLEEP = "4242"  # an unusual duration that identifies the transaction's command among processes
 

@@ -26,8 +26,6 @@ from transactional_update.snapshots import snapinfo as si
 from transactional_update.snapshots import snapper as sn
 from transactional_update.snapshots.snapper import Backend
 
-pytestmark = pytest.mark.privileged
-
 # Shell syntax, XML syntax, whitespace, option look-alikes, snapper's D-Bus escapes, UTF-8.
 NASTY = (
     "he said \"hi\"\n$HOME; rm -rf / `x` 'q' <x>&amp; \t tab  \n\n trailing  \n"

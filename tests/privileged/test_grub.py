@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import IN_USE, System, _detach, _unmount_below, sh
+from testkit.systems import IN_USE, System, _detach, _unmount_below, sh
 from transactional_update.boot import bootmenu, grub, grubenv
 from transactional_update.core.chroot import ChrootSession, command_env, plan_for
 from transactional_update.files import checkpoint, write_atomic
@@ -36,7 +36,6 @@ from transactional_update.record import pkgdb
 from transactional_update.snapshots import btrfs
 
 pytestmark = [
-    pytest.mark.privileged,
     pytest.mark.skipif(
         not all(
             shutil.which(t) for t in ("sfdisk", "grub-script-check", "grub-editenv", "grub-fstest")

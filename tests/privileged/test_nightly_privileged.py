@@ -17,15 +17,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import System, make_deb, sh
+from testkit.systems import System, make_deb, sh
 from transactional_update.provision import image
 from transactional_update.reboot import manager as reboot_manager
 from transactional_update.reboot import units
 from transactional_update.snapshots import btrfs
-
-pytestmark = pytest.mark.privileged
 
 
 def _repo(system: System, debs: list[Path]) -> None:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import System, sh
+from testkit.systems import System, sh
 from transactional_update.record import summary
-
-pytestmark = pytest.mark.privileged
 
 
 def _log(system: System, n: int) -> dict[str, object]:
@@ -105,7 +101,7 @@ def test_hostile_description_is_stored_and_shown_literally(managed_system: Syste
 
 
 def test_shell_is_recorded_as_interactive(managed_system: System) -> None:
-    from tests.test_transaction import _drive_shell
+    from tests.privileged.test_transaction import _drive_shell
 
     rc, out = _drive_shell(managed_system, b"touch /etc/by-hand\nexit 0\n")
     assert rc == 0, out
@@ -126,9 +122,9 @@ def test_status_shows_the_pending_change(managed_system: System) -> None:
 def test_shell_session_with_a_manual_deb_install_is_fully_reflected(
     managed_system: System, tmp_path: Path
 ) -> None:
-    from tests.helpers import make_deb
-    from tests.test_packages import _stage
-    from tests.test_transaction import _drive_shell
+    from testkit.systems import make_deb
+    from tests.privileged.test_packages import _stage
+    from tests.privileged.test_transaction import _drive_shell
 
     deb = _stage(managed_system, make_deb(tmp_path, "tu-manual", "3.1"))
     script = f"dpkg -i {deb} >/dev/null && echo edited > /etc/edited-by-hand\nexit 0\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import System, make_deb, sh
-from tests.test_packages import _stage
+from testkit.systems import System, make_deb, sh
+from tests.privileged.test_packages import _stage
 from transactional_update.config.settings import Manager
 from transactional_update.record.filediff import FileChange, FileChangeKind, file_changes
 from transactional_update.record.pkgdiff import (
@@ -17,8 +17,6 @@ from transactional_update.record.pkgdiff import (
     package_changes,
     packages_of,
 )
-
-pytestmark = pytest.mark.privileged
 
 A, M, D = FileChangeKind.ADDED, FileChangeKind.MODIFIED, FileChangeKind.DELETED
 

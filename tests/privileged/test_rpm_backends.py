@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import System, make_rpm, rpm_rootfs_tar, sh
-from tests.helpers import managed_system as _managed_system
+from testkit.systems import System, make_rpm, rpm_rootfs_tar, sh
+from testkit.systems import managed_system as _managed_system
 
 pytestmark = [
-    pytest.mark.privileged,
     pytest.mark.skipif(
         shutil.which("rpmbuild") is None or shutil.which("createrepo_c") is None,
         reason="needs rpmbuild and createrepo_c (run ./tu-dev test, which installs rpm and "

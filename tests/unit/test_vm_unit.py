@@ -1,4 +1,4 @@
-"""tests/vm.py's own checks on what a guest reported (pure logic, on outputs captured from real
+"""testkit/vm.py's own checks on what a guest reported (pure logic, on outputs captured from real
 boots of the VM test image)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import vm
+from testkit import vm
 
 # `systemctl show` of the subvolume mounts in a boot of the image before the fstab ordered them:
 # systemd started all seven within 0.4 s (the race that sometimes failed one of them).

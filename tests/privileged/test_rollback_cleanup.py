@@ -14,12 +14,10 @@ from contextlib import contextmanager
 import btrfsutil
 import pytest
 
-from tests.helpers import System, sh
+from testkit.systems import System, sh
 from transactional_update.snapshots import btrfs
 from transactional_update.snapshots.snapper import CliSnapper, DBusSnapper, Snapper
 from transactional_update.snapshots.system import IN_PROGRESS
-
-pytestmark = pytest.mark.privileged
 
 STATE = "var/lib/misc/transactional-update.state"
 LOCK = ".snapshots/.transactional-update.lock"

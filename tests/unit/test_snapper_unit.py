@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from testkit.systems import REPO
 from transactional_update import proc
 from transactional_update.errors import (
     ConfigError,
@@ -32,7 +33,6 @@ from transactional_update.snapshots import snapper as sn
 from transactional_update.snapshots.snapinfo import Snapshot, SnapshotType
 from transactional_update.snapshots.snapper import Backend, SnapshotFlags
 
-REPO = Path(__file__).resolve().parent.parent
 # jeepney ships no type information; import_module keeps mypy --strict quiet either way.
 jeepney: Any = importlib.import_module("jeepney")
 

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import System, sh
+from testkit.systems import System, sh
 from transactional_update.core.lock import LOCK_NAME, Lock
 from transactional_update.reboot import units
 from transactional_update.record import summary
-
-pytestmark = pytest.mark.privileged
 
 DROP_IN = "snapper-cleanup.service.d/transactional-update.conf"
 SNAPPER_CLEANUP = Path("/usr/lib/systemd/system/snapper-cleanup.service")
@@ -214,7 +212,7 @@ def test_install_units_puts_the_drop_in_into_a_new_snapshot(
 def golden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if not all(shutil.which(t) for t in ("sfdisk", "grub-script-check", "grub-editenv")):
         pytest.skip("needs fdisk and grub-common (./tu-dev test installs them)")
-    from tests.test_grub import KERNEL, bootable_rootfs, tu_cli
+    from tests.privileged.test_grub import KERNEL, bootable_rootfs, tu_cli
 
     img = tmp_path_factory.mktemp("golden") / "golden.img"
     bootable_rootfs()
@@ -225,7 +223,7 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_the_menu_drops_what_snappers_cleanup_deleted(golden: Path, tmp_path: Path) -> None:
-    from tests.test_grub import mounted_disk
+    from tests.privileged.test_grub import mounted_disk
 
     img = tmp_path / "disk.img"  # the name sweep_stale knows
     sh("cp", "--sparse=always", str(golden), str(img))

@@ -10,7 +10,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers import REPO
+from testkit.systems import REPO
 
 PKG = "transactional_update"
 # Lower layers never import higher ones, and subpackages of one layer do not import each other.

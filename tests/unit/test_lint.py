@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.helpers import REPO
+from testkit.systems import REPO
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -16,12 +16,12 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    r = _run("ruff", "check", "transactional_update", "tests", "bench")
+    r = _run("ruff", "check", "transactional_update", "tests", "testkit", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_ruff_format() -> None:
-    r = _run("ruff", "format", "--check", "transactional_update", "tests", "bench")
+    r = _run("ruff", "format", "--check", "transactional_update", "tests", "testkit", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -1,4 +1,4 @@
-"""Real boots in qemu (tests/vm.py, vm-tests/run): scenarios 1-3 and 7, the ones CI runs.
+"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3 and 7, the ones CI runs.
 
 About 13 minutes for the four under TCG (powercut alone boots eight times, about 8-10), part of
 every ``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
@@ -13,13 +13,11 @@ import shutil
 
 import pytest
 
-from tests import vm
+from testkit import vm
 
 SELECTED = os.environ.get("TU_VM_TESTS", "1")
 
 pytestmark = [
-    pytest.mark.privileged,
-    pytest.mark.vm,
     pytest.mark.skipif(SELECTED not in ("1", "all"), reason="TU_VM_TESTS=0 skips the VM tests"),
     pytest.mark.skipif(
         shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86 (./tu-dev test)"

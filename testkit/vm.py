@@ -1,11 +1,12 @@
 """VM tests: real boots of a managed system in qemu, driven and observed from the host.
 
-``vm-tests/run`` and ``tests/test_vm.py`` use this module.  The golden image is made once by
-``create-system`` (the cloud kernel, as in tests/test_grub.py, plus Debian's python3 packages
-this tool needs) and completed in its snapshot 1: this checkout's ``transactional_update``
-package and units, apt pointed at a local repository only (the guest has no network), noisy
-timers and the serial getty masked, and a tiny agent unit (``vm-tests/guest``).  It is cached
-in ``/var/cache/transactional-update-tests/vm`` under a hash of those inputs.
+``vm-tests/run`` and ``tests/vm/test_vm.py`` use this module.  The golden image is made once by
+``create-system`` (the cloud kernel, as in tests/privileged/test_grub.py, plus Debian's python3
+packages this tool needs) and completed in its snapshot 1: this checkout's
+``transactional_update`` package and units, apt pointed at a local repository only (the guest
+has no network), noisy timers and the serial getty masked, and a tiny agent unit
+(``vm-tests/guest``).  It is cached in ``/var/cache/transactional-update-tests/vm`` under a hash
+of those inputs.
 
 Every scenario boots a sparse copy of it, each boot a fresh ``qemu-system-x86_64 -no-reboot``
 with its own wall-clock timeout and two small extra disks: the *step disk* (a tar: the agent
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import make_deb
+from testkit.systems import make_deb
 from transactional_update.provision import image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ from transactional_update.cli.entry import main
 
 sys.exit(main())
 """
-CONF = "# the VM tests (tests/vm.py): the nightly scenario reboots with systemctl\n"
+CONF = "# the VM tests (testkit/vm.py): the nightly scenario reboots with systemctl\n"
 CONF += "REBOOT_METHOD=systemd\n"
 
 

@@ -10,12 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import System, sh
+from testkit.systems import System, sh
 from transactional_update.snapshots import btrfs
-
-pytestmark = pytest.mark.privileged
 
 
 def test_run_commits_and_moves_the_default(system: System) -> None:

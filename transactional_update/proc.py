@@ -1,7 +1,8 @@
 """The one helper that runs subprocesses on the host.
 
 Argument lists are built by pure functions elsewhere; this module only executes them, and logs one
-readable line when a command fails.  Commands inside a snapshot go through :mod:`core.chroot` instead.
+readable line when a command fails.  Commands inside a snapshot go through :mod:`core.chroot`
+instead.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``cleanup``: remove what interrupted runs left and apply snapper's number cleanup.
 
-Left by interrupted runs (see :mod:`snapshots.leftovers`): forks still marked in progress, subvolumes
-without snapper's metadata (a cut while snapper created them) and complete snapshots whose
-commit did not reach the disk (a cut before the default was synced).
+Left by interrupted runs (see :mod:`snapshots.leftovers`): forks still marked in progress,
+subvolumes without snapper's metadata (a cut while snapper created them) and complete snapshots
+whose commit did not reach the disk (a cut before the default was synced).
 
 ``cleanup --prune-only`` (:func:`prune_only`) removes no snapshot: it only follows deletions made
 by others - snapper's own daily cleanup, whose unit runs it afterwards through our drop-in, or an

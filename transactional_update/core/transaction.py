@@ -245,7 +245,8 @@ class Transaction:
         default that a power cut could still take back.  The commit intent is durable before
         the in-progress mark is dropped, so a cut between them and the btrfs commit leaves a
         complete snapshot that is not the default as a *lost commit*, which ``status`` names and
-        ``cleanup`` or ``rollback N`` resolve (see :mod:`snapshots.leftovers`), never one nobody lists.
+        ``cleanup`` or ``rollback N`` resolve (see :mod:`snapshots.leftovers`), never one nobody
+        lists.
         """
         assert self.session is not None and self.number is not None
         fork_dir = self.ctx.managed.snapshot_dir(self.number)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -125,3 +126,74 @@ def test_the_menu_reads_each_snapshot_once() -> None:
     assert menu.main is not None and menu.main.number == 3
     assert [e.number for e in menu.entries] == [4, 3, 1]
     assert read == [3, 1, 4]  # the main entry's, the kept ones', then newest first to the limit
+
+
+# -- create-system: what a failing step leaves behind ---------------------------------------------
+
+
+def test_a_new_image_file_is_removed_when_a_step_fails(tmp_path: Path) -> None:
+    from transactional_update.errors import UsageError
+    from transactional_update.provision import create_system as cs
+
+    img = tmp_path / "new.img"
+    with pytest.raises(RuntimeError), cs._image_file(img, 1 << 20):
+        assert img.stat().st_size == 1 << 20
+        raise RuntimeError("a step failed")
+    assert not img.exists()
+    old = tmp_path / "old.img"
+    old.write_bytes(b"data")
+    with pytest.raises(RuntimeError), cs._image_file(old, None):
+        raise RuntimeError("a step failed")
+    assert old.read_bytes() == b"data"
+    with pytest.raises(UsageError, match="does not exist"), cs._image_file(img, None):
+        pass
+    assert not img.exists()
+
+
+def test_a_failing_step_unmounts_detaches_and_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transactional_update.provision import create_system as cs
+    from transactional_update.provision import image
+
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], **kw: object) -> SimpleNamespace:
+        ran.append(list(argv))
+        return SimpleNamespace(stdout="/dev/loop9\n" if argv[0] == "losetup" else "")
+
+    def grub_fails(root: Path, disk: object, opts: object) -> None:
+        assert root.is_dir()  # mounted, as far as this test goes
+        raise RuntimeError("grub-install failed")
+
+    monkeypatch.setattr(cs, "run", run)
+    monkeypatch.setattr(cs, "_refuse", lambda target, opts: None)
+    monkeypatch.setattr(cs, "_partition", lambda t, d: {2: "/dev/p2", 3: "/dev/p3", 4: "/dev/p4"})
+    monkeypatch.setattr(
+        cs, "_make_filesystems", lambda p: cs._Disk(p[2], p[3], p[4], "G", "R", "E")
+    )
+    monkeypatch.setattr(image, "populate", lambda *a: None)
+    monkeypatch.setattr(image, "mount_system", lambda dev, where: where.mkdir(parents=True))
+    monkeypatch.setattr(cs, "_install_grub", grub_fails)
+    works: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(prefix: str) -> str:
+        works.append(Path(real_mkdtemp(prefix=prefix, dir=tmp_path)))
+        return str(works[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(image, "run", lambda argv, **kw: ran.append(list(argv)))
+    img = tmp_path / "new.img"
+    with pytest.raises(RuntimeError, match="grub-install failed"):
+        cs.create_system(img, cs.CreateOptions(size=1 << 20, rootfs=tmp_path / "rootfs.tar"))
+    (work,) = works
+    root = str(work / "root")
+    assert ran[-3:] == [
+        ["umount", "-R", root],
+        ["partx", "-d", "/dev/loop9"],
+        ["losetup", "-d", "/dev/loop9"],
+    ]
+    assert ["mount", "/dev/p2", f"{root}/boot/grub"] in ran
+    assert not work.exists()  # its empty directories are removed, never a recursive delete
+    assert not img.exists()

@@ -125,11 +125,11 @@ def judge(v: Verdict, argv: Sequence[str], rc: int, hint: str = UNCHANGED) -> Ve
 def execute(tx: Transaction, manager: Manager, request: Request) -> Findings:
     """Run *request* in the transaction and return what it found; a failure aborts it.
 
-    Raises :class:`~transactional_update.transaction.NothingToDo` when the dry run finds nothing
-    to change, which ends the transaction without a snapshot and without an error.  A command
-    whose package manager asks to be run again (it updated itself) runs again in the same
-    snapshot, up to :data:`MAX_ROUNDS` times.  A reboot the package manager asks for is in the
-    :class:`Findings`; the caller hands it to the transaction (``tx.needs_reboot``), which
+    Raises :class:`~transactional_update.core.transaction.NothingToDo` when the dry run finds
+    nothing to change, which ends the transaction without a snapshot and without an error.  A
+    command whose package manager asks to be run again (it updated itself) runs again in the
+    same snapshot, up to :data:`MAX_ROUNDS` times.  A reboot the package manager asks for is in
+    the :class:`Findings`; the caller hands it to the transaction (``tx.needs_reboot``), which
     records it in the changelog, snapper's userdata and ``status``.
     """
     job = _Job(tx, manager, request, _backend(manager), plan(manager, request))

@@ -205,7 +205,8 @@ PATCH = "zypper --non-interactive --non-interactive-include-reboot-patches patch
 
 
 def _execute(tx: FakeTx, manager: Manager, request: Request) -> None:
-    operation.execute(tx, manager, request)  # type: ignore[arg-type]
+    found = operation.execute(tx, manager, request)  # type: ignore[arg-type]
+    tx.result.reboot = found.reboot  # as package_step hands it to the transaction
 
 
 def test_zypper_runs_again_after_restart_needed_and_records_the_reboot() -> None:

@@ -31,6 +31,7 @@ not explicitly :class:`Raw`, so a forgotten filter cannot open a hole.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shlex
@@ -333,10 +334,47 @@ def build(
 
     *store* is the snapper store's path from the top level (``@/.snapshots``).
     """
+    src = _Sources(
+        {s.number: s for s in snapshots},
+        functools.cache(files),
+        summaries,
+        fs_uuid,
+        store,
+        booted,
+        default,
+    )
+    bootable, unfinished = _bootable(snapshots)
+    main, notes = _main_entry(src, bootable)
+    listed, no_kernel = _listed(src, bootable, limit)
+    return Menu(
+        fs_uuid=fs_uuid,
+        flavour=flavour,
+        main=main,
+        submenu_title=title,
+        entries=_submenu(src, listed),
+        limit=limit,
+        left_out=tuple(sorted([*unfinished, *no_kernel], key=lambda x: x.number)),
+        notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What the entries are made of: the snapshots, what is inside them, and the facts."""
+
+    by_number: dict[int, Snapshot]
+    files: Callable[[int], SnapshotFiles]  # each snapshot is read once
+    summaries: Callable[[int], str | None]
+    fs_uuid: str
+    store: str
+    booted: int | None
+    default: int | None
+
+
+def _bootable(snapshots: Sequence[Snapshot]) -> tuple[list[int], list[LeftOut]]:
+    """The numbers of the finished snapshots, and why each other one is left out."""
+    bootable: list[int] = []
     left_out: list[LeftOut] = []
-    notes: list[str] = []
-    by_number = {s.number: s for s in snapshots}
-    bootable = []
     for s in snapshots:
         if IN_PROGRESS in s.userdata:
             left_out.append(LeftOut(s.number, "an unfinished transaction"))
@@ -344,68 +382,72 @@ def build(
             left_out.append(LeftOut(s.number, "a failed transaction kept for inspection"))
         else:
             bootable.append(s.number)
-    seen: dict[int, SnapshotFiles] = {}
+    return bootable, left_out
 
-    def files_of(n: int) -> SnapshotFiles:
-        if n not in seen:
-            seen[n] = files(n)
-        return seen[n]
 
-    def make(n: int, in_submenu: bool) -> Entry | None:
-        f = files_of(n)
-        if f.kernel is None:
-            return None
-        top = f"/{store.strip('/')}/{n}/snapshot"
-        s = by_number[n]
-        return Entry(
-            number=n,
-            id=entry_id(n) if in_submenu else MAIN_ID,
-            title=(
-                entry_title(s, summaries(n), n == default, n == booted)
-                if in_submenu
-                else one_line(f.os_name)
-            ),
-            kernel=f.kernel,
-            linux_path=top + f.kernel.linux,
-            initrd_path=top + f.kernel.initrd if f.kernel.initrd else None,
-            args=kernel_args(fs_uuid, top.lstrip("/"), f.defaults),
-            date=s.date.isoformat() if s.date else "",
-            description=s.description,
-            default=n == default,
-            booted=n == booted,
-            important=s.userdata.get("important") == "yes",
-        )
+def _main_entry(src: _Sources, bootable: list[int]) -> tuple[Entry | None, tuple[str, ...]]:
+    """The entry that boots the default snapshot, or the note why the menu has none."""
+    default = src.default
+    if default is None or default not in src.by_number:
+        return None, ("no main entry: the default subvolume is not a snapper snapshot",)
+    if default not in bootable:
+        return None, (f"no main entry: the default snapshot {default} is not finished",)
+    main = _entry(src, default, in_submenu=False)
+    if main is None:
+        return None, (f"no main entry: the default snapshot {default} has no kernel in /boot",)
+    return main, ()
 
-    main = None
-    if default is None or default not in by_number:
-        notes.append("no main entry: the default subvolume is not a snapper snapshot")
-    elif default not in bootable:
-        notes.append(f"no main entry: the default snapshot {default} is not finished")
-    else:
-        main = make(default, in_submenu=False)
-        if main is None:
-            notes.append(f"no main entry: the default snapshot {default} has no kernel in /boot")
+
+def _listed(src: _Sources, bootable: list[int], limit: int) -> tuple[list[int], list[LeftOut]]:
+    """The snapshots the submenu lists, and those left out for want of a kernel.
+
+    The default and the booted snapshot are always listed, the others newest first up to
+    *limit* in all.
+    """
     # Newest first until the limit is reached: only the snapshots that could be listed are
     # looked into, so a thousand snapshots cost no more than the menu's twenty.
-    keep = [n for n in dict.fromkeys((default, booted)) if n is not None and n in bootable]
+    keep = [n for n in dict.fromkeys((src.default, src.booted)) if n is not None and n in bootable]
     chosen: list[int] = []
+    left_out: list[LeftOut] = []
     for n in [*keep, *sorted(set(bootable) - set(keep), reverse=True)]:
         if n not in keep and len(chosen) >= limit:
             break
-        if files_of(n).kernel is None:
+        if src.files(n).kernel is None:
             left_out.append(LeftOut(n, "no kernel in /boot"))
         else:
             chosen.append(n)
-    entries = [e for n in sorted(chosen, reverse=True) if (e := make(n, in_submenu=True))]
-    return Menu(
-        fs_uuid=fs_uuid,
-        flavour=flavour,
-        main=main,
-        submenu_title=title,
-        entries=tuple(entries),
-        limit=limit,
-        left_out=tuple(sorted(left_out, key=lambda x: x.number)),
-        notes=tuple(notes),
+    return chosen, left_out
+
+
+def _submenu(src: _Sources, listed: list[int]) -> tuple[Entry, ...]:
+    """The submenu's entries, newest first."""
+    return tuple(e for n in sorted(listed, reverse=True) if (e := _entry(src, n, in_submenu=True)))
+
+
+def _entry(src: _Sources, n: int, in_submenu: bool) -> Entry | None:
+    """Snapshot *n*'s entry (None: it has no kernel): in the submenu, or the main entry."""
+    f = src.files(n)
+    if f.kernel is None:
+        return None
+    top = f"/{src.store.strip('/')}/{n}/snapshot"
+    s = src.by_number[n]
+    return Entry(
+        number=n,
+        id=entry_id(n) if in_submenu else MAIN_ID,
+        title=(
+            entry_title(s, src.summaries(n), n == src.default, n == src.booted)
+            if in_submenu
+            else one_line(f.os_name)
+        ),
+        kernel=f.kernel,
+        linux_path=top + f.kernel.linux,
+        initrd_path=top + f.kernel.initrd if f.kernel.initrd else None,
+        args=kernel_args(src.fs_uuid, top.lstrip("/"), f.defaults),
+        date=s.date.isoformat() if s.date else "",
+        description=s.description,
+        default=n == src.default,
+        booted=n == src.booted,
+        important=s.userdata.get("important") == "yes",
     )
 
 

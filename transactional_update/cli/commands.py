@@ -151,7 +151,9 @@ def package_step(action: str, names: Sequence[str] = ()) -> Step:
         operation.plan(manager, request)  # refuse bad requests before any snapshot exists
         tx = Transaction(state.ctx, state.options(packages.describe(request)))
         with tx:
-            operation.execute(tx, manager, request)
+            found = operation.execute(tx, manager, request)
+            if found.reboot is not None:
+                tx.needs_reboot(found.reboot)
         return report(state, tx.result)
 
     return step

@@ -66,7 +66,7 @@ class Result:
     summary: str = ""
     shadowed_writes: list[str] = field(default_factory=list)
     commands: list[Ran] = field(default_factory=list)
-    reboot: str | None = None  # set by a package backend: the change needs a full reboot
+    reboot: str | None = None  # the reboot the change needs (Transaction.needs_reboot)
 
 
 class NothingToDo(Exception):
@@ -167,6 +167,16 @@ class Transaction:
         log.debug("dry run %s: exit %d", shlex.join(argv), res.returncode)
         self.result.commands.append(Ran(list(argv), res.returncode, res.duration))
         return res.returncode, text
+
+    def needs_reboot(self, level: str) -> None:
+        """Record that the change needs a reboot of *level* (``"reboot"``: a full one).
+
+        Only while the transaction is open: the commit writes it into the changelog and
+        snapper's userdata (where ``status`` finds it), and :attr:`Result.reboot` keeps it for
+        the report.
+        """
+        assert self.session is not None
+        self.result.reboot = level
 
     def _drop(self, reason: str) -> None:
         """End without a snapshot and without an error (nothing to change)."""

@@ -69,21 +69,92 @@ def succeeded(manager: Manager, action: Action, returncode: int) -> bool:
     return verdict(manager, action, returncode).outcome is not Outcome.FAILED
 
 
-def _refresh(
-    tx: Transaction,
-    manager: Manager,
-    request: Request,
-    prepare: Sequence[tuple[str, ...]],
-    run_judged: Callable[[tuple[str, ...]], Verdict],
-) -> str:
-    """Refresh the repository metadata unless REFRESH_DELAY spares it (see :mod:`.refresh`).
+@dataclass(frozen=True)
+class Findings:
+    """What a request's run found that outlives it; the caller hands it to the transaction."""
 
-    Returns what a failure's hint adds when the refresh was skipped ("" when it ran).
+    reboot: str | None = None  # FULL_REBOOT: the package manager asks for a full reboot
+
+
+UNCHANGED = "the default snapshot is unchanged"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request in one transaction: what each step of :func:`execute` needs."""
+
+    tx: Transaction
+    manager: Manager
+    request: Request
+    backend: Backend
+    plan: Plan
+
+    def run(self, argv: tuple[str, ...], hint: str) -> Verdict:
+        """Run *argv* with the terminal; its verdict, or :class:`CommandFailed` with *hint*."""
+        rc = self.tx.run(list(argv), dict(self.plan.env))
+        return judge(self.backend.verdict(self.request.action, rc), argv, rc, hint)
+
+    def capture(self, argv: tuple[str, ...]) -> tuple[int, str]:
+        # Dry runs and checks are read, not shown: their words must not depend on the admin's
+        # locale.
+        return self.tx.capture(list(argv), {**dict(self.plan.env), "LC_ALL": "C"})
+
+
+def _command_words(argv: Sequence[str]) -> str:
+    """``zypper install x``: the command and its arguments that are not options."""
+    return f"{argv[0]} " + " ".join(a for a in argv[1:] if not a.startswith("-"))
+
+
+def judge(v: Verdict, argv: Sequence[str], rc: int, hint: str = UNCHANGED) -> Verdict:
+    """*v*, the verdict on *argv*'s exit code *rc*, said in the log; a failure raises.
+
+    :class:`CommandFailed` (with *hint*) names the command and what its exit code means.
+    """
+    from transactional_update.errors import CommandFailed
+
+    if v.outcome is Outcome.FAILED:
+        why = f": {v.meaning}" if v.meaning else ""
+        raise CommandFailed(f"{_command_words(argv)} failed (exit {rc}{why})", hint)
+    if v.outcome is Outcome.WARNING:
+        log.warning("%s: %s (exit %d)", argv[0], v.meaning, rc)
+    if v.outcome is Outcome.REBOOT:
+        log.warning("%s: %s; reboot fully, not only with a soft reboot", argv[0], v.meaning)
+    return v
+
+
+def execute(tx: Transaction, manager: Manager, request: Request) -> Findings:
+    """Run *request* in the transaction and return what it found; a failure aborts it.
+
+    Raises :class:`~transactional_update.core.transaction.NothingToDo` when the dry run finds
+    nothing to change, which ends the transaction without a snapshot and without an error.  A
+    command whose package manager asks to be run again (it updated itself) runs again in the
+    same snapshot, up to :data:`MAX_ROUNDS` times.  A reboot the package manager asks for is in
+    the :class:`Findings`; the caller hands it to the transaction (``tx.needs_reboot``), which
+    records it in the changelog, snapper's userdata and ``status``.
+    """
+    job = _Job(tx, manager, request, _backend(manager), plan(manager, request))
+    refreshed, skipped = _refresh(job)
+    _stop_if_nothing_to_do(job)
+    ran = _run_commands(job, UNCHANGED + skipped)
+    _check_scripts(job)
+    asked = _check_reboot(job)
+    reboot = asked or any(v.outcome is Outcome.REBOOT for v in (*refreshed, *ran))
+    return Findings(reboot=FULL_REBOOT if reboot else None)
+
+
+def _refresh(job: _Job) -> tuple[list[Verdict], str]:
+    """The repository metadata refreshed unless REFRESH_DELAY spares it (see :mod:`.refresh`).
+
+    Returns the verdicts of the refresh commands, and what a failure's hint adds when the
+    refresh was skipped ("" when it ran).
     """
     import time
 
     from transactional_update.packages import refresh
 
+    if not job.plan.prepare:
+        return [], ""
+    tx, manager = job.tx, job.manager
     assert tx.number is not None
     root = tx.ctx.root
     # The configuration the refresh reads: the fork's, still identical to its base.
@@ -91,69 +162,43 @@ def _refresh(
     now = time.time()
     decision = (
         refresh.Decision(True, "--refresh")
-        if request.refresh
+        if job.request.refresh
         else refresh.decide(
             refresh.load_stamp(root, manager), config, now, tx.ctx.config.refresh_delay
         )
     )
     if not decision.refresh:
         log.info("%s", decision.why)
-        return (
+        return [], (
             f"; if a package was not found: the repository metadata is {decision.age:.0f} s "
             "old (REFRESH_DELAY), --refresh fetches it anew"
         )
     log.debug("refreshing the repository metadata: %s", decision.why)
     refresh.clear_stamp(root, manager)
-    verdicts = [run_judged(argv) for argv in prepare]
+    verdicts = [job.run(argv, UNCHANGED) for argv in job.plan.prepare]
     # A warning (zypper's 106: a repository was skipped) is retried by the next command.
     if all(v.outcome is Outcome.OK for v in verdicts):
         refresh.save_stamp(root, manager, refresh.Stamp(now, config))
-    return ""
+    return verdicts, ""
 
 
-def execute(tx: Transaction, manager: Manager, request: Request) -> None:
-    """Run *request* in the transaction; a failure aborts it (the fork is discarded).
-
-    Raises :class:`~transactional_update.transaction.NothingToDo` when the dry run finds nothing
-    to change, which ends the transaction without a snapshot and without an error.  A command
-    whose package manager asks to be run again (it updated itself) runs again in the same
-    snapshot, up to :data:`MAX_ROUNDS` times; a reboot the package manager asks for is recorded
-    in ``tx.result.reboot`` and from there in the changelog, snapper's userdata and ``status``.
-    """
+def _stop_if_nothing_to_do(job: _Job) -> None:
+    """Past this step the dry run found something to change (else :class:`NothingToDo`)."""
     from transactional_update.core.transaction import NothingToDo
-    from transactional_update.errors import CommandFailed
 
-    backend = _backend(manager)
-    steps = plan(manager, request)
-    env = dict(steps.env)
-    # Dry runs and checks are read, not shown: their words must not depend on the admin's locale.
-    quiet_env = {**env, "LC_ALL": "C"}
-    unchanged = "the default snapshot is unchanged"
+    if job.plan.probe is None:
+        return
+    rc, output = job.capture(job.plan.probe)
+    if job.backend.nothing_to_do(job.request.action, rc, output):
+        raise NothingToDo(f"{job.manager}: {NOTHING[job.request.action]}")
 
-    def judge(argv: tuple[str, ...], rc: int) -> Verdict:
-        v = backend.verdict(request.action, rc)
-        if v.outcome is Outcome.FAILED:
-            words = " ".join(a for a in argv[1:] if not a.startswith("-"))
-            why = f": {v.meaning}" if v.meaning else ""
-            raise CommandFailed(f"{argv[0]} {words} failed (exit {rc}{why})", unchanged)
-        if v.outcome is Outcome.WARNING:
-            log.warning("%s: %s (exit %d)", argv[0], v.meaning, rc)
-        if v.outcome is Outcome.REBOOT:
-            log.warning("%s: %s; reboot fully, not only with a soft reboot", argv[0], v.meaning)
-            tx.result.reboot = FULL_REBOOT
-        return v
 
-    if steps.prepare:
-        unchanged += _refresh(
-            tx, manager, request, steps.prepare, lambda a: judge(a, tx.run(list(a), env))
-        )
-    if steps.probe is not None:
-        rc, output = tx.capture(list(steps.probe), quiet_env)
-        if backend.nothing_to_do(request.action, rc, output):
-            raise NothingToDo(f"{manager}: {NOTHING[request.action]}")
-    for argv in steps.commands:
+def _run_commands(job: _Job, hint: str) -> list[Verdict]:
+    """Every command ran, again while it asked (up to MAX_ROUNDS); the last verdict of each."""
+    verdicts = []
+    for argv in job.plan.commands:
         for round_ in range(1, MAX_ROUNDS + 1):
-            v = judge(argv, tx.run(list(argv), env))
+            v = job.run(argv, hint)
             if v.outcome is not Outcome.AGAIN:
                 break
             if round_ == MAX_ROUNDS:
@@ -162,23 +207,37 @@ def execute(tx: Transaction, manager: Manager, request: Request) -> None:
                     "next transaction (transactional-update --continue %s)",
                     argv[0],
                     MAX_ROUNDS,
-                    request.action,
+                    job.request.action,
                 )
             else:
                 log.info("%s: %s; running it again (round %d)", argv[0], v.meaning, round_ + 1)
-    if steps.script_check is not None:
-        rc, output = tx.capture(list(steps.script_check), quiet_env)
-        failed = backend.failed_scripts(output) if rc == 0 else []
-        if failed:
-            argv = steps.commands[-1]
-            words = " ".join(a for a in argv[1:] if not a.startswith("-"))
-            raise CommandFailed(
-                f"{argv[0]} {words} failed: a package script failed: {', '.join(failed)} "
-                f"({argv[0]} itself exits 0 for it)",
-                "the default snapshot is unchanged",
-            )
-    if steps.reboot_check is not None:
-        rc, _ = tx.capture(list(steps.reboot_check), quiet_env)
-        if backend.verdict(request.action, rc).outcome is Outcome.REBOOT:
-            log.warning("%s: a package asks for a full reboot", manager)
-            tx.result.reboot = FULL_REBOOT
+        verdicts.append(v)
+    return verdicts
+
+
+def _check_scripts(job: _Job) -> None:
+    """No package script failed unnoticed (where the manager exits 0 for it); else it raises."""
+    from transactional_update.errors import CommandFailed
+
+    if job.plan.script_check is None:
+        return
+    rc, output = job.capture(job.plan.script_check)
+    failed = job.backend.failed_scripts(output) if rc == 0 else []
+    if failed:
+        argv = job.plan.commands[-1]
+        raise CommandFailed(
+            f"{_command_words(argv)} failed: a package script failed: {', '.join(failed)} "
+            f"({argv[0]} itself exits 0 for it)",
+            UNCHANGED,
+        )
+
+
+def _check_reboot(job: _Job) -> bool:
+    """Whether the package manager, asked after the commands, wants a full reboot."""
+    if job.plan.reboot_check is None:
+        return False
+    rc, _ = job.capture(job.plan.reboot_check)
+    if job.backend.verdict(job.request.action, rc).outcome is not Outcome.REBOOT:
+        return False
+    log.warning("%s: a package asks for a full reboot", job.manager)
+    return True

@@ -351,85 +351,161 @@ _EFI_HINT = "the new system needs grub-efi-amd64-bin (see create-system --includ
 
 
 def create_system(target: Path, opts: CreateOptions) -> Created:
-    from transactional_update.core.chroot import ChrootSession, plan_for
-    from transactional_update.core.context import open_context
+    """*target* partitioned, with a managed system on it that boots with BIOS and with UEFI.
 
+    Whatever step fails, the loop device and the mounts are removed, and so is an image file
+    this call created.
+    """
+    with _image_file(target, opts.size):
+        _refuse(target, opts)
+        rootfs = opts.rootfs or image.cached_rootfs(suite=opts.suite, include=packages(opts))
+        with ExitStack() as stack:
+            device = stack.enter_context(attached(target))
+            disk = _make_filesystems(_partition(target, device))
+            work = _unpack(stack, disk, rootfs)
+            root = _mount(stack, disk, work)
+            tools = _install_grub(root, disk, opts)
+            kernel = _complete_boot_menu(root, tools, target)
+            run(["sync"], check=False)
+        return Created(str(target), disk.root_uuid, disk.grub_uuid, disk.esp_uuid, kernel)
+
+
+@dataclass(frozen=True)
+class _Disk:
+    """The partitions of the new disk, with their filesystems made."""
+
+    grub: str  # partition 2, ext4: /boot/grub
+    root: str  # partition 3, btrfs: the system
+    esp: str  # partition 4, FAT32: GRUB's UEFI image
+    grub_uuid: str
+    root_uuid: str
+    esp_uuid: str
+
+
+@contextmanager
+def _image_file(target: Path, size: int | None) -> Iterator[None]:
+    """*target* exists: a missing one is made an image file of *size* bytes, removed on failure."""
     new_file = not target.exists()
     if new_file:
-        if opts.size is None:
+        if size is None:
             raise UsageError(
                 f"{target} does not exist", "pass --size to create it as an image file"
             )
         with open(target, "xb") as f:
-            f.truncate(opts.size)
-    elif opts.size is not None and target.is_block_device():
+            f.truncate(size)
+    elif size is not None and target.is_block_device():
         raise UsageError("--size applies to image files only", "leave out --size for a disk")
     try:
-        check_target(target, opts.force)
-        grub.defaults_text(opts.serial_console, opts.kernel_args)  # refuse bad arguments now
-        rootfs = opts.rootfs or image.cached_rootfs(suite=opts.suite, include=packages(opts))
-        with ExitStack() as stack:
-            device = stack.enter_context(attached(target))
-            with step(f"partitioning {target}"):
-                run(["wipefs", "-q", "-a", device], what="wipefs")
-                script = partition_script(device)
-                run(["sfdisk", "-q", device], input_text=script, what="sfdisk")
-                run(["partx", "-u", device], check=False)
-                if len(partitions(device)) < 4:
-                    run(["partx", "-a", device], what="partx")
-                parts = partitions(device)
-            run([*GRUB_MKFS, parts[2]], what="mkfs.ext4")
-            grub_uuid = run(
-                ["blkid", "-s", "UUID", "-o", "value", parts[2]], what="blkid"
-            ).stdout.strip()
-            run(["mkfs.vfat", "-F", "32", "-n", "TU-ESP", parts[4]], what="mkfs.vfat")
-            esp_uuid = run(
-                ["blkid", "-s", "UUID", "-o", "value", parts[4]], what="blkid"
-            ).stdout.strip()
-            uuid = image.make_filesystem(parts[3])
-            work = Path(tempfile.mkdtemp(prefix="tu-create-"))
-            # Empty directories only: a recursive delete after a failed unmount would reach
-            # into the mounted system.
-            stack.callback(_remove_empty, work)
-            with (
-                step("unpacking the root filesystem"),
-                image.mounted_top(parts[3], work / "top") as top,
-            ):
-                image.populate(top, rootfs, uuid, grub_uuid, esp_uuid)
-            root = work / "root"
-            stack.callback(_unmount_all, root)
-            image.mount_system(parts[3], root)
-            run(["mount", parts[2], str(root / "boot/grub")], what="mount /boot/grub")
-            snap = root / ".snapshots/1/snapshot"
-            tools = grub.detect(snap)
-            btrfs.set_read_only(snap, False)
-            try:
-                (snap / grub.DEFAULTS_PATH.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-                (snap / grub.DEFAULTS_PATH.lstrip("/")).write_text(
-                    grub.defaults_text(opts.serial_console, opts.kernel_args), encoding="utf-8"
-                )
-                with ChrootSession(snap, plan_for(root, ())) as session:
-                    runner = _runner(session)
-                    with step("setting up GRUB"):
-                        for change in grub.install_integration(snap, runner):
-                            log.info("%s", change)
-                        grub.bootloader(tools, runner)
-                        install_uefi(runner, root, tools.grub_dir, grub_uuid, parts[4])
-                        grubenv.write(tools.env(root), {})
-                        grub.mkconfig(tools, runner)
-            finally:
-                btrfs.set_read_only(snap, True)
-            ctx = open_context(root)
-            grub.install_generated(ctx, tools)
-            from transactional_update.boot.bootmenu import menu_for
-
-            menu = menu_for(ctx.managed, ctx.config)
-            kernel = menu.main.kernel.version if menu.main else None
-            if kernel is None:
-                log.warning("snapshot 1 has no kernel in /boot: %s will not boot", target)
-            run(["sync"], check=False)
-        return Created(str(target), uuid, grub_uuid, esp_uuid, kernel)
+        yield
     except BaseException:
         if new_file:
             target.unlink(missing_ok=True)
         raise
+
+
+def _refuse(target: Path, opts: CreateOptions) -> None:
+    """Nothing is written unless *target* is free to take and GRUB's arguments are valid."""
+    check_target(target, opts.force)
+    grub.defaults_text(opts.serial_console, opts.kernel_args)
+
+
+def _partition(target: Path, device: str) -> dict[int, str]:
+    """*device* holds :func:`partition_script`'s layout, each partition known to the kernel."""
+    with step(f"partitioning {target}"):
+        run(["wipefs", "-q", "-a", device], what="wipefs")
+        run(["sfdisk", "-q", device], input_text=partition_script(device), what="sfdisk")
+        run(["partx", "-u", device], check=False)
+        if len(partitions(device)) < 4:
+            run(["partx", "-a", device], what="partx")
+        return partitions(device)
+
+
+def _uuid(partition: str) -> str:
+    return run(["blkid", "-s", "UUID", "-o", "value", partition], what="blkid").stdout.strip()
+
+
+def _make_filesystems(parts: dict[int, str]) -> _Disk:
+    """ext4 for /boot/grub, FAT32 on the ESP and btrfs for the system, with their UUIDs."""
+    run([*GRUB_MKFS, parts[2]], what="mkfs.ext4")
+    grub_uuid = _uuid(parts[2])
+    run(["mkfs.vfat", "-F", "32", "-n", "TU-ESP", parts[4]], what="mkfs.vfat")
+    esp_uuid = _uuid(parts[4])
+    root_uuid = image.make_filesystem(parts[3])
+    return _Disk(parts[2], parts[3], parts[4], grub_uuid, root_uuid, esp_uuid)
+
+
+def _unpack(stack: ExitStack, disk: _Disk, rootfs: Path) -> Path:
+    """The btrfs layout of :mod:`image` holds *rootfs* as snapshot 1; returns a work directory.
+
+    *stack* removes the work directory once it is empty.
+    """
+    work = Path(tempfile.mkdtemp(prefix="tu-create-"))
+    # Empty directories only: a recursive delete after a failed unmount would reach into the
+    # mounted system.
+    stack.callback(_remove_empty, work)
+    with (
+        step("unpacking the root filesystem"),
+        image.mounted_top(disk.root, work / "top") as top,
+    ):
+        image.populate(top, rootfs, disk.root_uuid, disk.grub_uuid, disk.esp_uuid)
+    return work
+
+
+def _mount(stack: ExitStack, disk: _Disk, work: Path) -> Path:
+    """The new system mounted as it boots, /boot/grub included; *stack* unmounts it all."""
+    root = work / "root"
+    stack.callback(_unmount_all, root)  # before mounting: a half-done mount is undone too
+    image.mount_system(disk.root, root)
+    run(["mount", disk.grub, str(root / "boot/grub")], what="mount /boot/grub")
+    return root
+
+
+def _install_grub(root: Path, disk: _Disk, opts: CreateOptions) -> grub.Tools:
+    """GRUB for BIOS and UEFI on the disk, set up and installed from inside snapshot 1.
+
+    Snapshot 1 gets GRUB's defaults and the integration, /boot/grub an empty environment and
+    the grub.cfg of grub-mkconfig; the snapshot is read-only again afterwards, also on failure.
+    """
+    from transactional_update.core.chroot import ChrootSession, plan_for
+
+    snap = root / ".snapshots/1/snapshot"
+    tools = grub.detect(snap)
+    with _writable(snap):
+        defaults = snap / grub.DEFAULTS_PATH.lstrip("/")
+        defaults.parent.mkdir(parents=True, exist_ok=True)
+        defaults.write_text(
+            grub.defaults_text(opts.serial_console, opts.kernel_args), encoding="utf-8"
+        )
+        with ChrootSession(snap, plan_for(root, ())) as session, step("setting up GRUB"):
+            runner = _runner(session)
+            for change in grub.install_integration(snap, runner):
+                log.info("%s", change)
+            grub.bootloader(tools, runner)
+            install_uefi(runner, root, tools.grub_dir, disk.grub_uuid, disk.esp)
+            grubenv.write(tools.env(root), {})
+            grub.mkconfig(tools, runner)
+    return tools
+
+
+@contextmanager
+def _writable(snap: Path) -> Iterator[None]:
+    """Snapshot *snap* writable inside the block, read-only again after it (also on failure)."""
+    btrfs.set_read_only(snap, False)
+    try:
+        yield
+    finally:
+        btrfs.set_read_only(snap, True)
+
+
+def _complete_boot_menu(root: Path, tools: grub.Tools, target: Path) -> str | None:
+    """grub.cfg holds the boot menu; returns the kernel snapshot 1 boots (None: none found)."""
+    from transactional_update.boot.bootmenu import menu_for
+    from transactional_update.core.context import open_context
+
+    ctx = open_context(root)
+    grub.install_generated(ctx, tools)
+    menu = menu_for(ctx.managed, ctx.config)
+    kernel = menu.main.kernel.version if menu.main else None
+    if kernel is None:
+        log.warning("snapshot 1 has no kernel in /boot: %s will not boot", target)
+    return kernel

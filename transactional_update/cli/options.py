@@ -426,8 +426,9 @@ def arrange(argv: Sequence[str]) -> list[str]:
     * Everything after ``run`` is the command's argv and is never touched (``run sh -c 'exit
       3'`` keeps its ``-c``, ``run -- grep -v x f`` its ``-v``).
     * ``--`` ends the options: what follows is left as it is.
-    * A command's own options move before its arguments (``create-system img --size 8G``):
-      click parses a chained command's options only before its arguments.
+    * A command's own options (and unknown ones, ``--help``) move before its arguments
+      (``create-system img --size 8G``): click parses a chained command's options only before
+      its arguments.  Not for ``pkg`` and ``diff``, which take any number of arguments.
     * A command takes as many arguments as :data:`COMMANDS` says; the next word starts the next
       command of the chain (``rollback 3 cleanup -n``).
     * After ``pkg ACTION``, a global option is a global option too (``pkg install hello -n``
@@ -470,7 +471,9 @@ def arrange(argv: Sequence[str]) -> list[str]:
                     opts += taken[0]
                     i += taken[1]
                     continue
-                words.append(arg)  # unknown: click says so
+                # Unknown: before the arguments click names it (and shows a command's --help);
+                # for pkg a package name, which pkg refuses with its own message.
+                (words if arity is None else opts).append(arg)
                 i += 1
                 continue
             if arity is not None and sum(not w.startswith("-") for w in words) >= arity:

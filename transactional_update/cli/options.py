@@ -321,19 +321,15 @@ COMMANDS: dict[str, int | None] = {
 }
 
 
-def _names(options: Sequence[Option]) -> dict[str, Option]:
-    out = {}
-    for opt in options:
-        for name in opt.names:
-            out[name] = opt
-        if opt.negation:
-            out[opt.negation] = opt
-    return out
-
-
 # Name ("-v", "--verbose", "--no-enable") -> option: the global ones, and each command's own.
-GLOBAL = _names([o for o in OPTIONS if o.is_global])
-OWN = {name: _names([o for o in OPTIONS if name in o.commands]) for name in COMMANDS}
+GLOBAL: dict[str, Option] = {}
+OWN: dict[str, dict[str, Option]] = {}
+for _opt in OPTIONS:  # one pass: this runs at every start
+    for _scope in _opt.commands or (None,):
+        _names = GLOBAL if _scope is None else OWN.setdefault(_scope, {})
+        for _name in (*_opt.names, _opt.negation) if _opt.negation else _opt.names:
+            _names[_name] = _opt
+del _opt, _scope, _names, _name
 
 
 def for_command(command: str | None) -> list[Option]:

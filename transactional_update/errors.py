@@ -11,21 +11,40 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of ``transactional-update`` (also listed in the README and ``--help``).
+    """Exit codes of ``transactional-update``, each with its meaning.
 
-    ``run`` passes the command's own non-zero exit code through instead of ``FAILED``.
+    The one list of them: ``--help`` prints it and a test holds the README's table to it.
     """
 
-    OK = 0
-    FAILED = 1  # the transaction failed; the snapshot was discarded (or kept with --keep)
-    USAGE = 2  # bad command line (click uses 2 as well)
-    NOT_MANAGED = 3  # the root is not a btrfs/snapper system this tool can manage
-    LOCKED = 4  # another transaction holds the lock
-    BAD_SNAPSHOT = 5  # unknown, in-progress or foreign snapshot number
-    CONFIG = 6  # unreadable or invalid configuration file
-    SYSTEM = 7  # btrfs, snapper or mount operation failed
-    NO_SPACE = 8  # the filesystem ran out of space; nothing was changed
-    INTERRUPTED = 130  # SIGINT/SIGTERM/SIGHUP; the snapshot was discarded
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    OK = 0, "success"
+    FAILED = (
+        1,
+        "the transaction failed; the snapshot was discarded "
+        "(`run` and `shell` pass the command's own non-zero code through)",
+    )
+    USAGE = 2, "usage error (bad option, nested invocation)"
+    NOT_MANAGED = (
+        3,
+        "not a managed system (not btrfs, no `/.snapshots`, no snapper config, "
+        "root not a snapshot)",
+    )
+    LOCKED = (
+        4,
+        "another transaction holds the lock (`reboot-manager`: another reboot manager runs)",
+    )
+    BAD_SNAPSHOT = 5, "bad snapshot: unknown, snapshot 0, in progress, or not snapper's"
+    CONFIG = 6, "bad configuration file (the message names file and line)"
+    SYSTEM = 7, "a btrfs, snapper or mount operation failed"
+    NO_SPACE = 8, "the filesystem is full; nothing was changed"
+    INTERRUPTED = 130, "interrupted (SIGINT, SIGTERM, SIGHUP); the snapshot was discarded"
 
 
 class TUError(Exception):

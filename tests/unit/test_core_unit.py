@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from transactional_update.cli.app import normalize_continue
+from transactional_update.cli.options import arrange as normalize_continue
 from transactional_update.config import conffile
 from transactional_update.config import settings as config
 from transactional_update.core import chroot
@@ -280,7 +280,7 @@ def test_quick_transactions_parse_as_the_full_command_line(argv: list[str]) -> N
     else:
         assert args == []
     assert Path(str(opts.get("root", "/"))) == params["root"]
-    assert bool(opts.get("json")) == params["json_out"]
+    assert bool(opts.get("json")) == params["json"]
     assert opts["verbose"] == params["verbose"]
     for key in (
         "debug",

@@ -2,28 +2,25 @@
 
 General commands chain as in openSUSE's tool (``transactional-update cleanup run -- cmd``) and run
 in the order given; the first failure stops the chain.  Everything but click is imported inside the
-commands, so ``--help`` starts fast.
-
-Exit codes: 0 success; 1 transaction failed (``run`` passes the command's own code through);
-2 usage; 3 not a managed system; 4 another transaction runs; 5 bad snapshot number;
-6 bad configuration; 7 btrfs/snapper/mount failure; 8 no space left; 130 interrupted.
+commands, so ``--help`` starts fast.  The options come from the table in :mod:`cli.options`,
+global ones before or after the commands (:func:`options.arrange`); the exit codes, printed by
+``--help``, from :class:`errors.ExitCode`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from transactional_update.cli import options as table
 from transactional_update.cli.commands import (
     PKG_ACTIONS,
-    VALUE_OPTIONS,
     State,
     begin,
     discard_unless_ok,
@@ -33,46 +30,63 @@ from transactional_update.cli.commands import (
     report,
     run_step,
 )
+from transactional_update.cli.options import arrange
+from transactional_update.errors import ExitCode
 
 if TYPE_CHECKING:
     from transactional_update.cli.commands import Step
 
 log = logging.getLogger("transactional_update")
 
-EPILOG = """\b
-Exit codes: 0 ok, 1 transaction failed (run: the command's code), 2 usage,
-3 not a managed system, 4 locked by another transaction, 5 bad snapshot,
-6 bad config, 7 btrfs/snapper failure, 8 no space left, 130 interrupted.
-"""
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def normalize_continue(argv: Sequence[str]) -> list[str]:
-    """``-c [N]``/``--continue [N]`` take a number only when one follows (as in openSUSE's tool).
+def exit_codes_epilog() -> str:
+    lines = [f"  {int(code):<3}  {code.meaning.replace('`', '')}" for code in ExitCode]
+    return "\b\nExit codes:\n" + "\n".join(lines) + "\n"
 
-    Only the global options are rewritten: from the first command on, arguments belong to the
-    commands (``run sh -c 'exit 3'`` keeps its ``-c``).
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-c", "--continue"):
-            nxt = argv[i + 1] if i + 1 < len(argv) else ""
-            if re.fullmatch(r"\d+", nxt):
-                out.append(f"--continue={nxt}")
-                i += 1
-            else:
-                out.append("--continue=default")
-        elif arg in VALUE_OPTIONS:
-            out += argv[i : i + 2]
-            i += 1
-        elif arg == "--" or not arg.startswith("-"):
-            out += argv[i:]
-            break
-        else:
-            out.append(arg)
-        i += 1
-    return out
+
+def _click_type(opt: table.Option) -> click.ParamType[Any] | None:
+    if opt.value_type is table.ValueType.PATH:
+        return click.Path(path_type=Path)
+    if opt.value_type is table.ValueType.FILE:
+        return click.Path(path_type=Path, exists=True, dir_okay=False)
+    if opt.value_type is table.ValueType.SECONDS:
+        return click.FloatRange(min=0.1)
+    return None
+
+
+def click_option(opt: table.Option) -> Callable[[F], F]:
+    """The click option that *opt* of the table describes."""
+    decls = [*opt.names, opt.dest]
+    kw: dict[str, Any] = {"help": opt.help, "metavar": opt.metavar}
+    if opt.kind is table.Kind.FLAG:
+        kw.update(is_flag=True, default=opt.default)
+    elif opt.kind is table.Kind.COUNT:
+        kw.update(count=True)
+    elif opt.kind is table.Kind.SWITCH:
+        decls = [f"{opt.names[0]}/{opt.negation}", opt.dest]
+        kw.update(default=opt.default)
+    elif opt.kind is table.Kind.VALUE:
+        kw.update(
+            type=_click_type(opt),
+            default=opt.default,
+            show_default=opt.show_default,
+            multiple=opt.multiple,
+        )
+    # OPTIONAL_NUMBER: arrange() has made it --continue=N or --continue=default.
+    return click.option(*decls, **kw)
+
+
+def with_options(command: str | None) -> Callable[[F], F]:
+    """Decorate a click command with its options from the table (None: the global ones)."""
+
+    def decorate(f: F) -> F:
+        for opt in reversed(table.for_command(command)):
+            f = click_option(opt)(f)
+        return f
+
+    return decorate
 
 
 def parse_continue(value: str | None) -> int | None:
@@ -87,72 +101,17 @@ def parse_continue(value: str | None) -> int | None:
     return int(value)
 
 
-@click.group(chain=True, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path),
-    default=Path("/"),
-    show_default=True,
-    help="Manage the system mounted at PATH (like snapper --root).",
+@click.group(
+    chain=True,
+    epilog=exit_codes_epilog(),
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.option("-v", "--verbose", count=True, help="More output; -vv shows every command.")
-@click.option("--debug", is_flag=True, help="Show debug output and tracebacks.")
-@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
-@click.option("-n", "--non-interactive", is_flag=True, help="Never ask (default for run).")
-@click.option("-i", "--interactive", is_flag=True, help="Let package managers ask.")
-@click.option(
-    "--refresh", is_flag=True, help="Refresh repository metadata even within REFRESH_DELAY."
-)
-@click.option(
-    "-c",
-    "--continue",
-    "continue_",
-    metavar="[N]",
-    help="Build on the pending default snapshot, or on snapshot N.",
-)
-@click.option(
-    "-d",
-    "--drop-if-no-change",
-    is_flag=True,
-    help="Leave no snapshot when the transaction changed no file.",
-)
-@click.option(
-    "-k", "--keep", is_flag=True, help="Keep a failed snapshot for inspection (never as default)."
-)
-@click.option("--description", metavar="TEXT", help="Description of the new snapshot.")
-@click.option("--json", "json_out", is_flag=True, help="Machine-readable output (status, list).")
+@with_options(None)
 @click.version_option(package_name="transactional-update")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    root: Path,
-    verbose: int,
-    debug: bool,
-    quiet: bool,
-    non_interactive: bool,
-    interactive: bool,
-    refresh: bool,
-    continue_: str | None,
-    drop_if_no_change: bool,
-    keep: bool,
-    description: str | None,
-    json_out: bool,
-) -> None:
+def cli(ctx: click.Context, /, **opts: Any) -> None:
     """Change a btrfs root atomically: every change goes to a new snapshot that boots next."""
-    ctx.obj = begin(
-        root,
-        json_out,
-        verbose=verbose,
-        quiet=quiet,
-        debug=debug,
-        continue_from=parse_continue(continue_),
-        drop_if_no_change=drop_if_no_change,
-        keep=keep,
-        description=description,
-        interactive=interactive,
-        non_interactive=non_interactive,
-        refresh=refresh,
-    )
+    ctx.obj = begin({**opts, "continue_from": parse_continue(opts["continue_from"])})
 
 
 @cli.result_callback()
@@ -290,23 +249,7 @@ def reboot_cmd() -> Step:
 
 
 @cli.command("install-units")
-@click.option(
-    "--unit-dir",
-    type=click.Path(path_type=Path),
-    metavar="DIR",
-    help="Write the units into DIR (packaging) instead of a new snapshot of the root.",
-)
-@click.option(
-    "--exec",
-    "exec_path",
-    metavar="PATH",
-    help="The transactional-update the units start (default: /usr/bin/transactional-update).",
-)
-@click.option(
-    "--enable/--no-enable",
-    default=None,
-    help="Also enable the timers and the reboot manager (default; not with --unit-dir).",
-)
+@with_options("install-units")
 def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
     """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot.
 
@@ -348,13 +291,7 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
 @click.argument(
     "action", type=click.Choice(["run", "status", "cancel"]), default="run", required=False
 )
-@click.option(
-    "--poll",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds between looks for new or cancelled reboot requests (run).",
-)
+@with_options("reboot-manager")
 def reboot_manager_cmd(action: str, poll: float) -> Step:
     """Reboot inside the maintenance window (run), or show (status) or drop (cancel) the plan."""
 
@@ -490,12 +427,7 @@ def rollback_cmd(target: str | None) -> Step:
 
 
 @cli.command("cleanup")
-@click.option(
-    "--prune-only",
-    is_flag=True,
-    help="Remove no snapshot: only drop the changelog and boot menu entries of deleted ones "
-    "(snapper's cleanup unit runs this after it); skips while a transaction runs.",
-)
+@with_options("cleanup")
 def cleanup_cmd(prune_only: bool) -> Step:
     """Remove snapshots of interrupted transactions and apply the number limit."""
 
@@ -626,18 +558,7 @@ def boot_once_cmd(number: int) -> Step:
 
 @cli.command("create-system")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--size", metavar="SIZE", help="Create TARGET as a sparse image file (e.g. 8G).")
-@click.option(
-    "--rootfs",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Root filesystem tarball (default: built with mmdebstrap and cached).",
-)
-@click.option("--suite", help="Debian suite to build (default: the host's).")
-@click.option("--kernel", default="linux-image-amd64", show_default=True, help="Kernel package.")
-@click.option("--include", "include", multiple=True, metavar="PKG", help="More packages.")
-@click.option("--serial-console", is_flag=True, help="GRUB and kernel on ttyS0 too.")
-@click.option("--kernel-args", default="", metavar="ARGS", help="Extra kernel command line.")
-@click.option("--force", is_flag=True, help="Erase a target that holds data.")
+@with_options("create-system")
 def create_system_cmd(
     target: Path,
     size: str | None,
@@ -688,9 +609,30 @@ def create_system_cmd(
     return step
 
 
+def parse(argv: Sequence[str]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """What the command line makes of *argv*, without running anything.
+
+    The global options by destination (``--continue`` as click gives it, before
+    :func:`parse_continue`) and each command of the chain with its parameters; click's
+    exceptions for bad input.  For tests, which hold the quick path of :mod:`entry` to it.
+    """
+    ctx = cli.make_context("transactional-update", arrange(argv))
+    rest = [*ctx._protected_args, *ctx.args]
+    chain = []
+    while rest:
+        name, command, rest = cli.resolve_command(ctx, rest)
+        assert name is not None and command is not None
+        sub = command.make_context(
+            name, rest, parent=ctx, allow_extra_args=True, allow_interspersed_args=False
+        )
+        chain.append((name, dict(sub.params)))
+        rest = sub.args
+    return dict(ctx.params), chain
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = normalize_continue(list(sys.argv[1:] if argv is None else argv))
-    debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
+    args = arrange(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in table.leading(args)
     try:
         cli.main(args=args, prog_name="transactional-update", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -701,9 +643,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         path = ctx.command_path if ctx is not None else "transactional-update"
         click.echo(f"error: {exc.format_message()}", err=True)
         click.echo(f"hint: see: {path} --help", err=True)
-        sys.exit(2)
+        sys.exit(ExitCode.USAGE)
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except (Exception, KeyboardInterrupt) as exc:
         sys.exit(failed(exc, debug))

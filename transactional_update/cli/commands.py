@@ -12,7 +12,7 @@ import sys
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -55,41 +55,26 @@ class State:
         )
 
 
-# Global options that take a value as the next argument (which may look like anything), and the
-# name each has in the quick parser of :mod:`.entry`.
-VALUE_OPTIONS = {"--root": "root", "--description": "description"}
+def begin(opts: Mapping[str, Any]) -> State:
+    """Logging set up and the :class:`State` that the global options decide, for both parsers.
 
-
-def begin(
-    root: Path,
-    json_out: bool,
-    *,
-    verbose: int = 0,
-    quiet: bool = False,
-    debug: bool = False,
-    continue_from: int | None = None,
-    drop_if_no_change: bool = False,
-    keep: bool = False,
-    description: str | None = None,
-    interactive: bool = False,
-    non_interactive: bool = False,
-    refresh: bool = False,
-) -> State:
-    """Logging set up and the :class:`State` that the global options decide, for both parsers."""
+    *opts* has every global option of :mod:`cli.options` by destination, ``--root`` as a path
+    and ``--continue`` as a snapshot number (or None).
+    """
     from transactional_update import log as logmod
 
-    logmod.setup(2 if debug else verbose, quiet)
+    logmod.setup(2 if opts["debug"] else opts["verbose"], opts["quiet"])
     return State(
-        root.absolute(),
-        json_out,
+        opts["root"].absolute(),
+        opts["json"],
         {
-            "continue_from": continue_from,
-            "drop_if_no_change": drop_if_no_change,
-            "keep": keep,
-            "description": description,
-            "interactive": interactive and not non_interactive,
-            "refresh": refresh,
-            "debug": debug,
+            "continue_from": opts["continue_from"],
+            "drop_if_no_change": opts["drop_if_no_change"],
+            "keep": opts["keep"],
+            "description": opts["description"],
+            "interactive": opts["interactive"] and not opts["non_interactive"],
+            "refresh": opts["refresh"],
+            "debug": opts["debug"],
         },
     )
 

@@ -5,8 +5,9 @@ run here without importing click or the transaction machinery (half of the start
 ``run CMD…``, ``pkg …``, ``up``, ``dup`` and ``patch`` are what scripts, configuration management
 and the nightly job call for every change; they run here without click (a third of a no-op
 transaction's start-up), through the same steps as :mod:`.app`.
-Anything else (``-c``, chained commands, ``--help``, any option not listed below, bad input)
-goes to the full command line in :mod:`.app`, which parses it with click.
+Anything else (``-c``, chained commands, ``--help``, any option of a command, bad input) goes to
+the full command line in :mod:`.app`, which parses it with click.  Both read the options from one
+table, :mod:`.options`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,24 @@ if TYPE_CHECKING:
 
 
 def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
-    """``(root, json, command)`` when *argv* is a plain status/list query, else None."""
+    """``(root, json, command)`` when *argv* is a plain status/list query, else None.
+
+    Only ``--root`` and ``--json`` are handled here, before or after the command.
+    """
+    from transactional_update.cli.options import GLOBAL, arrange
+
     root, as_json, command = Path("/"), False, None
-    args = list(argv)
+    args = arrange(argv)
     while args:
         arg = args.pop(0)
-        if arg == "--json":
+        opt = GLOBAL.get(arg.partition("=")[0])
+        if opt is not None and opt.dest == "json" and arg == "--json":
             as_json = True
-        elif arg == "--root" and args:
-            root = Path(args.pop(0))
-        elif arg.startswith("--root="):
-            root = Path(arg.split("=", 1)[1])
+        elif opt is not None and opt.dest == "root":
+            value = _value(arg, args)
+            if not value:
+                return None
+            root = Path(value)
         elif arg in ("status", "list") and command is None:
             command = arg
         else:
@@ -39,25 +47,14 @@ def parse_query(argv: Sequence[str]) -> tuple[Path, bool, str] | None:
     return (root.absolute(), as_json, command) if command else None
 
 
-# Global options the quick path of the transaction commands understands, as the full command line
-# defines them.
-_FLAGS = {
-    "--json": "json",
-    "-v": "verbose",
-    "--verbose": "verbose",
-    "--debug": "debug",
-    "-q": "quiet",
-    "--quiet": "quiet",
-    "-n": "non_interactive",
-    "--non-interactive": "non_interactive",
-    "-i": "interactive",
-    "--interactive": "interactive",
-    "-d": "drop_if_no_change",
-    "--drop-if-no-change": "drop_if_no_change",
-    "-k": "keep",
-    "--keep": "keep",
-    "--refresh": "refresh",
-}
+def _value(arg: str, args: list[str]) -> str | None:
+    """The value of the option *arg* (``--name=value``, or the next of *args*, taken)."""
+    _, eq, value = arg.partition("=")
+    if eq:
+        return value
+    return args.pop(0) if args else None
+
+
 _PACKAGE_COMMANDS = ("up", "dup", "patch")
 
 
@@ -65,15 +62,20 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
     """``(options, command, arguments)`` for one transaction command, else None.
 
     The commands: ``run [--] CMD…``, ``pkg ACTION [NAME…]`` and ``up``, ``dup``, ``patch`` (then
-    nothing else: a chain of commands goes to click), after global options from the table above.
-    As in the full command line, everything after ``run`` is the command, whose first ``--``
-    ends the options of ``run``; an option of the command itself (``run --help``, a package
-    name that starts with ``-``) goes to click.
+    nothing else: a chain of commands goes to click), with global options before or after them
+    (see :func:`options.arrange`); *options* has every global option, by destination, as click
+    would give it.  As in the full command line, everything after ``run`` is the command, whose
+    first ``--`` ends the options of ``run``; an option of the command itself (``run --help``, a
+    package name that starts with ``-``) goes to click, and so do ``-c`` (rare; click checks its
+    number) and an option given twice with different values.
     """
-    from transactional_update.cli.commands import PKG_ACTIONS, VALUE_OPTIONS
+    from transactional_update.cli.commands import PKG_ACTIONS
+    from transactional_update.cli.options import GLOBAL, Kind, ValueType, arrange, defaults
 
-    opts: dict[str, Any] = {"verbose": 0}
-    args = list(argv)
+    opts: dict[str, Any] = defaults()
+    opts["root"] = Path(str(opts["root"]))
+    seen = set()
+    args = arrange(argv)
     while args:
         arg = args.pop(0)
         if arg == "run":
@@ -81,43 +83,47 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
                 args.pop(0)
             elif args and args[0].startswith("-"):
                 return None
-            return (opts, arg, args) if args else None
+            break
         if arg == "pkg":
             if not args or args[0] not in PKG_ACTIONS or any(a.startswith("-") for a in args):
                 return None
-            return opts, arg, args
+            break
         if arg in _PACKAGE_COMMANDS:
-            return (opts, arg, []) if not args else None
-        name, eq, value = arg.partition("=")
-        if name in VALUE_OPTIONS:
-            if not eq:
-                if not args:
-                    return None
-                value = args.pop(0)
-            if not value or VALUE_OPTIONS[name] in opts:
+            if args:
                 return None
-            opts[VALUE_OPTIONS[name]] = value
-        elif arg in _FLAGS:
-            key = _FLAGS[arg]
-            opts[key] = (int(opts["verbose"]) + 1) if key == "verbose" else True
-        elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            break
+        opt = GLOBAL.get(arg.partition("=")[0] if arg.startswith("--") else arg)
+        if opt is None or opt.kind is Kind.OPTIONAL_NUMBER:
+            if not arg.startswith("-") or arg.startswith("--") or len(arg) < 3:
+                return None
             for c in arg[1:]:  # -vv, -nd: bundled short flags
-                if f"-{c}" not in _FLAGS:
+                bundled = GLOBAL.get(f"-{c}")
+                if bundled is None or bundled.kind not in (Kind.FLAG, Kind.COUNT):
                     return None
                 args.insert(0, f"-{c}")
+        elif opt.kind is Kind.VALUE:
+            value = _value(arg, args)
+            if not value or opt.dest in seen:
+                return None
+            seen.add(opt.dest)
+            opts[opt.dest] = Path(value) if opt.value_type is ValueType.PATH else value
+        elif opt.kind is Kind.COUNT and "=" not in arg:
+            opts[opt.dest] += 1
+        elif opt.kind is Kind.FLAG and "=" not in arg:
+            opts[opt.dest] = True
         else:
             return None
-    return None
+    else:
+        return None
+    return (opts, arg, args) if arg != "run" or args else None
 
 
 def quick_transaction(opts: dict[str, Any], command: str, args: list[str]) -> int:
     from transactional_update.cli import commands
 
-    debug = bool(opts.pop("debug", False))
+    debug = bool(opts["debug"])
     try:
-        state = commands.begin(
-            Path(str(opts.pop("root", "/"))), bool(opts.pop("json", False)), debug=debug, **opts
-        )
+        state = commands.begin(opts)
         if command == "run":
             step = commands.run_step(args)
         elif command == "pkg":

@@ -320,6 +320,16 @@ COMMANDS: dict[str, int | None] = {
     "create-system": 1,
 }
 
+# The commands whose arguments are snapshot numbers, and the words they take besides: what the
+# shell completions offer there (cli/reference.py); the man page and --help show the metavars.
+SNAPSHOT_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "log": (),
+    "changelog": (),
+    "diff": (),
+    "rollback": ("last",),
+    "boot-once": (),
+}
+
 
 # Name ("-v", "--verbose", "--no-enable") -> option: the global ones, and each command's own.
 GLOBAL: dict[str, Option] = {}

@@ -397,6 +397,7 @@ COMPARISONS = (
     ("sync_ioctl", "sync_fsync", "BTRFS_IOC_SYNC / fsync of one file"),
     ("sync_syncfs", "sync_fsync", "syncfs / fsync of one file"),
     ("tu_run_cli", "tu_run_cli_base", "run true [cli]: new / baseline"),
+    ("tu_help", "tu_help_base", "--help: new / baseline"),
     ("tu_run_dbus", "tu_run_dbus_base", "run true [dbus]: new / baseline"),
     ("tu_status_cli", "tu_status_cli_base", "status [cli]: new / baseline"),
     ("tu_status_dbus", "tu_status_dbus_base", "status [dbus]: new / baseline"),
@@ -408,9 +409,21 @@ COMPARISONS = (
 )
 
 
-def startup_rows(tu: Path) -> list[Row]:
+def startup_rows(tu: Path, base_tu: Path | None = None) -> list[Row]:
     env = base_env()
     py = tu.parent / "python"  # the installed tool's own interpreter (see installed_cli)
+    base = (
+        []
+        if base_tu is None
+        else [
+            Row(
+                "tu_help_base",
+                "transactional-update --help  (baseline)",
+                "start-up",
+                lambda: run([base_tu, "--help"], env),
+            )
+        ]
+    )
     return [
         Row(
             "python_bare",
@@ -431,6 +444,7 @@ def startup_rows(tu: Path) -> list[Row]:
             lambda: run([py, "-c", f"import {STDLIB}"], env),
         ),
         Row("tu_help", "transactional-update --help", "start-up", lambda: run([tu, "--help"], env)),
+        *base,
     ]
 
 
@@ -624,7 +638,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Row]:
                 base_tu = installed_cli(workdir, args.baseline_ref)
         if not args.sync_only:
             progress(f"start-up rows ({args.warmup} warm-up + {args.repeat} runs each)")
-            startup = startup_rows(tu)
+            startup = startup_rows(tu, base_tu)
             measure(startup, args.repeat, args.warmup)
             rows += startup
 

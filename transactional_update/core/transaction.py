@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from transactional_update.core import reboot_needed
 from transactional_update.core.chroot import ChrootSession, command_env, plan_for
 from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
@@ -276,6 +277,7 @@ class Transaction:
         self._describe(entry)
         self._make_default(fork_dir)
         self._follow_default(entry)
+        reboot_needed.mark(self.ctx.root, self.result.reboot or reboot_needed.FULL)
         log.info("snapshot %d is the new default; reboot to use it", self.result.number)
 
     def _base(self) -> int:

@@ -294,7 +294,8 @@ def reboot_cmd() -> Step:
 def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
     """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot.
 
-    Also a drop-in for snapper's snapper-cleanup.service that follows its deletions.
+    Also a drop-in for snapper's snapper-cleanup.service that follows its deletions, and
+    openSUSE's /usr/sbin/transactional-update as a link to the tool (--exec).
     """
     if exec_path is not None and not exec_path.startswith("/"):
         raise click.BadParameter(f"{exec_path!r} is not an absolute path", param_hint="--exec")
@@ -316,6 +317,7 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
             )
             return 0
         wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
+        wanted += units.sbin_link(state.root, exe)
         if units.up_to_date(state.root, wanted):
             click.echo("the units are installed and up to date; no snapshot was made")
             return 0

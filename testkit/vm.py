@@ -159,6 +159,8 @@ def complete_snapshot(snap: Path) -> None:
     launcher = snap / "usr/bin/transactional-update"
     launcher.write_text(LAUNCHER)
     launcher.chmod(0o755)
+    # openSUSE's path, where clients (Ansible's zypper module) look; install-units makes it too.
+    _link(snap / "usr/sbin/transactional-update", "../bin/transactional-update")
     # Where units.source_dir() finds them for a wheel installed with prefix /usr; the units are
     # also in place (not enabled: the timer must not fire during a scenario).
     share = snap / "usr/share/transactional-update"

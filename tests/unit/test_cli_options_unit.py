@@ -48,6 +48,8 @@ EXAMPLES: dict[str, list[str]] = {
     "setup-boot-fs": [],
     "boot-once": ["3"],
     "create-system": ["/tmp/img"],
+    "register": [],
+    "migration": [],
 }
 QUERIES = ("status", "list")
 QUICK_TRANSACTIONS = ("run", "pkg", "up", "dup", "patch")

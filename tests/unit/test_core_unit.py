@@ -167,7 +167,8 @@ def test_continue_takes_a_number_only_when_one_follows() -> None:
         "5",
     ]
     assert normalize_continue(["--continue", "7", "shell"]) == ["--continue=7", "shell"]
-    assert normalize_continue(["-c"]) == ["--continue=default"]
+    # No command at all: openSUSE's UPDATE_METHOD (options.NO_COMMAND).
+    assert normalize_continue(["-c"]) == ["--continue=default", "auto-update"]
     # A command's own -c is not the global option, with or without "--".
     assert normalize_continue(["-c", "2", "run", "sh", "-c", "exit 3"]) == [
         "--continue=2",

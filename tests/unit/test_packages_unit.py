@@ -12,8 +12,8 @@ import pytest
 from transactional_update.config.settings import Config, Manager
 from transactional_update.core.transaction import NothingToDo
 from transactional_update.errors import CommandFailed, NotManagedError, UsageError
+from transactional_update.packages import forward, operation, refresh
 from transactional_update.packages import model as packages
-from transactional_update.packages import operation, refresh
 from transactional_update.packages.model import Action, Outcome, Request, Verdict
 from transactional_update.record import pkgdb
 
@@ -112,8 +112,8 @@ def test_exit_codes(
 def test_describe_and_options() -> None:
     assert packages.describe(Request(Action.INSTALL, ("a", "b"))) == "pkg install a b"
     assert packages.describe(Request(Action.DUP)) == "dup"
-    with pytest.raises(UsageError, match="option '--force' is not passed"):
-        packages.split_packages(["hello", "--force"])
+    with pytest.raises(UsageError, match="option '--force' is not forwarded to apt"):
+        forward.translate(Manager.APT, Action.INSTALL, forward.split(["hello", "--force"])[1])
 
 
 def test_detect_and_database_guard(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_default_actions_per_method() -> None:
     assert notify.commands == (
         ("wall", "transactional-update: snapshot 7 is the new default; reboot to use it"),
     )
-    assert notify.markers == (("/run/reboot-needed", "snapshot 7\n"),)
+    assert notify.markers == (("/run/reboot-needed", "reboot"),)
     kured = plan(cfg, RebootMethod.KURED, 7)
     assert kured.commands == () and kured.markers[0][0] == "/var/run/reboot-required"
     mgr = plan(cfg, RebootMethod.REBOOTMGR, 7)

@@ -163,13 +163,13 @@ def shell_cmd() -> Step:
 
 @cli.command("up")
 def up_cmd() -> Step:
-    """Update all packages in a new snapshot."""
+    """Update all packages in a new snapshot (also: update)."""
     return package_step("up")
 
 
 @cli.command("dup")
 def dup_cmd() -> Step:
-    """Distribution upgrade in a new snapshot."""
+    """Distribution upgrade in a new snapshot (also: dist-upgrade)."""
     return package_step("dup")
 
 
@@ -183,8 +183,49 @@ def patch_cmd() -> Step:
 @click.argument("action", type=click.Choice(sorted(PKG_ACTIONS)), metavar="install|remove|update")
 @click.argument("names", nargs=-1, type=click.UNPROCESSED)
 def pkg_cmd(action: str, names: tuple[str, ...]) -> Step:
-    """Install, remove or update the named packages in a new snapshot."""
+    """Install, remove or update the named packages in a new snapshot (also: package).
+
+    Options of the package manager among the names are forwarded where it has them
+    (--auto-agree-with-licenses, --no-recommends, -y, ...) and refused otherwise.
+    """
     return package_step(PKG_ACTIONS[action], names)
+
+
+def _unsupported(name: str) -> None:
+    from transactional_update.errors import TUError
+
+    # Raised while the chain is parsed: `cleanup register …` runs nothing.
+    raise TUError(
+        f"{name} is not supported on this distribution",
+        "it is SUSE's (SUSEConnect, SCC); register the system with its distribution's tools",
+    )
+
+
+# openSUSE's SUSEConnect commands: refused (exit 1), not a usage error, whatever follows them.
+@cli.command(
+    "register",
+    context_settings={"ignore_unknown_options": True},
+    hidden=True,
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def register_cmd(args: tuple[str, ...]) -> Step:
+    """Register the system with SUSEConnect (SUSE only: refused)."""
+    _unsupported("register")
+    raise AssertionError  # pragma: no cover
+
+
+@cli.command(
+    "migration",
+    context_settings={"ignore_unknown_options": True},
+    hidden=True,
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def migration_cmd(args: tuple[str, ...]) -> Step:
+    """Migrate to a new SUSE product version (SUSE only: refused)."""
+    _unsupported("migration")
+    raise AssertionError  # pragma: no cover
 
 
 # --- issue 5: nightly updates, reboot methods, units, reboot manager ---
@@ -206,7 +247,7 @@ def config_cmd() -> Step:
 
 @cli.command("auto-update")
 def auto_update_cmd() -> Step:
-    """Update with the configured UPDATE_METHOD (up, dup or patch); the nightly service runs it."""
+    """Update with the configured UPDATE_METHOD (up, dup or patch); also what no command runs."""
 
     def step(state: State) -> int:
         return package_step(str(state.ctx.config.update_method))(state)
@@ -253,7 +294,8 @@ def reboot_cmd() -> Step:
 def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
     """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot.
 
-    Also a drop-in for snapper's snapper-cleanup.service that follows its deletions.
+    Also a drop-in for snapper's snapper-cleanup.service that follows its deletions, and
+    openSUSE's /usr/sbin/transactional-update as a link to the tool (--exec).
     """
     if exec_path is not None and not exec_path.startswith("/"):
         raise click.BadParameter(f"{exec_path!r} is not an absolute path", param_hint="--exec")
@@ -275,6 +317,7 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
             )
             return 0
         wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
+        wanted += units.sbin_link(state.root, exe)
         if units.up_to_date(state.root, wanted):
             click.echo("the units are installed and up to date; no snapshot was made")
             return 0

@@ -75,6 +75,7 @@ def begin(opts: Mapping[str, Any]) -> State:
             "interactive": opts["interactive"] and not opts["non_interactive"],
             "refresh": opts["refresh"],
             "debug": opts["debug"],
+            "quiet": opts["quiet"],
         },
     )
 
@@ -121,18 +122,20 @@ def package_step(action: str, names: Sequence[str] = ()) -> Step:
 
     def step(state: State) -> int:
         from transactional_update.core.transaction import Transaction
+        from transactional_update.packages import forward, operation
         from transactional_update.packages import model as packages
-        from transactional_update.packages import operation
         from transactional_update.record import pkgdb
 
-        request = packages.Request(
-            packages.Action(action),
-            packages.split_packages(names),
-            state.opts["interactive"],
-            state.opts["refresh"],
-        )
         manager = pkgdb.manager_for(state.ctx.root, state.ctx.config.package_manager)
         pkgdb.check_database(state.ctx.root, manager)
+        words, given = forward.split(names)
+        request = packages.Request(
+            packages.Action(action),
+            words,
+            state.opts["interactive"],
+            state.opts["refresh"],
+            forward.translate(manager, packages.Action(action), given),
+        )
         operation.plan(manager, request)  # refuse bad requests before any snapshot exists
         tx = Transaction(state.ctx, state.options(packages.describe(request)))
         with tx:
@@ -144,8 +147,20 @@ def package_step(action: str, names: Sequence[str] = ()) -> Step:
     return step
 
 
+def prints_result(quiet: bool, json_out: bool) -> bool:
+    """Whether the tool prints its own result line on stdout (``--quiet``: never).
+
+    With ``--quiet`` stdout carries only what the commands in the snapshot print: Salt parses
+    ``--quiet run salt-call … --out json`` and Ansible ``--quiet run zypper --xmlout …`` up to
+    the end of stdout.  ``--json`` asks for the result as data, so it is printed even then.
+    """
+    return json_out or not quiet
+
+
 def report(state: State, result: Result) -> int:
     """Print what a transaction did: one line, or one JSON object with ``--json``."""
+    if not prints_result(state.opts.get("quiet", False), state.json):
+        return 0
     if state.json:
         import json
 

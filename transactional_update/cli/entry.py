@@ -65,9 +65,9 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
     nothing else: a chain of commands goes to click), with global options before or after them
     (see :func:`options.arrange`); *options* has every global option, by destination, as click
     would give it.  As in the full command line, everything after ``run`` is the command, whose
-    first ``--`` ends the options of ``run``; an option of the command itself (``run --help``, a
-    package name that starts with ``-``) goes to click, and so do ``-c`` (rare; click checks its
-    number) and an option given twice with different values.
+    first ``--`` ends the options of ``run``; an option of ``run`` itself (``run --help``) goes
+    to click (the package manager's options after ``pkg ACTION`` stay here), and so do ``-c``
+    (rare; click checks its number) and an option given twice with different values.
     """
     from transactional_update.cli.commands import PKG_ACTIONS
     from transactional_update.cli.options import GLOBAL, Kind, ValueType, arrange, defaults
@@ -85,7 +85,9 @@ def parse_transaction(argv: Sequence[str]) -> tuple[dict[str, Any], str, list[st
                 return None
             break
         if arg == "pkg":
-            if not args or args[0] not in PKG_ACTIONS or any(a.startswith("-") for a in args):
+            # The package manager's options (forwarded or refused alike by package_step) stay
+            # here; after "--", click's reading (which drops it) decides.
+            if not args or args[0] not in PKG_ACTIONS or {"--", "--help", "-h"} & set(args):
                 return None
             break
         if arg in _PACKAGE_COMMANDS:

@@ -134,7 +134,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(("-v", "--verbose"), "verbose", C, "More output; -vv shows every command.", default=0),
     Option(("--debug",), "debug", F, "Show debug output and tracebacks.", default=False),
-    Option(("-q", "--quiet"), "quiet", F, "Only warnings and errors.", default=False),
+    Option(
+        ("-q", "--quiet"),
+        "quiet",
+        F,
+        "Nothing on stdout but what the commands print; only errors on stderr.",
+        default=False,
+    ),
     Option(
         ("-n", "--non-interactive"),
         "non_interactive",
@@ -175,6 +181,13 @@ OPTIONS: tuple[Option, ...] = (
         ("--description",), "description", V, "Description of the new snapshot.", metavar="TEXT"
     ),
     Option(("--json",), "json", F, "Machine-readable output (status, list).", default=False),
+    Option(
+        ("--no-selfupdate",),
+        "no_selfupdate",
+        F,
+        "Accepted for openSUSE's clients; this tool never updates itself.",
+        default=False,
+    ),
     # Options of one command.
     Option(
         ("--unit-dir",),
@@ -318,6 +331,8 @@ COMMANDS: dict[str, int | None] = {
     "setup-boot-fs": 0,
     "boot-once": 1,
     "create-system": 1,
+    "register": None,
+    "migration": None,
 }
 
 # The commands whose arguments are snapshot numbers, and the words they take besides: what the
@@ -329,6 +344,18 @@ SNAPSHOT_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "rollback": ("last",),
     "boot-once": (),
 }
+
+# openSUSE's other names of commands (``transactional-update update``, ``package in x``):
+# :func:`arrange` writes the command's own name where a command stands.  ``pkg``'s action words
+# (``in``, ``rm``, ``up``, …) are its argument, not commands: :data:`commands.PKG_ACTIONS`.
+ALIASES: dict[str, str] = {
+    "update": "up",
+    "dist-upgrade": "dup",
+    "package": "pkg",
+}
+
+# What a command line with no command at all runs: openSUSE's tool runs UPDATE_METHOD then.
+NO_COMMAND = "auto-update"
 
 
 # Name ("-v", "--verbose", "--no-enable") -> option: the global ones, and each command's own.
@@ -437,19 +464,29 @@ def arrange(argv: Sequence[str]) -> list[str]:
       its arguments.  Not for ``pkg`` and ``diff``, which take any number of arguments.
     * A command takes as many arguments as :data:`COMMANDS` says; the next word starts the next
       command of the chain (``rollback 3 cleanup -n``).
-    * After ``pkg ACTION``, a global option is a global option too (``pkg install hello -n``
-      installs hello non-interactively), as getopt would read it: package names never start
-      with ``-``, and any other word that does is still refused as a package name (the package
-      manager's own options are not passed through; ``run -- apt-get …`` is the way).  After
-      ``pkg install --``, even ``-n`` is read as a package name, and refused.
+    * After ``pkg ACTION``, each word is one of three: a global option of this table is ours
+      (``pkg install hello -n`` installs hello non-interactively; ``-n``, ``-d``, ``-c``, ``-k``,
+      ``-i``, ``-q``, ``--root`` … mean what they mean before the command, even where zypper
+      has an option of that name); any other word that starts with ``-`` is an option for the
+      package manager, forwarded when :mod:`packages.forward` has it for the root's manager
+      (``--auto-agree-with-licenses``, ``--no-recommends``, ``-y`` …) and refused with one
+      line otherwise; the rest are package names (they never start with ``-``).  After ``pkg
+      install --`` even ``-n`` is the package manager's, and ``-n`` is not forwarded.
+    * An alias of a command (:data:`ALIASES`: ``update``, ``dist-upgrade``, ``package``) becomes
+      the command's name wherever a command stands (``pkg update`` stays: it is an action).
+    * No command at all is :data:`NO_COMMAND` (``transactional-update -n`` updates with
+      UPDATE_METHOD, as openSUSE's tool does), unless ``--help``/``-h``/``--version`` asks
+      for something else.
 
     Anything not understood (unknown options, a missing value) is left where it was, for click
     to report.  Applying it twice gives the same as once.
     """
     front, i = _leading(argv)
+    if i == len(argv) and not any(a in ("--help", "-h", "--version") for a in front):
+        return [*front, NO_COMMAND]
     rest: list[str] = []
     while i < len(argv):  # one command of the chain
-        arg = argv[i]
+        arg = ALIASES.get(argv[i], argv[i])
         if arg == "--" or COMMANDS.get(arg) == RAW:
             rest += argv[i:]
             break

@@ -173,7 +173,8 @@ def _slot(name: str, param: click.Argument) -> Slot:
 
 def commands() -> tuple[Command, ...]:
     """Every command in the order of :data:`options.COMMANDS`, aliases (names click resolves to
-    the same command) with the first."""
+    the same command, and openSUSE's other names in :data:`options.ALIASES`) with the first.
+    Hidden commands (openSUSE's ``register``, refused here) are left out."""
     ctx = root_context()
     group = ctx.command
     assert isinstance(group, click.Group)
@@ -185,6 +186,8 @@ def commands() -> tuple[Command, ...]:
         resolved.setdefault(id(cmd), (cmd, []))[1].append(name)
     out = []
     for cmd, found in resolved.values():
+        if cmd.hidden:
+            continue
         primary = cmd.name if cmd.name in found else found[0]
         assert primary is not None
         sub = click.Context(cmd, info_name=primary, parent=ctx, **cmd.context_settings)
@@ -194,7 +197,10 @@ def commands() -> tuple[Command, ...]:
         out.append(
             Command(
                 name=primary,
-                aliases=tuple(n for n in found if n != primary),
+                aliases=(
+                    *(n for n in found if n != primary),
+                    *(a for a, target in table.ALIASES.items() if target == primary),
+                ),
                 help=_paragraphs(cmd.help or ""),
                 short=cmd.get_short_help_str(limit=1000),
                 usage=usage,

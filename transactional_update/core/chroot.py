@@ -9,9 +9,10 @@ Why a holder process rather than ``mount`` calls in the tool itself:
 
 * mounts live only in the holder's private namespace, so the host never sees them and nothing can
   leak: if the tool is killed, the namespace dies with its last process and the kernel drops them;
-* the holder is PID 1 of its PID namespace: when it dies the kernel kills every process left in
-  the namespace (daemons a package script forked), and every process in the chain carries
-  ``PR_SET_PDEATHSIG`` so ``kill -9`` of the tool tears the whole transaction down.
+* the holder is the only child of PID 1 of its PID namespace (a waiting process outside the
+  chroot, see :func:`_namespace_init`): when it dies, so does PID 1, and the kernel kills every
+  process left in the namespace (daemons a package script forked); every process in the chain
+  carries ``PR_SET_PDEATHSIG`` so ``kill -9`` of the tool tears the whole transaction down.
 
 The mount plan (:func:`plan_mounts`) is a pure function of the managed root's mount table, so it is
 unit-tested without privileges.
@@ -50,6 +51,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 # Debian's invoke-rc.d and deb-systemd-invoke ask this script before starting a service; exit 101
 # means "forbidden", which keeps package scripts from starting daemons inside the snapshot.
@@ -281,7 +283,7 @@ def _die_with_parent(parent: int | None) -> None:
 
 
 class _Holder:
-    """PID 1 of the transaction's namespaces: mounts, runs commands, unmounts."""
+    """The child of the namespaces' PID 1 in the chroot: mounts, runs commands, unmounts."""
 
     def __init__(self, sock: socket.socket, plan: list[Mount]) -> None:
         self.sock = sock
@@ -506,6 +508,32 @@ class _Holder:
             self.sock.send(json.dumps(message).encode())
 
 
+def _namespace_init(sock: socket.socket, plan: list[Mount]) -> None:
+    """PID 1 of the new PID namespace: forks the holder, waits for it, and exits with it.
+
+    It stays outside the chroot, as a host's init does: a command's ``/proc/1/mountinfo`` (PID
+    1's mounts, seen from PID 1's root) then differs from its ``/proc/self/mountinfo``, which is
+    how Debian's ``ischroot`` and Salt's ``in_transaction`` tell that they run in a chroot, and
+    so inside a transaction (a chrooted PID 1 made both the same).  Its exit ends the
+    namespace: the kernel kills whatever is left in it.  The holder is a child subreaper, so
+    daemons that package scripts leave behind are still the holder's to kill and reap.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)  # the tool decides; we die with it (PDEATHSIG)
+    pid = os.fork()
+    if pid == 0:
+        _die_with_parent(None)
+        _check(_c().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+        _Holder(sock, plan).serve()
+        os._exit(0)
+    sock.close()
+    while True:
+        done, status = os.waitpid(-1, 0)
+        if done == pid:
+            break
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
 def _holder_main(sock: socket.socket, plan: list[Mount], tool_pid: int) -> None:
     """First child: join new namespaces, fork PID 1 of the new PID namespace, wait for it."""
     _die_with_parent(tool_pid)
@@ -518,7 +546,7 @@ def _holder_main(sock: socket.socket, plan: list[Mount], tool_pid: int) -> None:
     pid = os.fork()
     if pid == 0:
         _die_with_parent(None)
-        _Holder(sock, plan).serve()
+        _namespace_init(sock, plan)
         os._exit(0)
     _pid, status = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)

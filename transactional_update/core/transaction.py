@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from transactional_update.core import reboot_needed
 from transactional_update.core.chroot import ChrootSession, command_env, plan_for
 from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
@@ -263,7 +264,7 @@ class Transaction:
         untouched = self._close_chroot()
         self._seal(fork_dir)
         entry = self._record(self.ctx.managed.snapshot_dir(self._base()), fork_dir, untouched)
-        if self.opts.drop_if_no_change and entry.files_error is None and not entry.files:
+        if self.opts.drop_if_no_change and entry.files_error is None and _no_change(entry.files):
             log.info("nothing changed; dropping snapshot %d", self.number)
             self._delete()
             self.result.dropped = True
@@ -276,6 +277,7 @@ class Transaction:
         self._describe(entry)
         self._make_default(fork_dir)
         self._follow_default(entry)
+        reboot_needed.mark(self.ctx.root, self.result.reboot or reboot_needed.FULL)
         log.info("snapshot %d is the new default; reboot to use it", self.result.number)
 
     def _base(self) -> int:
@@ -450,6 +452,12 @@ class Transaction:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
+
+
+def _no_change(files: Sequence[dict[str, Any]]) -> bool:
+    from transactional_update.record.filediff import transient
+
+    return all(transient(f["path"]) for f in files)
 
 
 def _file_changes(base_dir: Path, fork_dir: Path) -> tuple[list[dict[str, Any]], str | None]:

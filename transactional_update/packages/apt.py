@@ -20,7 +20,7 @@ def plan(request: Request) -> Plan:
     yes = () if request.interactive else ("-y",)
     # Package scripts must never wait for an answer nobody can give in a nightly run.
     env = () if request.interactive else (("DEBIAN_FRONTEND", "noninteractive"),)
-    pkgs = request.packages
+    pkgs = (*request.options, *request.packages)
     if request.action is Action.PATCH:
         raise UsageError(
             "apt has no patches (Debian ships security fixes as package updates)",
@@ -29,8 +29,8 @@ def plan(request: Request) -> Plan:
     refresh = (("apt-get", "update"),)
     verb: tuple[str, ...]
     prepare: tuple[tuple[str, ...], ...] = ()
-    if request.action is Action.UP or (request.action is Action.UPDATE and not pkgs):
-        verb, prepare = ("upgrade",), refresh
+    if request.action is Action.UP or (request.action is Action.UPDATE and not request.packages):
+        verb, prepare = ("upgrade", *request.options), refresh
     elif request.action is Action.DUP:
         verb, prepare = ("dist-upgrade",), refresh
     elif request.action is Action.UPDATE:

@@ -45,10 +45,10 @@ def plan(request: Request) -> Plan:
     }[request.action]
     refresh = () if request.action is Action.REMOVE else (("dnf", "makecache", "--refresh"),)
     return Plan(
-        commands=((*base, *verb, *request.packages),),
+        commands=((*base, *verb, *request.options, *request.packages),),
         prepare=refresh,
         # --assumeno resolves the transaction and stops before changing anything.
-        probe=("dnf", "--assumeno", *verb, *request.packages),
+        probe=("dnf", "--assumeno", *verb, *request.options, *request.packages),
         script_check=("dnf", "history", "info", "last"),
     )
 

@@ -9,11 +9,8 @@ and where its database lives is :mod:`transactional_update.record.pkgdb`'s.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-
-from transactional_update.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +40,9 @@ class Request:
     packages: tuple[str, ...] = ()
     interactive: bool = False
     refresh: bool = False  # refresh the metadata even within REFRESH_DELAY (--refresh)
+    # The package manager's own arguments, after its verb (from ``pkg ACTION`` options, already
+    # translated for the manager by :func:`packages.forward.translate`).
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,3 @@ def describe(request: Request) -> str:
     if request.action in (Action.UP, Action.DUP, Action.PATCH):
         return str(request.action)
     return " ".join(["pkg", str(request.action), *request.packages])
-
-
-def split_packages(words: Sequence[str]) -> tuple[str, ...]:
-    for w in words:
-        if w.startswith("-"):
-            raise UsageError(
-                f"option {w!r} is not passed to the package manager",
-                "name packages only; use `run -- apt-get ...` for special options",
-            )
-    return tuple(words)

@@ -75,9 +75,16 @@ def plan(request: Request) -> Plan:
         () if request.action is Action.REMOVE else (("zypper", "--non-interactive", "refresh"),)
     )
     return Plan(
-        commands=((*base, *verb, *request.packages),),
+        commands=((*base, *verb, *request.options, *request.packages),),
         prepare=refresh,
-        probe=("zypper", "--non-interactive", *verb, "--dry-run", *request.packages),
+        probe=(
+            "zypper",
+            "--non-interactive",
+            *verb,
+            "--dry-run",
+            *request.options,
+            *request.packages,
+        ),
         reboot_check=("zypper", "needs-rebooting"),
     )
 

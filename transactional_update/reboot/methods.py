@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from transactional_update.config.settings import Config, RebootMethod
+from transactional_update.core import reboot_needed
 from transactional_update.errors import SystemError_, UsageError
 from transactional_update.files import write_atomic
 from transactional_update.paths import resolve_under
@@ -29,7 +30,7 @@ from transactional_update.snapshots.system import ManagedRoot
 log = logging.getLogger(__name__)
 
 KURED_MARKER = "/var/run/reboot-required"  # what kured (and Debian's tools) watch
-NOTIFY_MARKER = "/run/reboot-needed"  # openSUSE's file saying a reboot is due
+NOTIFY_MARKER = reboot_needed.MARKER  # openSUSE's file saying a reboot is due
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def plan(
             method,
             snapshot,
             ((*cfg.notify_command, f"transactional-update: {text}"),),
-            markers=((NOTIFY_MARKER, f"snapshot {snapshot}\n"),),
+            # openSUSE's content (one level word, no newline), as every commit writes it.
+            markers=((NOTIFY_MARKER, reboot_needed.FULL),),
             message=f"told logged-in users: {text}",
         )
     if method is RebootMethod.KURED:

@@ -91,6 +91,23 @@ def files(texts: dict[str, str], exec_path: str, unit_dir: str, enable: bool) ->
     return out
 
 
+SBIN_LINK = "/usr/sbin/transactional-update"
+
+
+def sbin_link(root: Path, exec_path: str) -> list[File]:
+    """openSUSE's path of the tool, ``/usr/sbin/transactional-update``, as a link to *exec_path*.
+
+    Clients look there: Ansible's zypper module uses the tool only when that file exists.
+    Nothing when *exec_path* is that path, or ``/usr/sbin`` is the directory of *exec_path*
+    (a merged ``/usr/sbin -> bin``): the tool is there already.
+    """
+    link = PurePosixPath(SBIN_LINK)
+    target = PurePosixPath(exec_path)
+    if target == link or resolve_under(root, link.parent) == resolve_under(root, target.parent):
+        return []
+    return [File(SBIN_LINK, link=exec_path)]
+
+
 def shipped() -> dict[str, str]:
     """Unit name (or drop-in path relative to the unit directory) -> its shipped text."""
     src = source_dir()

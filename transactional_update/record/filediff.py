@@ -80,6 +80,17 @@ _ESCAPES = {
 _OCTAL = frozenset("01234567")
 
 
+def transient(path: str) -> bool:
+    """Whether a change of *path* is no change of the system (``--drop-if-no-change``).
+
+    A SQLite database's ``-shm`` file (rpm's ``rpmdb.sqlite-shm``, dnf's history) is the
+    shared-memory index of its write-ahead log: every reader rewrites it, and it is rebuilt from
+    the database and the ``-wal`` file.  ``zypper search`` or ``rpm -q`` in a transaction
+    changes nothing else, and a client that asks for no empty snapshot must get none.
+    """
+    return path.endswith(".sqlite-shm") or path.endswith(".db-shm")
+
+
 def _field(line: str, start: int) -> tuple[str, int]:
     """The escaped path at *start* in a dump line and the index just past it.
 

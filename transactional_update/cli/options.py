@@ -154,8 +154,16 @@ OPTIONS: tuple[Option, ...] = (
         ("-c", "--continue"),
         "continue_from",
         Kind.OPTIONAL_NUMBER,
-        "Build on the pending default snapshot, or on snapshot N.",
+        "Build on snapshot N (without N: the default, as without --continue).",
         metavar="[N]",
+    ),
+    Option(
+        ("--from-booted",),
+        "from_booted",
+        F,
+        "Build on the booted snapshot, not on the default: a pending default's changes do "
+        "not boot next.",
+        default=False,
     ),
     Option(
         ("-d", "--drop-if-no-change"),

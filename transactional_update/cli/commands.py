@@ -237,8 +237,8 @@ def package_step(action: str | None, names: Sequence[str] = ()) -> Change:
 
 def pkg_steps(action: str, args: Sequence[str]) -> list[Change]:
     """``pkg ACTION NAME… [run COMMAND…]``: a ``run`` after the names is the next command."""
-    if "run" in args[:-1]:
-        at = list(args).index("run")
+    if "run" in args[1:-1]:  # after at least one name, before the command
+        at = list(args).index("run", 1)
         return [package_step(PKG_ACTIONS[action], args[:at]), run_step(args[at + 1 :])]
     return [package_step(PKG_ACTIONS[action], args)]
 

@@ -440,6 +440,8 @@ def arrange(argv: Sequence[str]) -> list[str]:
       with ``-``, and any other word that does is still refused as a package name (the package
       manager's own options are not passed through; ``run -- apt-get …`` is the way).  After
       ``pkg install --``, even ``-n`` is read as a package name, and refused.
+    * ``run`` after ``pkg ACTION NAME…`` starts the next command (``pkg install x run cmd -c``:
+      ``-c`` is the command's).
 
     Anything not understood (unknown options, a missing value) is left where it was, for click
     to report.  Applying it twice gives the same as once.
@@ -482,6 +484,8 @@ def arrange(argv: Sequence[str]) -> list[str]:
                 continue
             if arity is not None and sum(not w.startswith("-") for w in words) >= arity:
                 break  # the next command of the chain
+            if opts[0] == "pkg" and arg == "run" and len(words) > 1:
+                break  # pkg ACTION NAME… run COMMAND…: the command is run's (cli.commands)
             words.append(arg)
             i += 1
         rest += opts + words

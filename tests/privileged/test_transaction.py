@@ -88,7 +88,7 @@ def test_changes_stack_on_the_default_and_continue_n_chooses(system: System) -> 
     # supersede the pending default; now every transaction builds on the default.
     assert system.tu("run", "--", "touch", "/etc/first").returncode == 0
     first = system.default_number()
-    r = system.tu("run", "--", "touch", "/etc/second")
+    r = system.tu("-v", "run", "--", "touch", "/etc/second")  # -v: the info line
     assert r.returncode == 0, r.stderr
     second = system.default_number()
     assert (system.snapshot(second) / "etc/first").exists()

@@ -591,6 +591,57 @@ def scenario_rollback(m: Machine, debs: Path) -> None:
     )
 
 
+STACK_STEP = """
+fact install transactional-update --non-interactive pkg install tu-hello
+fact install2 transactional-update --non-interactive pkg install tu-world
+fact after_status transactional-update --json status
+"""
+
+
+def scenario_stack(m: Machine, debs: Path) -> None:
+    """Two packages in two transactions, one reboot: the second builds on the first (issue 13)."""
+    world = make_deb(
+        debs, "tu-world", "1.0", None, {"/usr/bin/tu-world": "#!/bin/sh\necho world\n"}
+    )
+    repo = make_repo(debs, "repo-stack", [hello_deb(debs, "1.0"), world])
+    b = m.boot(STACK_STEP, repo)
+    check_booted(b, 1)
+    check(
+        b.rc("install") == 0 and b.rc("install2") == 0,
+        "both installs succeed",
+        b,
+        b.text("install.err") + b.text("install2.err"),
+    )
+    after = b.json("after_status")
+    check(
+        after["pending"] == 3 and after["pending_base"] == 2 and after["booted"]["number"] == 1,
+        "snapshot 3, made from the pending 2, boots next",
+        b,
+        after,
+    )
+    b = m.boot(
+        VERIFY_STEP
+        + "fact world tu-world\nfact changelog3 transactional-update --json changelog 3\n",
+        repo,
+    )
+    check_booted(b, 3)
+    verify_installed_boot(b)
+    check(
+        b.rc("world") == 0 and b.text("world") == "world\n",
+        "tu-world works too",
+        b,
+        b.text("world.err"),
+    )
+    log = b.json("changelog3")
+    check(
+        log["base"] == 2
+        and log["packages"] == [{"name": "tu-world", "kind": "added", "old": None, "new": "1.0"}],
+        "changelog 3: from 2, tu-world added",
+        b,
+        log,
+    )
+
+
 def scenario_grub(m: Machine, debs: Path) -> None:
     repo = make_repo(debs, "repo-grub", [hello_deb(debs, "1.0")])
     b = m.boot(INSTALL_STEP + "fact once transactional-update --json boot-once 1\n", repo)
@@ -1377,6 +1428,7 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "broken": scenario_broken,
     "uefi": scenario_uefi,
     "powercut": scenario_powercut,
+    "stack": scenario_stack,
 }
 
 

@@ -29,7 +29,7 @@ def test_run_commits_and_moves_the_default(system: System) -> None:
     # snapper sees it, with our description, and without the in-progress mark.
     entry = next(s for s in system.snapper_list() if s["number"] == new)
     assert entry["description"] == "run: sh -c 'echo hello > /etc/hello' · 1 file"
-    assert entry["userdata"] == {"tu-files": "1"}
+    assert entry["userdata"] == {"tu-base": "1", "tu-files": "1"}
     assert entry["cleanup"] == "number"
     assert not (entry["userdata"] or {}).get("transactional-update-in-progress")
     # The booted root is read-only, so the new one is too.
@@ -83,29 +83,93 @@ def test_missing_command_is_127_and_discarded(managed_system: System) -> None:
     assert managed_system.numbers() == [1]
 
 
-def test_continue_stacks_and_plain_run_supersedes(system: System) -> None:
+def test_changes_stack_on_the_default_and_continue_n_chooses(system: System) -> None:
+    # Changed deliberately (issue 13): a plain run used to start from the booted snapshot and
+    # supersede the pending default; now every transaction builds on the default.
     assert system.tu("run", "--", "touch", "/etc/first").returncode == 0
     first = system.default_number()
-    r = system.tu("--continue", "run", "--", "touch", "/etc/second")
+    r = system.tu("-v", "run", "--", "touch", "/etc/second")  # -v: the info line
     assert r.returncode == 0, r.stderr
     second = system.default_number()
     assert (system.snapshot(second) / "etc/first").exists()
     assert (system.snapshot(second) / "etc/second").exists()
-    # -c N bases on N explicitly.
-    r = system.tu("-c", str(first), "run", "--", "touch", "/etc/third")
-    third = system.default_number()
+    assert f"building on the pending default snapshot {first} (not booted yet)" in r.stderr
+    assert json.loads(system.tu("--json", "changelog", str(second)).stdout)["base"] == first
+    # --continue without N is the same as nothing.
+    r = system.tu("--continue", "run", "--", "touch", "/etc/third")
     assert r.returncode == 0, r.stderr
-    assert (system.snapshot(third) / "etc/first").exists()
-    assert not (system.snapshot(third) / "etc/second").exists()
-    # Without --continue it starts from the booted snapshot and says what it supersedes.
-    r = system.tu("run", "--", "touch", "/etc/fourth")
-    assert r.returncode == 0
-    assert (
-        f"snapshot {third} (not booted yet) is the pending default; this transaction starts "
-        f"from the booted snapshot 1 and supersedes it"
-    ) in r.stderr
+    third = system.default_number()
+    assert all((system.snapshot(third) / f"etc/{n}").exists() for n in ("first", "second"))
+    # -c N bases on N explicitly.
+    r = system.tu("-c", str(first), "run", "--", "touch", "/etc/fourth")
+    assert r.returncode == 0, r.stderr
     fourth = system.default_number()
-    assert not (system.snapshot(fourth) / "etc/first").exists()
+    assert (system.snapshot(fourth) / "etc/first").exists()
+    assert not (system.snapshot(fourth) / "etc/second").exists()
+    assert json.loads(system.tu("--json", "changelog", str(fourth)).stdout)["base"] == first
+    # status and log name the bases.
+    st = system.status_json()
+    assert st["pending"] == fourth and st["pending_base"] == first
+    assert st["default"]["userdata"]["tu-base"] == str(first)
+    text = system.tu("status").stdout.splitlines()
+    assert text[0].startswith("booted:   1  ")
+    assert text[1].startswith(f"default:  {fourth} (from {first})  ")
+    log = {line.split()[0]: line.split()[1:3] for line in system.tu("log").stdout.splitlines()}
+    assert log[str(second)] == ["from", str(first)] and log[str(fourth)] == ["from", str(first)]
+
+
+def test_from_booted_starts_from_the_booted_snapshot(system: System) -> None:
+    assert system.tu("run", "--", "touch", "/etc/first").returncode == 0
+    pending = system.default_number()
+    r = system.tu("--from-booted", "run", "--", "touch", "/etc/other")
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"snapshot {pending} (not booted yet) is the pending default; this transaction starts "
+        "from the booted snapshot 1 (--from-booted) and supersedes it"
+    ) in r.stderr
+    new = system.default_number()
+    assert (system.snapshot(new) / "etc/other").exists()
+    assert not (system.snapshot(new) / "etc/first").exists()
+    assert json.loads(system.tu("--json", "changelog", str(new)).stdout)["base"] == 1
+    # Both ways of choosing the base at once are refused before anything runs.
+    before = system.numbers()
+    r = system.tu("--from-booted", "-c", "1", "run", "--", "true")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "error: --from-booted and --continue both choose the base snapshot",
+        "hint: give one of them: --from-booted, or --continue N",
+    ]
+    assert system.numbers() == before
+
+
+def test_after_a_rollback_the_next_transaction_builds_on_it(system: System) -> None:
+    assert system.tu("run", "--", "touch", "/etc/two").returncode == 0
+    assert system.tu("run", "--", "touch", "/etc/three").returncode == 0
+    assert system.default_number() == 3
+    assert system.tu("rollback", "2").returncode == 0
+    r = system.tu("run", "--", "touch", "/etc/four")
+    assert r.returncode == 0, r.stderr
+    assert system.default_number() == 4
+    assert (system.snapshot(4) / "etc/two").exists() and (system.snapshot(4) / "etc/four").exists()
+    assert not (system.snapshot(4) / "etc/three").exists()
+    assert json.loads(system.tu("--json", "changelog", "4").stdout)["base"] == 2
+
+
+def test_a_default_that_is_no_snapshot_builds_on_the_booted_one(system: System) -> None:
+    sh("btrfs", "subvolume", "set-default", "5", str(system.root))  # the top level
+    r = system.tu("run", "--", "touch", "/etc/x")
+    assert r.returncode == 0, r.stderr
+    assert (
+        "the default subvolume is not a snapper snapshot; "
+        "this transaction starts from the booted snapshot 1"
+    ) in r.stderr
+    assert system.default_number() == 2
+    assert json.loads(system.tu("--json", "changelog", "2").stdout)["base"] == 1
+    # --continue without N needs a snapshot to continue.
+    sh("btrfs", "subvolume", "set-default", "5", str(system.root))
+    r = system.tu("--continue", "run", "--", "true")
+    assert r.returncode != 0
+    assert "error: the default subvolume is not a snapper snapshot" in r.stderr
 
 
 def test_drop_if_no_change(system: System) -> None:

@@ -39,7 +39,12 @@ def test_summary_counts_packages_and_files() -> None:
 
 def test_userdata_facts_have_no_separators() -> None:
     facts = changelog.userdata(_entry())
-    assert facts == {"tu-files": "1", "tu-pkgs-added": "1", "tu-pkgs-upgraded": "2"}
+    assert facts == {
+        "tu-base": "1",
+        "tu-files": "1",
+        "tu-pkgs-added": "1",
+        "tu-pkgs-upgraded": "2",
+    }
     assert all("," not in v and "=" not in v for v in facts.values())
     assert changelog.userdata(replace(_entry(), files=[], files_error="x"))["tu-files"] == "unknown"
 

@@ -285,7 +285,7 @@ def test_the_reboot_flag_travels_with_the_changelog_entry() -> None:
     from transactional_update.record import changelog
 
     entry = replace(changelog.new_entry(3, 2, "patch", [], []), reboot="reboot")
-    assert changelog.userdata(entry) == {"tu-files": "0", "tu-reboot": "reboot"}
+    assert changelog.userdata(entry) == {"tu-base": "2", "tu-files": "0", "tu-reboot": "reboot"}
     assert changelog.from_json(asdict(entry)) == entry
     assert changelog.render(entry).splitlines()[-1] == (
         "  needs: a full reboot (the package manager asks for it)"

@@ -2,8 +2,8 @@
 
 About 13 minutes for the four under TCG (powercut alone boots eight times, about 8-10), part of
 every ``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
-scenarios 4-6 (also run with ``vm-tests/run nightly broken uefi``).  The golden image is cached in
-/var/cache/transactional-update-tests/vm.
+scenarios 4-6 and 8 (also run with ``vm-tests/run nightly broken uefi stack``).  The golden image
+is cached in /var/cache/transactional-update-tests/vm.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = [
     ),
 ]
 
-MORE = ["nightly", "broken", "uefi"]
+MORE = ["nightly", "broken", "uefi", "stack"]
 SCENARIOS = ["update", "rollback", "grub", "powercut"] + (MORE if SELECTED == "all" else [])
 
 

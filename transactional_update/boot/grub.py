@@ -44,7 +44,7 @@ from transactional_update.proc import run
 
 if TYPE_CHECKING:
     from transactional_update.core.context import Context
-    from transactional_update.core.transaction import Options, Result
+    from transactional_update.core.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -372,28 +372,37 @@ def install_generated(ctx: Context, tools: Tools) -> None:
     install_config(ctx.root, tools, new)
 
 
-def regenerate(ctx: Context, opts: Options, *, reinstall: bool = False) -> Result:
-    """``grub.cfg`` (and ``bootloader``): a new snapshot with the GRUB integration in place, in
-    which grub-mkconfig (and grub-install) run; then the checked config replaces the old one."""
-    from transactional_update.core.transaction import Transaction
+# ``grub.cfg`` and ``bootloader`` as a share of a transaction (cli.commands.Change): checked
+# before it, run in its snapshot with the GRUB integration in place, and the checked config
+# replaces the old one only after the commit.
 
+
+def prepare(ctx: Context) -> Tools:
+    """The GRUB tools of *ctx*'s system, checked before any snapshot exists."""
     tools = detect(ctx.root)
     require_grub_dir(ctx.root, tools)
-    tx = Transaction(ctx, opts)
-    try:
-        with tx:
-            assert tx.number is not None
-            for change in install_integration(ctx.managed.snapshot_dir(tx.number), tx.capture):
-                log.info("%s", change)
-            if reinstall:
-                bootloader(tools, tx.capture)
-            mkconfig(tools, tx.capture)
-    except BaseException:
-        (ctx.root / tools.grub_dir / MKCONFIG_TMP).unlink(missing_ok=True)
-        raise
+    return tools
+
+
+def configure(ctx: Context, tools: Tools, tx: Transaction, *, reinstall: bool = False) -> None:
+    """In the open transaction: the integration, grub-install (*reinstall*), grub-mkconfig."""
+    assert tx.number is not None
+    for change in install_integration(ctx.managed.snapshot_dir(tx.number), tx.capture):
+        log.info("%s", change)
+    if reinstall:
+        bootloader(tools, tx.capture)
+    mkconfig(tools, tx.capture)
+
+
+def install(ctx: Context, tools: Tools) -> None:
+    """After the commit: the generated config, with the menu, becomes grub.cfg."""
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):
         install_generated(ctx, tools)
-    return tx.result
+
+
+def discard(ctx: Context, tools: Tools) -> None:
+    """After a failed transaction: no generated config is left on the GRUB partition."""
+    (ctx.root / tools.grub_dir / MKCONFIG_TMP).unlink(missing_ok=True)
 
 
 def bootloader(tools: Tools, runner: Runner) -> str:

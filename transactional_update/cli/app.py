@@ -21,20 +21,24 @@ import click
 from transactional_update.cli import options as table
 from transactional_update.cli.commands import (
     PKG_ACTIONS,
+    Alone,
+    Change,
+    Placed,
     State,
     begin,
     discard_unless_ok,
     execute,
     failed,
     package_step,
-    report,
+    pkg_steps,
     run_step,
 )
 from transactional_update.cli.options import arrange
 from transactional_update.errors import ExitCode
 
 if TYPE_CHECKING:
-    from transactional_update.cli.commands import Step
+    from transactional_update.cli.commands import Command, Step
+    from transactional_update.core.transaction import Transaction
 
 log = logging.getLogger("transactional_update")
 
@@ -116,8 +120,9 @@ def cli(ctx: click.Context, /, **opts: Any) -> None:
 
 @cli.result_callback()
 @click.pass_obj
-def run_steps(state: State, /, steps: list[Step], **_: Any) -> None:
-    code = execute(steps, state)
+def run_steps(state: State, /, steps: list[Command | list[Change]], **_: Any) -> None:
+    flat = [c for s in steps for c in (s if isinstance(s, list) else [s])]
+    code = execute(flat, state)
     if code != 0:
         sys.exit(code)
 
@@ -128,53 +133,49 @@ def run_steps(state: State, /, steps: list[Step], **_: Any) -> None:
     "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_cmd(command: tuple[str, ...]) -> Step:
+def run_cmd(command: tuple[str, ...]) -> Change:
     """Run COMMAND in a new snapshot; a non-zero exit discards it and is passed through."""
     return run_step(command)
 
 
 @cli.command("shell")
-def shell_cmd() -> Step:
+def shell_cmd() -> Change:
     """Open an interactive shell in a new snapshot; exit 0 keeps the change, non-zero discards."""
 
-    def step(state: State) -> int:
+    def apply(_state: State, tx: Transaction) -> None:
         from transactional_update.core.chroot import SHELL_RC
-        from transactional_update.core.transaction import Transaction, default_description
 
-        tx = Transaction(state.ctx, state.options(default_description("shell")))
-        with tx:
-            click.echo(
-                f"Shell in snapshot {tx.number} (from {tx.result.base}). "
-                "`exit 0` keeps the changes; `exit 1` (any non-zero) discards them.",
-                err=True,
-            )
-            shell = (
-                "/bin/bash"
-                if (tx.ctx.managed.snapshot_dir(tx.number or 0) / "bin/bash").exists()
-                else "/bin/sh"
-            )
-            argv = [shell, "--rcfile", SHELL_RC, "-i"] if shell == "/bin/bash" else [shell, "-i"]
-            rc = tx.run(argv, {"PS1": r"transactional update \w# "}, interactive=True)
-            discard_unless_ok(rc, "shell")
-        return report(state, tx.result)
+        click.echo(
+            f"Shell in snapshot {tx.number} (from {tx.result.base}). "
+            "`exit 0` keeps the changes; `exit 1` (any non-zero) discards them.",
+            err=True,
+        )
+        shell = (
+            "/bin/bash"
+            if (tx.ctx.managed.snapshot_dir(tx.number or 0) / "bin/bash").exists()
+            else "/bin/sh"
+        )
+        argv = [shell, "--rcfile", SHELL_RC, "-i"] if shell == "/bin/bash" else [shell, "-i"]
+        rc = tx.run(argv, {"PS1": r"transactional update \w# "}, interactive=True)
+        discard_unless_ok(rc, "shell")
 
-    return step
+    return Change("shell", lambda _state: "shell", apply)
 
 
 @cli.command("up")
-def up_cmd() -> Step:
+def up_cmd() -> Change:
     """Update all packages in a new snapshot (also: update)."""
     return package_step("up")
 
 
 @cli.command("dup")
-def dup_cmd() -> Step:
+def dup_cmd() -> Change:
     """Distribution upgrade in a new snapshot (also: dist-upgrade)."""
     return package_step("dup")
 
 
 @cli.command("patch")
-def patch_cmd() -> Step:
+def patch_cmd() -> Change:
     """Install patches in a new snapshot (zypper, dnf upgrade-minimal; apt has none)."""
     return package_step("patch")
 
@@ -182,13 +183,14 @@ def patch_cmd() -> Step:
 @cli.command("pkg", context_settings={"ignore_unknown_options": True})
 @click.argument("action", type=click.Choice(sorted(PKG_ACTIONS)), metavar="install|remove|update")
 @click.argument("names", nargs=-1, type=click.UNPROCESSED)
-def pkg_cmd(action: str, names: tuple[str, ...]) -> Step:
-    """Install, remove or update the named packages in a new snapshot (also: package).
+def pkg_cmd(action: str, names: tuple[str, ...]) -> list[Change]:
+    """Install, remove or update the named packages in a new snapshot (also: package); then
+    `run CMD…` in it, if given.
 
     Options of the package manager among the names are forwarded where it has them
     (--auto-agree-with-licenses, --no-recommends, -y, ...) and refused otherwise.
     """
-    return package_step(PKG_ACTIONS[action], names)
+    return pkg_steps(action, names)
 
 
 def _unsupported(name: str) -> None:
@@ -246,17 +248,13 @@ def config_cmd() -> Step:
 
 
 @cli.command("auto-update")
-def auto_update_cmd() -> Step:
+def auto_update_cmd() -> Change:
     """Update with the configured UPDATE_METHOD (up, dup or patch); also what no command runs."""
-
-    def step(state: State) -> int:
-        return package_step(str(state.ctx.config.update_method))(state)
-
-    return step
+    return package_step(None)
 
 
 @cli.command("reboot")
-def reboot_cmd() -> Step:
+def reboot_cmd() -> Placed:
     """Reboot into the new default snapshot with REBOOT_METHOD, if one is pending."""
 
     def step(state: State) -> int:
@@ -286,12 +284,14 @@ def reboot_cmd() -> Step:
             click.echo(out.message)
         return 0
 
-    return step
+    return Placed(step, first=False)  # last, after the transaction (as openSUSE)
 
 
 @cli.command("install-units")
 @with_options("install-units")
-def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool | None) -> Step:
+def install_units_cmd(
+    unit_dir: Path | None, exec_path: str | None, enable: bool | None
+) -> Step | Change:
     """Install the systemd units (nightly update, cleanup, reboot manager) in a new snapshot.
 
     Also a drop-in for snapper's snapper-cleanup.service that follows its deletions, and
@@ -302,13 +302,12 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
     if unit_dir is not None and enable:
         # Enabling means links in a system's /etc; a packager's directory has none.
         raise click.BadParameter("cannot enable units in a --unit-dir", param_hint="--enable")
+    from transactional_update.reboot import units
 
-    def step(state: State) -> int:
-        from transactional_update.core.transaction import Transaction
-        from transactional_update.reboot import units
+    exe = exec_path or units.SHIPPED_EXEC
+    if unit_dir is not None:
 
-        exe = exec_path or units.SHIPPED_EXEC
-        if unit_dir is not None:
+        def step(_state: State) -> int:  # a packager's directory: no snapshot
             texts = units.shipped()
             units.write(unit_dir.absolute(), units.files(texts, exe, "", enable=False))
             drop_ins = sum(units.is_drop_in(name) for name in texts)
@@ -316,18 +315,24 @@ def install_units_cmd(unit_dir: Path | None, exec_path: str | None, enable: bool
                 f"installed {len(texts) - drop_ins} unit(s) and {drop_ins} drop-in(s) in {unit_dir}"
             )
             return 0
-        wanted = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
-        wanted += units.sbin_link(state.root, exe)
+
+        return step
+    # The units' texts now; the /usr/sbin link depends on the root (merged /usr/sbin or not).
+    unit_files = units.files(units.shipped(), exe, units.UNIT_DIR, enable is not False)
+    wanted: list[units.File] = []
+
+    def prepare(state: State) -> bool:
+        wanted[:] = unit_files + units.sbin_link(state.root, exe)
         if units.up_to_date(state.root, wanted):
             click.echo("the units are installed and up to date; no snapshot was made")
-            return 0
-        tx = Transaction(state.ctx, state.options("install-units"))
-        with tx:
-            assert tx.number is not None
-            units.write(tx.ctx.managed.snapshot_dir(tx.number), wanted)
-        return report(state, tx.result)
+            return False
+        return True
 
-    return step
+    def apply(_state: State, tx: Transaction) -> None:
+        assert tx.number is not None
+        units.write(tx.ctx.managed.snapshot_dir(tx.number), wanted)
+
+    return Change("install-units", lambda _state: "install-units", apply, prepare=prepare)
 
 
 @cli.command("reboot-manager")
@@ -445,7 +450,7 @@ def diff_cmd(numbers: tuple[int, ...]) -> Step:
 
 @cli.command("rollback")
 @click.argument("target", required=False, metavar="[N|last]")
-def rollback_cmd(target: str | None) -> Step:
+def rollback_cmd(target: str | None) -> Placed:
     """Make snapshot N (or the last working one, or the booted one) boot next."""
     from transactional_update.core.rollback import parse_target
 
@@ -466,12 +471,12 @@ def rollback_cmd(target: str | None) -> Step:
             click.echo(f"snapshot {res.number} is the default now (was {was}); reboot to use it")
         return 0
 
-    return step
+    return Placed(step, first=True)  # first, before the transaction (as openSUSE)
 
 
 @cli.command("cleanup")
 @with_options("cleanup")
-def cleanup_cmd(prune_only: bool) -> Step:
+def cleanup_cmd(prune_only: bool) -> Placed:
     """Remove snapshots of interrupted transactions and apply the number limit."""
 
     def step(state: State) -> int:
@@ -496,7 +501,7 @@ def cleanup_cmd(prune_only: bool) -> Step:
             click.echo(cleanup_text(res))
         return 0
 
-    return step
+    return Placed(step, first=True)  # first, before the transaction (as openSUSE)
 
 
 def prune_step(state: State) -> int:
@@ -537,31 +542,42 @@ def boot_menu_cmd() -> Step:
     return step
 
 
-def grub_step(description: str, reinstall: bool) -> Step:
-    def step(state: State) -> int:
-        from transactional_update.boot import grub
+def grub_step(description: str, reinstall: bool) -> Change:
+    from transactional_update.boot import grub
 
-        return report(
-            state, grub.regenerate(state.ctx, state.options(description), reinstall=reinstall)
-        )
+    found: list[grub.Tools] = []
 
-    return step
+    def prepare(state: State) -> bool:
+        found.append(grub.prepare(state.ctx))
+        return True
+
+    def apply(state: State, tx: Transaction) -> None:
+        grub.configure(state.ctx, found[-1], tx, reinstall=reinstall)
+
+    return Change(
+        description,
+        lambda _state: description,
+        apply,
+        prepare=prepare,
+        finish=lambda state: grub.install(state.ctx, found[-1]),
+        undo=lambda state: grub.discard(state.ctx, found[-1]) if found else None,
+    )
 
 
 @cli.command("grub.cfg")
-def grub_cfg_cmd() -> Step:
+def grub_cfg_cmd() -> Change:
     """Regenerate the GRUB configuration (grub-mkconfig) in a new snapshot; checked, atomic."""
     return grub_step("grub.cfg", reinstall=False)
 
 
 @cli.command("bootloader")
-def bootloader_cmd() -> Step:
+def bootloader_cmd() -> Change:
     """Reinstall GRUB (grub-install) and its configuration in a new snapshot."""
     return grub_step("bootloader", reinstall=True)
 
 
 @cli.command("setup-boot-fs")
-def setup_boot_fs_cmd() -> Step:
+def setup_boot_fs_cmd() -> Alone:
     """Make /boot/grub survive a power cut: repair and mount it, add a journal, and in a new
     snapshot mount it as ext4 and add fsck.repair=yes to the kernel command line."""
 
@@ -574,7 +590,7 @@ def setup_boot_fs_cmd() -> Step:
             click.echo(json.dumps(out.to_json()))
         return 0
 
-    return step
+    return Alone("setup-boot-fs", step)
 
 
 @cli.command("boot-once")

@@ -4,6 +4,23 @@ The command line (:mod:`.app`) parses with click; the executable's quick path (:
 the most frequent invocations by hand, because importing click is a third of a no-op transaction's
 start-up.  Both hand the same :class:`State` to the same steps here, so they cannot disagree about
 what a command does, how its result is printed, or which exit code an error gets.
+
+One invocation makes at most one snapshot, as openSUSE's tool does (``cleanup up shell reboot``
+updates, opens the shell in the updated snapshot and reboots into it).  A command that changes
+the system is a :class:`Change`, its share of the one transaction; every other command is a plain
+step.  :func:`execute` orders them as openSUSE's script does:
+
+1. ``cleanup`` and ``rollback`` first, wherever they stand (openSUSE cleans up before it opens
+   the snapshot, and runs ``rollback`` before anything else; a transaction in the same invocation
+   builds on the rolled-back default);
+2. the other general commands given before the first change (``status up``: the status before);
+3. the one transaction: the package command first (there may be one; openSUSE runs zypper before
+   ``grub.cfg``, ``bootloader``, ``run`` and ``shell``), then the other changes in the order
+   given; committed once after the last of them, discarded as a whole if any fails;
+4. the general commands given after the first change, which see the committed snapshot;
+5. ``reboot`` last, wherever it stands (openSUSE reboots at the very end, only if all went well).
+
+The first failure stops the invocation; its exit code is the invocation's.
 """
 
 from __future__ import annotations
@@ -14,12 +31,13 @@ TYPE_CHECKING = False  # typing itself is not imported: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
-    from typing import Any
+    from typing import Any, TypeAlias
 
     from transactional_update.core.context import Context
-    from transactional_update.core.transaction import Options, Result
+    from transactional_update.core.transaction import Options, Result, Transaction
 
     Step = Callable[["State"], int]
+    Command: TypeAlias = "Step | Change | Placed | Alone"
 
 
 class State:
@@ -50,6 +68,7 @@ class State:
             description=self.opts["description"] or description,
             summarize=self.opts["description"] is None,
             continue_from=self.opts["continue_from"],
+            from_booted=self.opts["from_booted"],
             keep=self.opts["keep"],
             drop_if_no_change=self.opts["drop_if_no_change"],
         )
@@ -64,11 +83,19 @@ def begin(opts: Mapping[str, Any]) -> State:
     from transactional_update import log as logmod
 
     logmod.setup(2 if opts["debug"] else opts["verbose"], opts["quiet"])
+    if opts["from_booted"] and opts["continue_from"] is not None:
+        from transactional_update.errors import UsageError
+
+        raise UsageError(
+            "--from-booted and --continue both choose the base snapshot",
+            "give one of them: --from-booted, or --continue N",
+        )
     return State(
         opts["root"].absolute(),
         opts["json"],
         {
             "continue_from": opts["continue_from"],
+            "from_booted": opts["from_booted"],
             "drop_if_no_change": opts["drop_if_no_change"],
             "keep": opts["keep"],
             "description": opts["description"],
@@ -80,18 +107,68 @@ def begin(opts: Mapping[str, Any]) -> State:
     )
 
 
-def run_step(command: Sequence[str]) -> Step:
-    """``run COMMAND…``: the command in a new snapshot; its non-zero exit discards it."""
+class Change:
+    """A command that changes the snapshot: its share of the invocation's one transaction.
 
-    def step(state: State) -> int:
-        from transactional_update.core.transaction import Transaction, default_description
+    *prepare* checks before any snapshot exists and says whether there is anything to do (False:
+    it printed why not); *describe* names the change (after *prepare*); *apply* changes the open
+    transaction's snapshot; *finish* runs after the commit, *undo* after a failure.
+    """
 
-        tx = Transaction(state.ctx, state.options(default_description("run", command)))
-        with tx:
-            discard_unless_ok(tx.run(list(command)), "command", f": {command[0]}")
-        return report(state, tx.result)
+    __slots__ = ("apply", "describe", "finish", "name", "package", "prepare", "undo")
 
-    return step
+    def __init__(
+        self,
+        name: str,
+        describe: Callable[[State], str],
+        apply: Callable[[State, Transaction], None],
+        *,
+        package: bool = False,
+        prepare: Callable[[State], bool] | None = None,
+        finish: Callable[[State], None] | None = None,
+        undo: Callable[[State], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.describe = describe
+        self.apply = apply
+        self.package = package
+        self.prepare = prepare or (lambda _state: True)
+        self.finish = finish or (lambda _state: None)
+        self.undo = undo or (lambda _state: None)
+
+
+class Placed:
+    """A general command with a fixed place: before the transaction (*first*) or after it."""
+
+    __slots__ = ("first", "step")
+
+    def __init__(self, step: Step, *, first: bool) -> None:
+        self.step = step
+        self.first = first
+
+
+class Alone:
+    """A command that makes its own snapshot and combines with no :class:`Change`."""
+
+    __slots__ = ("name", "step")
+
+    def __init__(self, name: str, step: Step) -> None:
+        self.name = name
+        self.step = step
+
+
+def run_step(command: Sequence[str]) -> Change:
+    """``run COMMAND…``: the command in the snapshot; its non-zero exit discards it."""
+
+    def describe(_state: State) -> str:
+        from transactional_update.core.transaction import default_description
+
+        return default_description("run", command)
+
+    def apply(_state: State, tx: Transaction) -> None:
+        discard_unless_ok(tx.run(list(command)), "command", f": {command[0]}")
+
+    return Change("run", describe, apply)
 
 
 def discard_unless_ok(rc: int, what: str, detail: str = "") -> None:
@@ -117,34 +194,57 @@ PKG_ACTIONS = {
 }
 
 
-def package_step(action: str, names: Sequence[str] = ()) -> Step:
-    """``up``, ``dup``, ``patch``, ``pkg ACTION NAME…``: the package manager in a new snapshot."""
+def package_step(action: str | None, names: Sequence[str] = ()) -> Change:
+    """``up``, ``dup``, ``patch``, ``pkg ACTION NAME…``: the package manager in the snapshot.
 
-    def step(state: State) -> int:
-        from transactional_update.core.transaction import Transaction
+    *action* None: the configured UPDATE_METHOD (``auto-update``).
+    """
+    from transactional_update.packages import model as packages
+
+    planned: list[tuple[Any, packages.Request]] = []
+
+    def prepare(state: State) -> bool:
         from transactional_update.packages import forward, operation
-        from transactional_update.packages import model as packages
         from transactional_update.record import pkgdb
 
         manager = pkgdb.manager_for(state.ctx.root, state.ctx.config.package_manager)
         pkgdb.check_database(state.ctx.root, manager)
         words, given = forward.split(names)
+        act = packages.Action(action or str(state.ctx.config.update_method))
         request = packages.Request(
-            packages.Action(action),
+            act,
             words,
             state.opts["interactive"],
             state.opts["refresh"],
-            forward.translate(manager, packages.Action(action), given),
+            forward.translate(manager, act, given),
         )
         operation.plan(manager, request)  # refuse bad requests before any snapshot exists
-        tx = Transaction(state.ctx, state.options(packages.describe(request)))
-        with tx:
-            found = operation.execute(tx, manager, request)
-            if found.reboot is not None:
-                tx.needs_reboot(found.reboot)
-        return report(state, tx.result)
+        planned.append((manager, request))
+        return True
 
-    return step
+    def apply(_state: State, tx: Transaction) -> None:
+        from transactional_update.packages import operation
+
+        manager, request = planned[-1]
+        found = operation.execute(tx, manager, request)
+        if found.reboot is not None:
+            tx.needs_reboot(found.reboot)
+
+    return Change(
+        "pkg" if names else action or "auto-update",
+        lambda _state: packages.describe(planned[-1][1]),
+        apply,
+        package=True,
+        prepare=prepare,
+    )
+
+
+def pkg_steps(action: str, args: Sequence[str]) -> list[Change]:
+    """``pkg ACTION NAME… [run COMMAND…]``: a ``run`` after the names is the next command."""
+    if "run" in args[1:-1]:  # after at least one name, before the command
+        at = list(args).index("run", 1)
+        return [package_step(PKG_ACTIONS[action], args[:at]), run_step(args[at + 1 :])]
+    return [package_step(PKG_ACTIONS[action], args)]
 
 
 def prints_result(quiet: bool, json_out: bool) -> bool:
@@ -190,13 +290,84 @@ def report(state: State, result: Result) -> int:
     return 0
 
 
-def execute(steps: Sequence[Step], state: State) -> int:
-    """Run *steps* in order; the first non-zero exit code stops the chain and is returned."""
-    for s in steps:
-        code = s(state)
+def execute(commands: Sequence[Command], state: State) -> int:
+    """Run one invocation in openSUSE's order (see the module docstring); its exit code."""
+    before, changes, after = arrange(commands)
+    for step in before:
+        code = step(state)
+        if code != 0:
+            return code
+    if changes:
+        code = transact(changes, state)
+        if code != 0:
+            return code
+    for step in after:
+        code = step(state)
         if code != 0:
             return code
     return 0
+
+
+def arrange(commands: Sequence[Command]) -> tuple[list[Step], list[Change | Alone], list[Step]]:
+    """The steps before the transaction, its changes (package command first), the steps after.
+
+    Refuses (usage error) a second package command and an :class:`Alone` combined with changes.
+    """
+    from transactional_update.errors import UsageError
+
+    changes = [c for c in commands if isinstance(c, (Change, Alone))]
+    packages = [c.name for c in changes if isinstance(c, Change) and c.package]
+    if len(packages) > 1:
+        raise UsageError(
+            f"one package command per invocation: {packages[0]} and {packages[1]} given",
+            "run them one after the other; each builds on the snapshot the last one made",
+        )
+    alone = [c.name for c in changes if isinstance(c, Alone)]
+    if alone and len(changes) > 1:
+        others = ", ".join(c.name for c in changes if c.name != alone[0])
+        raise UsageError(
+            f"{alone[0]} makes a snapshot of its own and cannot be combined with {others}",
+            f"run {alone[0]} on its own",
+        )
+    changes.sort(key=lambda c: not (isinstance(c, Change) and c.package))  # stable
+    first = next((i for i, c in enumerate(commands) if isinstance(c, (Change, Alone))), None)
+    before: list[Step] = [c.step for c in commands if isinstance(c, Placed) and c.first]
+    after: list[Step] = []
+    for i, c in enumerate(commands):
+        if not isinstance(c, (Change, Alone, Placed)):
+            (before if first is None or i < first else after).append(c)
+    after += [c.step for c in commands if isinstance(c, Placed) and not c.first]
+    return before, changes, after
+
+
+def transact(changes: Sequence[Change | Alone], state: State) -> int:
+    """The invocation's one transaction: every change in one snapshot, committed once."""
+    from transactional_update.core.transaction import NothingToDo, Transaction
+
+    if isinstance(changes[0], Alone):
+        return changes[0].step(state)
+    wanted = [c for c in changes if isinstance(c, Change) and c.prepare(state)]
+    if not wanted:
+        return 0
+    tx = Transaction(state.ctx, state.options("; ".join(c.describe(state) for c in wanted)))
+    try:
+        with tx:
+            for change in wanted:
+                try:
+                    change.apply(state, tx)
+                except NothingToDo:
+                    if len(wanted) == 1:
+                        raise  # the transaction ends without a snapshot
+                    # Nothing for the package manager to do; the other changes still count.
+                    continue
+    except BaseException:
+        for change in wanted:
+            change.undo(state)
+        raise
+    if not tx.result.dropped:
+        for change in wanted:
+            change.finish(state)
+    return report(state, tx.result)
 
 
 def failed(exc: BaseException, debug: bool) -> int:

@@ -127,12 +127,12 @@ def quick_transaction(opts: dict[str, Any], command: str, args: list[str]) -> in
     try:
         state = commands.begin(opts)
         if command == "run":
-            step = commands.run_step(args)
+            steps = [commands.run_step(args)]
         elif command == "pkg":
-            step = commands.package_step(commands.PKG_ACTIONS[args[0]], args[1:])
+            steps = commands.pkg_steps(args[0], args[1:])
         else:
-            step = commands.package_step(command)
-        return commands.execute([step], state)
+            steps = [commands.package_step(command)]
+        return commands.execute(steps, state)
     except (Exception, KeyboardInterrupt) as exc:
         return commands.failed(exc, debug)
 

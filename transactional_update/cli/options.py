@@ -160,8 +160,16 @@ OPTIONS: tuple[Option, ...] = (
         ("-c", "--continue"),
         "continue_from",
         Kind.OPTIONAL_NUMBER,
-        "Build on the pending default snapshot, or on snapshot N.",
+        "Build on snapshot N (without N: the default, as without --continue).",
         metavar="[N]",
+    ),
+    Option(
+        ("--from-booted",),
+        "from_booted",
+        F,
+        "Build on the booted snapshot, not on the default: a pending default's changes do "
+        "not boot next.",
+        default=False,
     ),
     Option(
         ("-d", "--drop-if-no-change"),
@@ -477,6 +485,8 @@ def arrange(argv: Sequence[str]) -> list[str]:
     * No command at all is :data:`NO_COMMAND` (``transactional-update -n`` updates with
       UPDATE_METHOD, as openSUSE's tool does), unless ``--help``/``-h``/``--version`` asks
       for something else.
+    * ``run`` after ``pkg ACTION NAME…`` starts the next command (``pkg install x run cmd -c``:
+      ``-c`` is the command's).
 
     Anything not understood (unknown options, a missing value) is left where it was, for click
     to report.  Applying it twice gives the same as once.
@@ -521,6 +531,8 @@ def arrange(argv: Sequence[str]) -> list[str]:
                 continue
             if arity is not None and sum(not w.startswith("-") for w in words) >= arity:
                 break  # the next command of the chain
+            if opts[0] == "pkg" and arg == "run" and len(words) > 1:
+                break  # pkg ACTION NAME… run COMMAND…: the command is run's (cli.commands)
             words.append(arg)
             i += 1
         rest += opts + words

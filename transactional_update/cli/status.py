@@ -16,6 +16,8 @@ from transactional_update.snapshots import leftovers
 from transactional_update.snapshots.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
 from transactional_update.snapshots.system import snapshot_number
 
+BASE = "tu-base"  # snapper userdata: the snapshot a transaction forked (record.changelog.userdata)
+
 TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
 if TYPE_CHECKING:
     from pathlib import Path
@@ -160,6 +162,7 @@ def status_json(st: Status) -> dict[str, Any]:
         "default": snapshot_json(st.snapshots.get(st.default)) if st.default else None,
         "pending": st.pending,
         "pending_summary": st.pending_summary,
+        "pending_base": _base(st.snapshots.get(st.pending)) if st.pending else None,
         "reboot_needed": st.pending is not None,
         "reboot_level": st.pending_reboot,
         "running": st.running,
@@ -178,7 +181,15 @@ def _line(label: str, number: int | None, infos: dict[int, Snapshot]) -> str:
     info = infos.get(number)
     desc = info.description.splitlines()[0] if info and info.description else ""
     date = info.date.strftime("%Y-%m-%d %H:%M") if info and info.date else ""
-    return f"{label:<9} {number}  {date}  {desc}".rstrip()
+    base = info.userdata.get(BASE) if info else None
+    number_from = f"{number} (from {base})" if base else str(number)
+    return f"{label:<9} {number_from}  {date}  {desc}".rstrip()
+
+
+def _base(info: Snapshot | None) -> int | None:
+    """The snapshot *info* was made from (recorded since transactions build on the default)."""
+    base = info.userdata.get(BASE) if info else None
+    return int(base) if base and base.isdigit() else None
 
 
 def status_text(st: Status) -> str:

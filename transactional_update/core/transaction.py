@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Options:
     description: str
-    continue_from: int | None = None  # None: the booted snapshot; CONTINUE_DEFAULT; or a number
+    continue_from: int | None = None  # None or CONTINUE_DEFAULT: the default; or a number
+    from_booted: bool = False  # None above: the booted snapshot instead of the default
     keep: bool = False
     drop_if_no_change: bool = False
     summarize: bool = True  # append the change summary to the description (not to the admin's)
@@ -193,29 +194,49 @@ class Transaction:
     # -- the steps' details ----------------------------------------------------------------------
 
     def _choose_base(self) -> int:
+        """The snapshot to fork: what boots next (the default), so changes stack until a reboot.
+
+        ``--continue N`` names the base; ``--from-booted`` takes the booted snapshot, dropping a
+        pending default's changes from what boots next.  A default that is not a snapper
+        snapshot (the top level, or a subvolume set by hand) cannot be built on: the booted
+        snapshot is the base then, and a warning says so.
+        """
         managed = self.ctx.managed
         booted, default = managed.booted(), managed.default()
         assert booted is not None  # open_root refuses a root that is not a snapshot
         self.result.previous_default = default
         want = self.opts.continue_from
-        if want is None:
-            base = booted
-            if default is not None and default != booted:
-                log.warning(
-                    "snapshot %d (not booted yet) is the pending default; this transaction "
-                    "starts from the booted snapshot %d and supersedes it "
-                    "(use --continue to build on %d instead)",
-                    default,
-                    booted,
-                    default,
-                )
-        elif want == CONTINUE_DEFAULT:
+        if want is None or want == CONTINUE_DEFAULT:
             if default is None:
-                raise SnapshotError(
-                    "the default subvolume is not a snapper snapshot",
-                    "pass the snapshot to continue from: --continue N",
+                if want == CONTINUE_DEFAULT:
+                    raise SnapshotError(
+                        "the default subvolume is not a snapper snapshot",
+                        "pass the snapshot to continue from: --continue N",
+                    )
+                log.warning(
+                    "the default subvolume is not a snapper snapshot; "
+                    "this transaction starts from the booted snapshot %d",
+                    booted,
                 )
-            base = default
+                base = booted
+            elif self.opts.from_booted:
+                base = booted
+                if default != booted:
+                    log.warning(
+                        "snapshot %d (not booted yet) is the pending default; this transaction "
+                        "starts from the booted snapshot %d (--from-booted) and supersedes it",
+                        default,
+                        booted,
+                    )
+            else:
+                base = default
+                if default != booted:
+                    log.info(
+                        "building on the pending default snapshot %d (not booted yet): its "
+                        "changes are kept (--from-booted starts from the booted %d instead)",
+                        default,
+                        booted,
+                    )
         else:
             base = want
         managed.require_snapshot_dir(base)

@@ -86,7 +86,10 @@ def who(environ: dict[str, str] | None = None) -> Who:
 
 def userdata(entry: Entry) -> dict[str, str]:
     """Key facts for snapper's userdata (no ``,`` or ``=``: snapper forbids them in values)."""
-    facts = {"tu-files": str(len(entry.files)) if entry.files_error is None else "unknown"}
+    facts = {
+        "tu-base": str(entry.base),  # status names it without reading the changelog
+        "tu-files": str(len(entry.files)) if entry.files_error is None else "unknown",
+    }
     if entry.reboot is not None:
         facts["tu-reboot"] = entry.reboot
     kinds = [p["kind"] for p in entry.packages]

@@ -37,11 +37,13 @@ def show_log(managed: ManagedRoot, number: int | None, as_json: bool) -> str:
                 "snapshot": snap.number,
                 "description": snap.description,
                 "summary": summary,
+                "base": entry.base if entry else None,
                 "has_changelog": entry is not None,
             }
         )
         first = snap.description.splitlines()[0] if snap.description else ""
-        lines.append(f"{snap.number:>5}  {summary:<28}  {first}".rstrip())
+        base = f"from {entry.base}" if entry else ""
+        lines.append(f"{snap.number:>5}  {base:<9}  {summary:<28}  {first}".rstrip())
     return json.dumps(data, indent=2) if as_json else "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from testkit.systems import System, make_deb, sh
+from tests.privileged.test_packages import _local_repo
 
 CONF = "etc/transactional-update.conf"
 
@@ -138,3 +139,30 @@ def test_a_package_command_with_nothing_to_do_keeps_the_rest(
     assert r.returncode == 0, r.stderr
     assert r.stdout == "nothing changed; no snapshot was kept\n"
     assert system.numbers() == [1, 2, 3] and system.default_number() == 3
+
+
+def test_up_shell_is_one_snapshot_and_the_shell_sees_the_update(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """openSUSE's `up shell`: the shell opens in the snapshot the update made (stdin: a pipe)."""
+    s = managed_system
+    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    r = s.tu("pkg", "install", "tu-hello")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2]
+    _local_repo(s, [make_deb(tmp_path, "tu-hello", "2.0")])
+    saw = "grep -qx 2.0 /usr/share/tu-hello/version && touch /etc/shell-saw-2.0\nexit 0\n"
+    r = s.tu("up", "shell", input_text=saw)
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2, 3] and s.default_number() == 3
+    assert (s.snapshot(3) / "usr/share/tu-hello/version").read_text() == "2.0\n"
+    assert (s.snapshot(3) / "etc/shell-saw-2.0").exists()
+    assert r.stdout.splitlines()[-1] == "snapshot 3 is the new default; reboot to use it"
+    log = json.loads(s.tu("--json", "changelog", "3").stdout)
+    assert log["base"] == 2 and log["description"] == "up; shell"
+    assert log["commands"][-1]["argv"][0] in ("/bin/bash", "/bin/sh")
+    # A shell that exits non-zero discards the update with it.
+    _local_repo(s, [make_deb(tmp_path, "tu-hello", "3.0")])
+    r = s.tu("up", "shell", input_text="exit 1\n")
+    assert r.returncode == 1
+    assert s.numbers() == [1, 2, 3] and s.default_number() == 3

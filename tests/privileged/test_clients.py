@@ -90,7 +90,7 @@ def test_salt_module_functions(managed_system: System, tmp_path: Path) -> None:
     assert (r.returncode, r.stdout) == (3, "partial\n")
     assert s.numbers() == [1, 2, 3, 4, 5]
     # cleanup() and reboot() (REBOOT_METHOD=none here).  grub_cfg() and bootloader() need a
-    # GRUB disk: test_grub runs those commands; their command line is parsed in the unit tier.
+    # GRUB disk: test_grub.py::test_salt_grub_cfg_and_bootloader_command_lines runs them.
     r = s.tu(*SALT, "cleanup")
     assert r.returncode == 0, r.stderr
     r = s.tu(*SALT, "reboot")
@@ -223,6 +223,39 @@ def test_cloud_init(rpm_system: System, tmp_path: Path) -> None:
     r = s.tu("-n", "-d", "up")
     assert r.returncode == 0, r.stderr
     assert s.numbers() == [1, 2]
+
+
+def test_cloud_init_on_apt(managed_system: System, tmp_path: Path) -> None:
+    s = managed_system
+    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    # zypper's licence flag has no apt counterpart: accepted, and nothing is passed to apt.
+    r = s.tu("-n", "-d", "pkg", "install", "--auto-agree-with-licenses", "tu-hello")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2] and _dpkg_version(s, 2, "tu-hello") == "1.0"
+    log = json.loads(s.tu("--json", "changelog", "2").stdout)
+    assert log["commands"][-1]["argv"] == ["apt-get", "-y", "install", "tu-hello"]
+    r = s.tu("-n", "-d", "up")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2]
+
+
+@pytest.mark.parametrize("rpm_system", ["zypper"], indirect=True)
+def test_salt_module_package_functions_on_zypper(rpm_system: System, tmp_path: Path) -> None:
+    s = rpm_system
+    _publish(s, [make_rpm(tmp_path, "tu-rpm-hello", "1.0")])
+    r = s.tu(*SALT, "pkg", "install", "tu-rpm-hello")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2] and _rpm_version(s, 2, "tu-rpm-hello") == "1.0-1"
+    r = s.tu(*SALT, "--continue", "pkg", "update", "tu-rpm-hello")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2]
+    r = s.tu(*SALT, "--continue", "pkg", "remove", "tu-rpm-hello")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2, 3] and _rpm_version(s, 3, "tu-rpm-hello") is None
+    assert json.loads(s.tu("--json", "changelog", "3").stdout)["base"] == 2
+    r = s.tu(*SALT, "patch")
+    assert r.returncode == 0, r.stderr
+    assert s.numbers() == [1, 2, 3]
 
 
 def test_register_and_migration_are_refused(managed_system: System) -> None:

@@ -864,3 +864,27 @@ def test_a_journaled_ext2_mounts_as_ext2_once_fsck_replayed_it(tmp_path: Path) -
         _unmount_below(tmp_path)
         for d in devices:
             _detach(d)
+
+
+# Salt's transactional_update module (grub_cfg, bootloader): its exact command lines.
+SALT = ("--non-interactive", "--drop-if-no-change", "--no-selfupdate")
+
+
+def test_salt_grub_cfg_and_bootloader_command_lines(disk: Disk) -> None:
+    (disk.root / "boot/grub/grub.cfg").write_text("# stale\n")
+    r = disk.tu(*SALT, "grub.cfg")
+    assert r.returncode == 0, r.stderr
+    # grub.cfg lives on /boot/grub, not in the snapshot: the menu is rewritten whether or not
+    # the fork changed, and a fork that changed nothing is dropped (--drop-if-no-change).
+    assert "### BEGIN /etc/grub.d/00_header ###" in disk.cfg_text()
+    assert sh("grub-script-check", str(disk.cfg), check=False).returncode == 0
+    made = disk.default_number()
+    assert made == 1  # the fork changed nothing: dropped, and grub.cfg still rewritten
+    assert disk.main_linux().startswith(f"/@/.snapshots/{made}/snapshot/boot/vmlinuz-")
+    with open(disk.image, "r+b") as f:
+        f.write(b"\0" * 440)  # wipe GRUB's boot code (the partition table stays)
+    r = disk.tu(*SALT, "--continue", "bootloader")
+    assert r.returncode == 0, r.stderr
+    with open(disk.image, "rb") as f:
+        assert b"GRUB" in f.read(512)
+    assert sh("grub-script-check", str(disk.cfg), check=False).returncode == 0

@@ -213,7 +213,7 @@ def test_refresh_delay_spares_the_refresh_until_the_sources_change(
     assert s.tu("--continue", "pkg", "install", "tu-d").returncode == 0
     assert ["apt-get", "update"] not in _commands(s, 6)
     # The booted snapshot's sources differ from the ones last refreshed with: refresh.
-    r = s.tu("pkg", "install", "tu-a", "tu-b")
+    r = s.tu("--from-booted", "pkg", "install", "tu-a", "tu-b")
     assert r.returncode == 0, r.stderr
     assert (s.default_number(), _commands(s, 7)[0]) == (7, ["apt-get", "update"])
     # Once the delay has passed, the same sources refresh again.

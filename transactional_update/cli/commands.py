@@ -112,7 +112,10 @@ class Change:
 
     *prepare* checks before any snapshot exists and says whether there is anything to do (False:
     it printed why not); *describe* names the change (after *prepare*); *apply* changes the open
-    transaction's snapshot; *finish* runs after the commit, *undo* after a failure.
+    transaction's snapshot; *finish* runs after the transaction ended well, committed or
+    dropped because the snapshot did not change (``--drop-if-no-change``: ``grub.cfg`` changes
+    only the GRUB partition, which is no snapshot's, and must still take effect); *undo* runs
+    after a failure.
     """
 
     __slots__ = ("apply", "describe", "finish", "name", "package", "prepare", "undo")
@@ -364,9 +367,8 @@ def transact(changes: Sequence[Change | Alone], state: State) -> int:
         for change in wanted:
             change.undo(state)
         raise
-    if not tx.result.dropped:
-        for change in wanted:
-            change.finish(state)
+    for change in wanted:
+        change.finish(state)
     return report(state, tx.result)
 
 

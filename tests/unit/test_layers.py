@@ -23,6 +23,7 @@ LAYERS = {
     "packages": 5,
     "boot": 5,
     "reboot": 5,
+    "etc": 5,
     "provision": 6,
     "cli": 7,
 }

@@ -102,11 +102,15 @@ class Report:
 
 
 def _digest(path: str) -> str:
+    # os.read into one buffer: most of /etc is a few hundred bytes, where a buffered file object
+    # costs more than the hashing.
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with open(fd, "rb") as f:
-        while chunk := f.read(_CHUNK):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
@@ -123,26 +127,27 @@ def scan(root: Path, xattrs: bool = False) -> dict[str, Entry]:
     symlinks.  Devices, fifos and sockets are left out: nothing in /etc is one, and copying one
     is not a merge's business."""
     out: dict[str, Entry] = {}
-    top = os.fspath(root)
-    for dirpath, dirnames, filenames in os.walk(top):
-        rel = os.path.relpath(dirpath, top)
-        prefix = "" if rel == "." else rel + "/"
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                entry = Entry(
-                    Kind.FILE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _digest(path)
-                )
-            elif stat.S_ISLNK(st.st_mode):
-                entry = Entry(Kind.SYMLINK, 0o777, st.st_uid, st.st_gid, target=os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                entry = Entry(Kind.DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-            else:
-                continue
-            if xattrs:
-                entry = replace(entry, xattrs=_xattrs(path))
-            out[prefix + name] = entry
+    pending = [(os.fspath(root), "")]
+    while pending:
+        directory, prefix = pending.pop()
+        with os.scandir(directory) as it:
+            for item in it:
+                st = item.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    digest = _digest(item.path)
+                    entry = Entry(Kind.FILE, stat.S_IMODE(mode), st.st_uid, st.st_gid, digest)
+                elif stat.S_ISLNK(mode):
+                    target = os.readlink(item.path)
+                    entry = Entry(Kind.SYMLINK, 0o777, st.st_uid, st.st_gid, target=target)
+                elif stat.S_ISDIR(mode):
+                    entry = Entry(Kind.DIR, stat.S_IMODE(mode), st.st_uid, st.st_gid)
+                    pending.append((item.path, prefix + item.name + "/"))
+                else:
+                    continue
+                if xattrs:
+                    entry = replace(entry, xattrs=_xattrs(item.path))
+                out[prefix + item.name] = entry
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from transactional_update.etc.merge import LIVE_SUFFIX, Kind, Report, apply, plan, scan
+from transactional_update.etc.merge import LIVE_SUFFIX, Conflict, Kind, Report, apply, plan, scan
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def test_one_side_changes_are_taken(trees: Trees) -> None:
         "owned",
         "secret",
     ]
-    assert report.merged == report.conflicted == ()
+    assert report.merged == ()
+    assert report.conflicted == ()
     assert report.failed == ()
     assert (new / "motd").read_text() == "welcome\n"
     assert (new / "motd").stat().st_mtime_ns == 1_000_000_000
@@ -130,7 +131,7 @@ def test_text_conflict_keeps_theirs_and_puts_ours_beside_it(trees: Trees) -> Non
     (trees.live / "motd").write_text("ours\n")
     (trees.new / "motd").write_text("theirs\n")
     report = trees.merge()
-    assert report.conflicted == ("motd",)
+    assert [c.path for c in report.conflicted] == ["motd"]
     assert (trees.new / "motd").read_text() == "theirs\n"
     assert (trees.new / ("motd" + LIVE_SUFFIX)).read_text() == "ours\n"
 
@@ -139,7 +140,7 @@ def test_binary_changed_on_both_sides_conflicts(trees: Trees) -> None:
     (trees.live / "binary").write_bytes(b"\0ours")
     (trees.new / "binary").write_bytes(b"\0theirs")
     report = trees.merge()
-    assert report.conflicted == ("binary",)
+    assert [c.path for c in report.conflicted] == ["binary"]
     assert (trees.new / "binary").read_bytes() == b"\0theirs"
     assert (trees.new / ("binary" + LIVE_SUFFIX)).read_bytes() == b"\0ours"
 
@@ -156,7 +157,7 @@ def test_account_files(trees: Trees) -> None:
 
     report = trees.merge()
     assert sorted(report.merged) == ["group", "passwd"]
-    assert report.conflicted == ("shadow",)
+    assert report.conflicted == (Conflict("shadow", "entries kept as theirs: root"),)
     assert (new / "passwd").read_text() == (
         USERS
         + "postfix:x:105:110::/var/spool/postfix:/bin/false\n"
@@ -225,3 +226,52 @@ def test_scan_does_not_follow_symlinks(tmp_path: Path) -> None:
     assert set(got) == {"real", "real/f", "link", "dangling"}
     assert got["link"].kind == got["dangling"].kind == Kind.SYMLINK
     assert got["dangling"].target == "/nonexistent"
+
+
+def test_symlinks_retargeted_on_both_sides(trees: Trees) -> None:
+    for root, zone in ((trees.live, "Europe/Berlin"), (trees.new, "Asia/Tokyo")):
+        (root / "localtime").unlink()
+        os.symlink(f"../usr/share/zoneinfo/{zone}", root / "localtime")
+    report = trees.merge()
+    assert [c.path for c in report.conflicted] == ["localtime"]
+    assert os.readlink(trees.new / "localtime") == "../usr/share/zoneinfo/Asia/Tokyo"
+    assert os.readlink(trees.new / "localtime.live") == "../usr/share/zoneinfo/Europe/Berlin"
+
+
+def test_a_directory_deleted_by_the_package_with_a_live_file_in_it(trees: Trees) -> None:
+    (trees.live / "conf.d" / "a.conf").write_text("a=live\n")
+    subprocess.run(["rm", "-r", str(trees.new / "conf.d")], check=True)
+    report = trees.merge()
+    # Theirs' deletion stands; there is no directory to keep ours beside: the report names it.
+    assert report.conflicted == (
+        Conflict("conf.d/a.conf", "deleted on one side, changed on the other"),
+    )
+    assert report.failed == ()
+    assert not (trees.new / "conf.d").exists()
+
+
+def test_extended_attributes_are_copied(trees: Trees) -> None:
+    (trees.live / "motd").write_text("ours\n")
+    os.setxattr(trees.live / "motd", "user.tu-test", b"value")
+    decisions = plan(scan(trees.base, True), scan(trees.live, True), scan(trees.new, True))
+    report = apply(decisions, trees.live, trees.new, trees.base)
+    assert report.taken == ("motd",)
+    assert os.getxattr(trees.new / "motd", "user.tu-test") == b"value"
+
+
+def test_a_live_file_gone_since_the_scan_is_reported(trees: Trees) -> None:
+    (trees.live / "motd").write_text("ours\n")
+    decisions = plan(scan(trees.base), scan(trees.live), scan(trees.new))
+    (trees.live / "motd").unlink()
+    report = apply(decisions, trees.live, trees.new, trees.base)
+    assert [f.path for f in report.failed] == ["motd"]
+    assert (trees.new / "motd").read_text() == "hello\n"
+
+
+def test_without_base_files_content_merges_are_conflicts(trees: Trees) -> None:
+    (trees.live / "hosts").write_text(HOSTS + "ours\n")
+    (trees.new / "hosts").write_text("theirs\n" + HOSTS)
+    decisions = plan(scan(trees.base), scan(trees.live), scan(trees.new))
+    report = apply(decisions, trees.live, trees.new)
+    assert [c.path for c in report.conflicted] == ["hosts"]
+    assert (trees.new / "hosts.live").read_text() == HOSTS + "ours\n"

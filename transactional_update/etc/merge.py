@@ -26,7 +26,6 @@ entries is merged and also gets ours beside it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import stat
@@ -85,6 +84,12 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Conflict:
+    path: str
+    reason: str  # for an account file: the names whose entry is theirs despite a live change
+
+
+@dataclass(frozen=True)
 class Failure:
     path: str
     error: str
@@ -94,7 +99,7 @@ class Failure:
 class Report:
     taken: tuple[str, ...] = ()  # ours' state taken: TAKE, DELETE, META, CONTENT
     merged: tuple[str, ...] = ()  # both sides' changes combined
-    conflicted: tuple[str, ...] = ()  # theirs kept; ours beside it where it is a file or link
+    conflicted: tuple[Conflict, ...] = ()  # theirs kept; ours beside it (files and links)
     failed: tuple[Failure, ...] = ()  # left as the new tree had it
 
 
@@ -214,7 +219,7 @@ def plan(
     """What :func:`apply` does, path by path, parents before children; paths left alone are
     not listed."""
     decisions: dict[str, Decision] = {}
-    for path in sorted(set(base) | set(ours) | set(theirs), key=lambda p: p.split("/")):
+    for path in set(base) | set(ours) | set(theirs):
         d = _decide(path, base.get(path), ours.get(path), theirs.get(path))
         if d is not None:
             decisions[path] = d
@@ -239,12 +244,12 @@ def plan(
             below = theirs_below.get(path, [])
             if any((c := decisions.get(p)) is None or c.action != Action.DELETE for p in below):
                 decisions[path] = replace(
-                    d, action=Action.CONFLICT, reason="theirs changed something inside"
+                    d, action=Action.CONFLICT, reason="the new tree keeps something inside it"
                 )
     # Ours' entries need a directory in the new tree to go into.
     for path in order:
         d = decisions[path]
-        if d.action == Action.DELETE or d.ours is None:
+        if d.action in (Action.DELETE, Action.CONFLICT) or d.ours is None:
             continue
         parent = _parent(path)
         if parent and _result_kind(decisions.get(parent), theirs.get(parent)) != Kind.DIR:
@@ -377,7 +382,7 @@ def apply(
     """
     taken: list[str] = []
     merged: list[str] = []
-    conflicted: list[str] = []
+    conflicted: list[Conflict] = []
     failed: list[Failure] = []
     ordered = list(decisions)
 
@@ -433,19 +438,20 @@ def apply(
                 try:
                     data = _merge_content(d, base_root, live_root, new_root)
                 except _PartialConflict as partial:
-                    _place(target, source, d.ours, partial.data, d.mode, (d.uid, d.gid))
+                    # The live copy first: should the merged file fail, theirs is still whole.
                     _place(_live(target), source, d.ours)
-                    conflicted.append(d.path)
+                    _place(target, source, d.ours, partial.data, d.mode, (d.uid, d.gid))
+                    conflicted.append(Conflict(d.path, f"entries kept as theirs: {partial}"))
                     continue
                 if data is None:
                     _conflict(d, source, target)
-                    conflicted.append(d.path)
+                    conflicted.append(Conflict(d.path, "both changed the content, differently"))
                 else:
                     _place(target, source, d.ours, data, d.mode, (d.uid, d.gid))
                     merged.append(d.path)
             else:
                 _conflict(d, source, target)
-                conflicted.append(d.path)
+                conflicted.append(Conflict(d.path, d.reason))
         except (OSError, ValueError) as exc:
             fail(d.path, exc)
             failed_paths.add(d.path)
@@ -457,8 +463,6 @@ def _live(target: Path) -> Path:
 
 
 def _conflict(d: Decision, source: Path, target: Path) -> None:
-    if d.ours is not None and d.ours.kind != Kind.DIR:
-        live = _live(target)
-        if not target.parent.is_dir():
-            raise OSError(errno.ENOTDIR, "no directory for the live copy")
-        _place(live, source, d.ours)
+    # Where theirs has no directory for it, ours cannot be kept beside: the report names it.
+    if d.ours is not None and d.ours.kind != Kind.DIR and target.parent.is_dir():
+        _place(_live(target), source, d.ours)

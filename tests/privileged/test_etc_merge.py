@@ -275,3 +275,16 @@ def test_without_base_files_content_merges_are_conflicts(trees: Trees) -> None:
     report = apply(decisions, trees.live, trees.new)
     assert [c.path for c in report.conflicted] == ["hosts"]
     assert (trees.new / "hosts.live").read_text() == HOSTS + "ours\n"
+
+
+def test_attributes_changed_on_each_side_combine(trees: Trees) -> None:
+    os.chmod(trees.live / "motd", 0o600)
+    (trees.new / "motd").write_text("new\n")
+    os.chmod(trees.live / "conf.d", 0o700)
+    os.chown(trees.new / "conf.d", 0, 42)
+    report = trees.merge()
+    assert sorted(report.taken) == ["conf.d", "motd"]
+    st = (trees.new / "motd").stat()
+    assert ((trees.new / "motd").read_text(), st.st_mode & 0o7777) == ("new\n", 0o600)
+    st = (trees.new / "conf.d").stat()
+    assert (st.st_mode & 0o7777, st.st_gid) == (0o700, 42)

@@ -320,15 +320,22 @@ def _place(
 
 
 def _set_meta(path: Path, mode: int, uid: int, gid: int) -> None:
-    before = os.lstat(path)
+    """Mode and owner of a file or directory; as they were when either step fails."""
+    # Through a descriptor opened without following a symlink: chmod of a path with
+    # follow_symlinks=False is not supported everywhere.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.lchown(path, uid, gid)
-        os.chmod(path, mode, follow_symlinks=False)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.lchown(path, before.st_uid, before.st_gid)
-            os.chmod(path, stat.S_IMODE(before.st_mode), follow_symlinks=False)
-        raise
+        before = os.fstat(fd)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)  # after chown, which clears setuid and setgid
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, before.st_uid, before.st_gid)
+                os.fchmod(fd, stat.S_IMODE(before.st_mode))
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> bytes:

@@ -324,3 +324,12 @@ def test_quick_paths_import_neither_click_nor_slow_modules() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_the_status_query_options_are_the_tables() -> None:
+    """The status/list quick path spells its two options itself; they must be the table's."""
+    for name, dest in entry.QUERY_OPTIONS.items():
+        opt = options.GLOBAL[name]
+        assert (opt.dest, opt.is_global) == (dest, True), name
+    assert entry.parse_query(["status", "--root", "/x", "--json"]) == (Path("/x"), True, "status")
+    assert entry.parse_query(["--json", "list", "-v"]) is None  # -v: the full command line

@@ -18,7 +18,6 @@ from transactional_update.boot.menustate import (
     fstab_grub_dir,
     is_mount,
     mark_stale,
-    read_stale,
 )
 from transactional_update.boot.menustate import state as menu_state
 from transactional_update.core.context import Followup
@@ -34,11 +33,8 @@ log = logging.getLogger(__name__)
 
 def follow_default(ctx: Context) -> Followup:
     """The subscriber the command line registers (:attr:`Context.after_default`)."""
-    done = refresh_menu(ctx)
-    notes = {}
-    if done is False:
-        stale = read_stale(ctx.root)
-        notes["boot_menu"] = f"stale: {stale['reason'] if stale else 'not refreshed'}"
+    done, reason = _refresh(ctx)
+    notes = {} if reason is None else {"boot_menu": f"stale: {reason}"}
     return Followup("boot_menu", "the boot menu", done, notes)
 
 
@@ -47,9 +43,14 @@ def refresh_menu(ctx: Context) -> bool | None:
 
     None when the system has no boot menu to refresh (no grub.cfg, and its fstab mounts no
     GRUB directory); else whether the menu is current now.  When it is not, a warning says why
-    and the reason is recorded (:func:`read_stale`, shown by ``status``) until a refresh
+    and the reason is recorded (:func:`.menustate.read_stale`, shown by ``status``) until a refresh
     succeeds: every later commit, rollback and cleanup tries again.
     """
+    return _refresh(ctx)[0]
+
+
+def _refresh(ctx: Context) -> tuple[bool | None, str | None]:
+    """:func:`refresh_menu`'s answer, and why the menu is stale when it is."""
     root = ctx.root
     reason: str | None
     if cfg_path(root) is not None:
@@ -59,7 +60,7 @@ def refresh_menu(ctx: Context) -> bool | None:
     else:
         wanted = fstab_grub_dir(root)
         if wanted is None or is_mount(root, wanted):
-            return None
+            return None, None
         reason = (
             f"/{wanted} is not mounted (mount it, or repair it with: "
             "transactional-update setup-boot-fs)"
@@ -67,18 +68,16 @@ def refresh_menu(ctx: Context) -> bool | None:
         log.warning("the boot menu was not refreshed: %s", reason)
     if reason is None:
         clear_stale(root)
-        return True
+        return True, None
     try:
         mark_stale(root, reason)
     except OSError as exc:
         log.warning("cannot record that the boot menu is stale: %s", exc.strerror or exc)
-    return False
+    return False, reason
 
 
 def ensure_current(ctx: Context) -> None:
     """Refresh GRUB's menu if it does not follow the default (before a reboot relies on it)."""
-    from transactional_update.core.lock import Lock
-
     found = menu_state(ctx.root, ctx.managed.default())
     if found is None or not found["stale"]:
         return

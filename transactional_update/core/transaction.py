@@ -194,51 +194,15 @@ class Transaction:
     # -- the steps' details ----------------------------------------------------------------------
 
     def _choose_base(self) -> int:
-        """The snapshot to fork: what boots next (the default), so changes stack until a reboot.
-
-        ``--continue N`` names the base; ``--from-booted`` takes the booted snapshot, dropping a
-        pending default's changes from what boots next.  A default that is not a snapper
-        snapshot (the top level, or a subvolume set by hand) cannot be built on: the booted
-        snapshot is the base then, and a warning says so.
-        """
         managed = self.ctx.managed
         booted, default = managed.booted(), managed.default()
         assert booted is not None  # open_root refuses a root that is not a snapshot
         self.result.previous_default = default
-        want = self.opts.continue_from
-        if want is None or want == CONTINUE_DEFAULT:
-            if default is None:
-                if want == CONTINUE_DEFAULT:
-                    raise SnapshotError(
-                        "the default subvolume is not a snapper snapshot",
-                        "pass the snapshot to continue from: --continue N",
-                    )
-                log.warning(
-                    "the default subvolume is not a snapper snapshot; "
-                    "this transaction starts from the booted snapshot %d",
-                    booted,
-                )
-                base = booted
-            elif self.opts.from_booted:
-                base = booted
-                if default != booted:
-                    log.warning(
-                        "snapshot %d (not booted yet) is the pending default; this transaction "
-                        "starts from the booted snapshot %d (--from-booted) and supersedes it",
-                        default,
-                        booted,
-                    )
-            else:
-                base = default
-                if default != booted:
-                    log.info(
-                        "building on the pending default snapshot %d (not booted yet): its "
-                        "changes are kept (--from-booted starts from the booted %d instead)",
-                        default,
-                        booted,
-                    )
-        else:
-            base = want
+        base, level, why = choose_base(
+            booted, default, self.opts.continue_from, self.opts.from_booted
+        )
+        if why:
+            log.log(level, "%s", why)
         managed.require_snapshot_dir(base)
         require_finished(
             self.ctx.snapper.get_snapshot(base),
@@ -505,6 +469,53 @@ def _package_changes(
     except TUError as err:
         log.debug("no package changes recorded: %s", err)
         return []
+
+
+def choose_base(
+    booted: int, default: int | None, want: int | None, from_booted: bool
+) -> tuple[int, int, str]:
+    """The snapshot to fork, and what to log about the choice (level, text; "" for nothing).
+
+    What boots next (the default), so changes stack until a reboot.  ``--continue N`` (*want*)
+    names the base; ``--from-booted`` takes the booted snapshot, dropping a pending default's
+    changes from what boots next.  A default that is not a snapper snapshot (the top level, or
+    a subvolume set by hand) cannot be built on: the booted snapshot is the base then.
+    """
+    if want is not None and want != CONTINUE_DEFAULT:
+        return want, logging.DEBUG, ""
+    if default is None:
+        if want == CONTINUE_DEFAULT:
+            raise SnapshotError(
+                "the default subvolume is not a snapper snapshot",
+                "pass the snapshot to continue from: --continue N",
+            )
+        return (
+            booted,
+            logging.WARNING,
+            (
+                "the default subvolume is not a snapper snapshot; "
+                f"this transaction starts from the booted snapshot {booted}"
+            ),
+        )
+    if default == booted:
+        return booted, logging.DEBUG, ""
+    if from_booted:
+        return (
+            booted,
+            logging.WARNING,
+            (
+                f"snapshot {default} (not booted yet) is the pending default; this transaction "
+                f"starts from the booted snapshot {booted} (--from-booted) and supersedes it"
+            ),
+        )
+    return (
+        default,
+        logging.INFO,
+        (
+            f"building on the pending default snapshot {default} (not booted yet): its "
+            f"changes are kept (--from-booted starts from the booted {booted} instead)"
+        ),
+    )
 
 
 def default_description(kind: str, argv: Sequence[str] = ()) -> str:

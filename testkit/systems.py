@@ -64,6 +64,16 @@ class System:
     def default_number(self) -> int:
         return int(self.default().split("/")[-2])
 
+    def booted_number(self) -> int:
+        """The snapshot mounted at ``root``."""
+        return int(btrfs.subvolume_path(self.root).split("/")[-2])
+
+    def boot_default(self) -> None:
+        """What a reboot does to the filesystem: the default subvolume is mounted at ``root``
+        (with the data subvolumes below it).  Units that run at boot are the test's to run."""
+        image.unmount_system(self.root)
+        image.mount_system(self.device, self.root)
+
     def snapper_list(self) -> list[dict[str, Any]]:
         out = sh("snapper", "--no-dbus", "--root", str(self.root), "--jsonout", "list").stdout
         return [s for s in json.loads(out)["root"] if s["number"] != 0]
@@ -132,6 +142,14 @@ class System:
             timeout=timeout,
             env={**os.environ, **(env or {})},
         )
+
+
+def strip_own_etc(root: Path, number: int) -> None:
+    """Remove snapshot *number*'s own /etc, as a snapper with a delete hook would before it
+    deletes the snapshot: snapper 0.10.4 refuses a snapshot that holds a nested subvolume."""
+    from transactional_update.snapshots import etcvol
+
+    etcvol.remove_nested(root / ".snapshots" / str(number) / "snapshot")
 
 
 def _detach(device: str) -> None:
@@ -296,6 +314,10 @@ def make_deb(
         f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
         "Maintainer: tests <tests@example.invalid>\nDescription: test package\n"
     )
+    # What debhelper does: every file under /etc is a conffile (dpkg keeps the admin's edits).
+    etc = sorted(p for p in (files or {}) if p.startswith("/etc/"))
+    if etc:
+        (tree / "DEBIAN/conffiles").write_text("".join(f"{p}\n" for p in etc))
     if postinst is not None:
         script = tree / "DEBIAN/postinst"
         script.write_text(f"#!/bin/sh\n{postinst}\n")

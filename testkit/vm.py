@@ -63,7 +63,7 @@ MASKED = (
     "e2scrub_all.timer",
     "fstrim.timer",
 )
-IMAGE_VERSION = "1"  # bump when golden() changes what it writes
+IMAGE_VERSION = "2"  # bump when golden() changes what it writes
 BOOT_TIMEOUT = float(os.environ.get("TU_VM_BOOT_TIMEOUT", "480"))
 SOURCES = "deb [trusted=yes] file:/var/cache/tu-vm/repo ./\n"
 PYTHON_DIR = "usr/lib/python3/dist-packages"
@@ -186,6 +186,11 @@ def complete_snapshot(snap: Path) -> None:
     shutil.copy(GUEST / "emergency-dump.conf", systemd / "emergency.service.d/tu-vm.conf")
     for masked in MASKED:
         _link(systemd / masked, "/dev/null")
+    # Enabled as install-units enables it: the live /etc's changes follow every update.
+    _link(
+        systemd / "sysinit.target.wants/transactional-update-etc.service",
+        "/usr/lib/systemd/system/transactional-update-etc.service",
+    )
     (snap / "etc/apt/sources.list").write_text("")
     (snap / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
     (snap / "etc/apt/sources.list.d/tu-vm.list").write_text(SOURCES)
@@ -269,7 +274,9 @@ class Boot:
         return source[source.index("[") + 1 : -1] if "[" in source else source
 
     def root_read_only(self) -> bool:
-        return "ro" in self.text("root").split()[1].split(",")
+        """The snapshot itself is read-only (its btrfs flag; ``/`` is mounted read-write so that
+        its own ``/etc`` subvolume takes writes)."""
+        return self.text("root_ro").strip() == "ro=true"
 
     def booted(self) -> int | None:
         booted = self.json("status")["booted"]
@@ -443,7 +450,7 @@ def check_booted(boot: Boot, number: int, via_default: bool = True) -> None:
         boot,
         boot.text("root"),
     )
-    check(boot.root_read_only(), "the root is mounted read-only", boot, boot.text("root"))
+    check(boot.root_read_only(), "the root snapshot is read-only", boot, boot.text("root_ro"))
     check(
         boot.booted() == number,
         f"status says snapshot {number} is booted",
@@ -1420,6 +1427,177 @@ def scenario_powercut(m: Machine, debs: Path) -> None:
         raise ScenarioFailed(f"{len(f.failed)} check(s) failed:\n  " + "\n  ".join(f.failed))
 
 
+ETC_LIVE_STEP = r"""
+fact etc_subvol btrfs subvolume show /etc
+fact usr_write touch /usr/tu-vm-write
+fact chpasswd sh -c 'echo root:tu-etc-secret | chpasswd'
+fact shadow_root sh -c 'getent shadow root | cut -d: -f2'
+fact useradd useradd -m -s /bin/sh alice
+fact hostname hostnamectl set-hostname tu-etc
+cat >/etc/systemd/system/tu-demo.service <<'UNIT'
+[Unit]
+Description=tu-vm demo
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+[Install]
+WantedBy=multi-user.target
+UNIT
+fact enable systemctl enable tu-demo.service
+fact install transactional-update --non-interactive pkg install tu-conf
+fact after_commit_issue sh -c 'echo "edited live after the commit" >>/etc/issue'
+fact after_commit_conf sh -c 'echo "setting=live" >/etc/tu-conf.conf'
+fact after_status transactional-update --json status
+"""
+
+ETC_CHECK_STEP = r"""
+fact id_alice id -u alice
+fact shadow_root sh -c 'getent shadow root | cut -d: -f2'
+fact hostname hostname
+fact enabled systemctl is-enabled tu-demo.service
+fact active systemctl is-active tu-demo.service
+fact issue cat /etc/issue
+fact conf cat /etc/tu-conf.conf
+fact conf_live cat /etc/tu-conf.conf.live
+fact dpkg dpkg-query -W -f '${Status}' tu-conf
+fact etc_unit systemctl show -p ActiveState,Result transactional-update-etc.service
+fact references sh -c 'ls /.snapshots/*/ | tr "
+" " "'
+"""
+
+ETC_NEXT_STEP = r"""
+fact install2 transactional-update --non-interactive pkg install tu-hello
+fact before_cut sh -c 'echo "tu-vm-cut-edit" >/etc/tu-after-cut && sync'
+fact changelog2 transactional-update --json changelog 2
+precut etc
+python3 /run/tu-vm/cut.py at "$(cut -d' ' -f1 /proc/uptime)" 0
+sleep 60
+"""
+
+ETC_ROLLBACK_STEP = r"""
+fact after_cut cat /etc/tu-after-cut
+fact changelog3 transactional-update --json changelog 3
+fact booted_edit sh -c 'echo made-on-3 >/etc/tu-made-on-3'
+fact rollback transactional-update rollback 1
+fact rollback_json transactional-update --json rollback 1
+"""
+
+ETC_FIRST_STEP = r"""
+fact conf cat /etc/tu-conf.conf
+fact conf_live cat /etc/tu-conf.conf.live
+fact dpkg dpkg-query -W -f '${Status}' tu-conf
+fact made_on_3 cat /etc/tu-made-on-3
+fact hostname hostname
+fact id_alice id -u alice
+"""
+
+
+def _live_merges(log: dict[str, Any], when: str) -> list[dict[str, Any]]:
+    return [m for m in log.get("live_etc", []) if m.get("when") == when]
+
+
+def scenario_etc(m: Machine, debs: Path) -> None:
+    """The writable /etc (issue 14): live admin work, an update, edits after its commit carried
+    at shutdown, a conflict reported with both versions on disk, edits before a power cut carried
+    at the next boot, and a rollback that boots the old snapshot's own /etc."""
+    conf = make_deb(debs, "tu-conf", "1.0", None, {"/etc/tu-conf.conf": "setting=1\n"})
+    repo = make_repo(debs, "repo-etc", [conf, hello_deb(debs, "1.0")])
+    b = m.boot(ETC_LIVE_STEP, repo)
+    check_booted(b, 1)
+    check(b.rc("etc_subvol") == 0, "/etc is a subvolume of its own", b, b.text("etc_subvol.err"))
+    check(b.rc("usr_write") != 0, "/usr stays read-only", b, b.text("usr_write.err"))
+    for fact in ("chpasswd", "useradd", "hostname", "enable"):
+        check(b.rc(fact) == 0, f"{fact} works on the running system", b, b.text(f"{fact}.err"))
+    root_hash = b.text("shadow_root").strip()
+    check(b.rc("install") == 0, "pkg install tu-conf succeeds", b, b.text("install.err"))
+    for fact in ("after_commit_issue", "after_commit_conf"):
+        check(b.rc(fact) == 0, f"{fact}: the live /etc takes edits", b, b.text(f"{fact}.err"))
+    after = b.json("after_status")
+    check(after["pending"] == 2, "snapshot 2 is pending", b, after)
+
+    b = m.boot(ETC_CHECK_STEP + ETC_NEXT_STEP, repo, cut=True)
+    check_booted(b, 2)
+    check(b.rc("id_alice") == 0, "alice, added live before the update, exists", b)
+    check(b.text("shadow_root").strip() == root_hash, "root's new password is there", b)
+    check(b.text("hostname").strip() == "tu-etc", "the hostname set live is there", b)
+    check(b.text("enabled").strip() == "enabled", "tu-demo is enabled", b, b.text("enabled"))
+    check(b.text("active").strip() == "active", "tu-demo ran", b, b.text("active"))
+    check(
+        "edited live after the commit" in b.text("issue"),
+        "the edit after the commit (carried at shutdown) is there",
+        b,
+        b.text("issue"),
+    )
+    check(b.text("conf") == "setting=1\n", "the package's conffile is in place", b, b.text("conf"))
+    check(
+        b.text("conf_live") == "setting=live\n",
+        "the conflicting live version is beside it as .live",
+        b,
+        b.text("conf_live") + b.text("conf_live.err"),
+    )
+    conflicts = b.json("status").get("etc_conflicts", [])
+    check(
+        [c["path"] for c in conflicts] == ["/etc/tu-conf.conf"] and conflicts[0]["snapshot"] == 2,
+        "status reports the conflict",
+        b,
+        conflicts,
+    )
+    check(b.text("dpkg") == "install ok installed", "tu-conf is installed", b, b.text("dpkg"))
+    check(
+        "ActiveState=active" in b.text("etc_unit") and "Result=success" in b.text("etc_unit"),
+        "the /etc unit ran at boot",
+        b,
+        b.text("etc_unit"),
+    )
+    log2 = b.json("changelog2")
+    synced = _live_merges(log2, "sync")
+    check(
+        any("/etc/issue" in mm["taken"] or "/etc/issue" in mm["merged"] for mm in synced)
+        and any(c["path"] == "/etc/tu-conf.conf" for mm in synced for c in mm["conflicts"]),
+        "changelog 2 records the shutdown's merge: /etc/issue carried, the conffile conflict",
+        b,
+        log2.get("live_etc"),
+    )
+    check(b.rc("install2") == 0, "pkg install tu-hello succeeds", b, b.text("install2.err"))
+
+    b = m.boot(ETC_ROLLBACK_STEP, repo)
+    check_booted(b, 3)
+    check(
+        b.text("after_cut") == "tu-vm-cut-edit\n",
+        "the edit made right before the power cut was carried at boot",
+        b,
+        b.text("after_cut") + b.text("after_cut.err"),
+    )
+    log3 = b.json("changelog3")
+    check(
+        any("/etc/tu-after-cut" in mm["taken"] for mm in _live_merges(log3, "boot")),
+        "changelog 3 records the boot's merge",
+        b,
+        log3.get("live_etc"),
+    )
+    check(b.rc("rollback") == 0, "rollback 1 succeeds", b, b.text("rollback.err"))
+    check(
+        "/etc/tu-made-on-3" in b.text("rollback.err"),
+        "rollback names the live edit it leaves behind",
+        b,
+        b.text("rollback.err"),
+    )
+
+    b = m.boot(ETC_FIRST_STEP, repo)
+    check_booted(b, 1)
+    check(
+        b.text("conf") == "setting=live\n" and b.rc("conf_live") != 0,
+        "snapshot 1's own /etc: the file written live on it, no package version, no .live copy",
+        b,
+        b.text("conf") + b.text("conf_live"),
+    )
+    check(not b.text("dpkg").startswith("install ok"), "tu-conf is not installed", b)
+    check(b.rc("made_on_3") != 0, "snapshot 1's own /etc: no edit made on 3", b)
+    check(b.text("hostname").strip() == "tu-etc", "its own live edits are there", b)
+    check(b.rc("id_alice") == 0, "alice was added on snapshot 1 itself", b)
+
+
 SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "update": scenario_update,
     "rollback": scenario_rollback,
@@ -1429,6 +1607,7 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "uefi": scenario_uefi,
     "powercut": scenario_powercut,
     "stack": scenario_stack,
+    "etc": scenario_etc,
 }
 
 

@@ -123,6 +123,7 @@ def test_package_changes_install_upgrade_downgrade_remove(
     # The same upgrade, file by file: the package's files and dpkg's own records.
     assert file_changes(system.snapshot(2), system.snapshot(3)) == [
         FileChange("/etc/tu-pkg.conf", M, False),
+        FileChange("/usr/share/dpkg/database/info/tu-pkg.conffiles", M, False),
         FileChange("/usr/share/dpkg/database/info/tu-pkg.list", M, False),
         FileChange("/usr/share/dpkg/database/info/tu-pkg.md5sums", M, False),
         FileChange("/usr/share/dpkg/database/status", M, False),

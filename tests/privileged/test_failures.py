@@ -220,6 +220,8 @@ def test_a_chroot_that_cannot_be_prepared_is_undone(managed_system: System) -> N
     fork = managed_system.root / ".snapshots/99/snapshot"
     fork.parent.mkdir()
     btrfsutil.create_snapshot(managed_system.snapshot(1), fork)
+    (fork / "etc").rmdir()  # the placeholder of the nested /etc, which a snapshot leaves out
+    btrfsutil.create_snapshot(managed_system.snapshot(1) / "etc", fork / "etc")
     plan = [
         *plan_for(managed_system.root, ()),
         Mount(Kind.BIND, "/tu-test-mount", str(managed_system.workdir / "no-such-source")),
@@ -236,4 +238,4 @@ def test_a_chroot_that_cannot_be_prepared_is_undone(managed_system: System) -> N
     # What the holder created as mount points in the snapshot is removed again.
     assert not (fork / "tu-test-mount").exists()
     assert not (fork / "usr/sbin/policy-rc.d").exists()
-    btrfsutil.delete_subvolume(fork)
+    btrfsutil.delete_subvolume(fork, recursive=True)

@@ -209,7 +209,10 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
     fstab = (disk.snapshot(1) / "etc/fstab").read_text()
     uuid = btrfs.fs_uuid(disk.root)
     grub_uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{disk.device}p2").stdout.strip()
-    assert f"UUID={uuid} / btrfs ro 0 0\n" in fstab
+    # / read-write: the snapshot's read-only flag keeps all but its own /etc unchanged
+    assert f"UUID={uuid} / btrfs rw 0 0\n" in fstab
+    assert btrfs.is_subvolume(disk.snapshot(1) / "etc")
+    assert not btrfs.is_read_only(disk.snapshot(1) / "etc")
     # the other subvolumes wait for /var (image.fstab: racing read-write mounts on Debian 12)
     assert f"UUID={uuid} /var btrfs subvol=/@/var 0 0\n" in fstab
     assert f"UUID={uuid} /home btrfs subvol=/@/home,x-systemd.after=var.mount 0 0\n" in fstab

@@ -88,7 +88,13 @@ def test_rollback_to_a_number(system: System) -> None:
     # Back again, machine-readable.
     r = system.tu("--json", "rollback", "3")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"default": 3, "previous_default": 2}
+    assert json.loads(r.stdout) == {
+        "default": 3,
+        "previous_default": 2,
+        # The booted /etc is unchanged since the image was made (its etc-booted reference).
+        "etc_left_behind": [],
+        "etc_left_in": str(system.snapshot(1) / "etc"),
+    }
     assert system.default_number() == 3
     st = json.loads(system.tu("--json", "status").stdout)
     assert (st["booted"]["number"], st["default"]["number"], st["pending"]) == (1, 3, 3)

@@ -53,6 +53,7 @@ def test_run_json_reports_the_transaction(system: System) -> None:
         "shadowed_writes": [],
         "summary": "1 file",
         "reboot": None,
+        "live_etc": [],  # no live /etc edit to carry
     }
     assert [(c["argv"], c["exit"]) for c in out["commands"]] == [
         (["sh", "-c", "echo hi > /etc/hi"], 0)

@@ -35,7 +35,7 @@ def entries(text: str) -> dict[str, list[str]]:
 
 def test_read_write_subvolume_mounts_wait_for_var() -> None:
     fs = entries(image.fstab(UUID, GRUB_UUID, ESP_UUID))
-    assert fs["/"] == [f"UUID={UUID}", "btrfs", "ro"]
+    assert fs["/"] == [f"UUID={UUID}", "btrfs", "rw"]
     assert fs["/var"] == [f"UUID={UUID}", "btrfs", "subvol=/@/var"]
     for where in SUBVOLUME_MOUNTS:
         if where == "/var":
@@ -91,7 +91,7 @@ def test_systemd_starts_var_before_the_other_subvolume_mounts(tmp_path: Path) ->
     )
     assert r.returncode == 0, r.stderr
     units = {where: read_unit(out / unit_name(where)) for where in ["/", *SUBVOLUME_MOUNTS]}
-    assert units["/"]["Mount"]["Options"] == "ro"
+    assert units["/"]["Mount"]["Options"] == "rw"
     var_after = units["/var"]["Unit"]["After"].split()
     for where in SUBVOLUME_MOUNTS:
         unit = units[where]

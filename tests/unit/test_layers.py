@@ -18,17 +18,17 @@ PKG = "transactional_update"
 LAYERS = {
     "config": 1,
     "snapshots": 2,
-    "record": 3,
-    "core": 4,
-    "packages": 5,
-    "boot": 5,
-    "reboot": 5,
-    "etc": 5,
-    "provision": 6,
-    "cli": 7,
+    "etc": 3,
+    "record": 4,
+    "core": 5,
+    "packages": 6,
+    "boot": 6,
+    "reboot": 6,
+    "provision": 7,
+    "cli": 8,
 }
 LEAF = 0
-ENTRY = 8  # __main__
+ENTRY = 9  # __main__
 
 
 def _modules() -> dict[str, Path]:

@@ -1,6 +1,6 @@
-"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3, 7 and 8, the ones CI runs.
+"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3 and 7-9, the ones CI runs.
 
-About 16 minutes for the five under TCG (powercut alone boots eight times, about 8-10), part of
+About 21 minutes for the six under TCG (powercut alone boots eight times, about 8-10), part of
 every ``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
 scenarios 4-6 (also run with ``vm-tests/run nightly broken uefi``).  The golden image
 is cached in /var/cache/transactional-update-tests/vm.
@@ -26,7 +26,8 @@ pytestmark = [
 
 MORE = ["nightly", "broken", "uefi"]
 # stack: two transactions before one reboot boot with both changes (changes stack on the default)
-SCENARIOS = ["update", "rollback", "grub", "powercut", "stack"] + (
+# etc: the writable /etc, live edits carried at commit, shutdown and boot, a conflict, rollback
+SCENARIOS = ["update", "rollback", "grub", "powercut", "stack", "etc"] + (
     MORE if SELECTED == "all" else []
 )
 

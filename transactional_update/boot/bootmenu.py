@@ -46,7 +46,7 @@ from transactional_update.boot import menustate
 from transactional_update.config import conffile
 from transactional_update.paths import resolve_under
 from transactional_update.record import changelog
-from transactional_update.snapshots import btrfs
+from transactional_update.snapshots import btrfs, etcvol
 from transactional_update.snapshots.snapinfo import Snapshot, read_all_info
 from transactional_update.snapshots.system import FAILED, IN_PROGRESS, ManagedRoot
 
@@ -276,6 +276,9 @@ class SnapshotFiles:
     boot_dir: str  # /boot resolved inside the snapshot (a link is followed there)
     defaults: dict[str, str]
     os_name: str
+    # False: the snapshot has no /etc (a plain `snapper create` of a root whose /etc is a
+    # subvolume of its own leaves an empty placeholder there) and cannot boot.
+    has_etc: bool = True
 
 
 def _read(path: Path) -> str:
@@ -314,6 +317,7 @@ def read_snapshot(snap: Path) -> SnapshotFiles:
             _read(resolve_under(snap, "/etc/os-release"))
             or _read(resolve_under(snap, "/usr/lib/os-release"))
         ),
+        has_etc=not etcvol.lacks_etc(snap),
     )
 
 
@@ -414,6 +418,8 @@ def _listed(src: _Sources, bootable: list[int], limit: int) -> tuple[list[int], 
             break
         if src.files(n).kernel is None:
             left_out.append(LeftOut(n, "no kernel in /boot"))
+        elif not src.files(n).has_etc:
+            left_out.append(LeftOut(n, "no /etc (a plain snapper create does not copy it)"))
         else:
             chosen.append(n)
     return chosen, left_out

@@ -463,12 +463,30 @@ def rollback_cmd(target: str | None) -> Placed:
         res = rollback(state.ctx, parsed)
         if state.json:
             click.echo(
-                json.dumps({"default": res.number, "previous_default": res.previous_default})
+                json.dumps(
+                    {
+                        "default": res.number,
+                        "previous_default": res.previous_default,
+                        "etc_left_behind": res.left_behind,
+                        "etc_left_in": res.left_in,
+                    }
+                )
             )
         else:
             prev = res.previous_default
             was = "a subvolume that is not a snapshot" if prev is None else str(prev)
             click.echo(f"snapshot {res.number} is the default now (was {was}); reboot to use it")
+        if res.left_behind:
+            click.echo(
+                f"live /etc edits since the boot that snapshot {res.number} does not have "
+                f"(they stay in {res.left_in}): {' '.join(res.left_behind)}",
+                err=True,
+            )
+        elif res.left_behind is None and res.left_in is not None:
+            click.echo(
+                f"the live /etc's edits since the boot are not known; it stays in {res.left_in}",
+                err=True,
+            )
         return 0
 
     return Placed(step, first=True)  # first, before the transaction (as openSUSE)
@@ -502,6 +520,24 @@ def cleanup_cmd(prune_only: bool) -> Placed:
         return 0
 
     return Placed(step, first=True)  # first, before the transaction (as openSUSE)
+
+
+@cli.command("delete")
+@click.argument("numbers", nargs=-1, type=int, required=True, metavar="N...")
+def delete_cmd(numbers: tuple[int, ...]) -> Placed:
+    """Delete snapshots N... with their own /etc (snapper 0.10.4's delete refuses those)."""
+
+    def step(state: State) -> int:
+        from transactional_update.core.cleanup import delete
+
+        done = delete(state.ctx, list(numbers))
+        if state.json:
+            click.echo(json.dumps({"deleted": done}))
+        else:
+            click.echo(f"deleted snapshot(s) {' '.join(map(str, done))}")
+        return 0
+
+    return Placed(step, first=True)  # with cleanup and rollback, before any transaction
 
 
 def prune_step(state: State) -> int:
@@ -591,6 +627,79 @@ def setup_boot_fs_cmd() -> Alone:
         return 0
 
     return Alone("setup-boot-fs", step)
+
+
+@cli.command("setup-etc")
+def setup_etc_cmd() -> Change:
+    """Give a system made before the writable /etc its own /etc subvolume, in a new snapshot,
+    and the unit that carries live /etc changes at shutdown and boot."""
+    from transactional_update.snapshots import etcvol
+
+    def prepare(state: State) -> bool:
+        managed = state.ctx.managed
+        default = managed.default()
+        if default is not None and etcvol.has_own_etc(managed.snapshot_dir(default)):
+            click.echo(f"snapshot {default}, the default, has its own /etc; no snapshot was made")
+            return False
+        return True
+
+    def apply(_state: State, tx: Transaction) -> None:
+        from transactional_update.etc import migrate
+        from transactional_update.reboot import units
+        from transactional_update.snapshots import btrfs
+
+        assert tx.number is not None
+        snap = tx.ctx.managed.snapshot_dir(tx.number)
+        if migrate.own_etc(snap):
+            # The reference the changelog compares with: the changes below are the migration's.
+            btrfs.snapshot(snap / etcvol.ETC, etcvol.info_dir(snap) / etcvol.START, True)
+        fstab = snap / "etc/fstab"
+        fstab.write_text(migrate.root_read_write(fstab.read_text(encoding="utf-8")))
+        config = snap / "etc/snapper/configs" / tx.ctx.config.snapper_config
+        config.write_text(migrate.no_number_cleanup(config.read_text(encoding="utf-8")))
+        text = {units.ETC_UNIT: units.shipped()[units.ETC_UNIT]}
+        units.write(snap, units.files(text, units.SHIPPED_EXEC, units.UNIT_DIR, enable=True))
+
+    return Change("setup-etc", lambda _state: "setup-etc", apply, prepare=prepare)
+
+
+@cli.command("sync-etc")
+def sync_etc_cmd() -> Step:
+    """Carry the live /etc's changes into the snapshot that boots next; at a snapshot's first
+    boot, from the previous system's /etc (transactional-update-etc.service runs it)."""
+
+    def step(state: State) -> int:
+        from transactional_update.cli.commands import notify_conflicts
+        from transactional_update.core.live_etc import sync
+
+        ctx = state.ctx
+        done = sync(ctx)
+        if state.json:
+            click.echo(json.dumps({"merges": [{"into": m.into, **m.record()} for m in done]}))
+        elif not state.opts.get("quiet", False):
+            for m in done:
+                what = len(m.changed)
+                click.echo(
+                    f"snapshot {m.into}: {what} live /etc change(s) from snapshot {m.live} "
+                    f"carried ({m.when}), {len(m.report.conflicted)} conflict(s), "
+                    f"{len(m.report.failed)} failed"
+                )
+        for m in done:
+            notify_conflicts(state, m.into, [m.record()])
+        if any(p.startswith("systemd/") for m in done if m.when == "boot" for p in m.changed):
+            _reload_systemd(ctx.root)
+        return 0
+
+    return step
+
+
+def _reload_systemd(root: Path) -> None:
+    """Units enabled live since the fork: systemd read /etc before the boot merge brought them."""
+    if root != Path("/") or not Path("/run/systemd/system").is_dir():
+        return
+    from transactional_update.proc import run
+
+    run(["systemctl", "daemon-reload"], check=False, what="reload systemd's units")
 
 
 @cli.command("boot-once")

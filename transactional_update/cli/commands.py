@@ -277,6 +277,7 @@ def report(state: State, result: Result) -> int:
                     "shadowed_writes": result.shadowed_writes,
                     "summary": result.summary,
                     "reboot": result.reboot,  # "reboot": the packages ask for a full one
+                    "live_etc": result.live_etc,
                     "commands": [
                         {"argv": c.argv, "exit": c.returncode, "seconds": round(c.duration, 3)}
                         for c in result.commands
@@ -369,7 +370,31 @@ def transact(changes: Sequence[Change | Alone], state: State) -> int:
         raise
     for change in wanted:
         change.finish(state)
+    if tx.result.number is not None:
+        notify_conflicts(state, tx.result.number, tx.result.live_etc)
     return report(state, tx.result)
+
+
+def notify_conflicts(state: State, number: int, merges: Sequence[dict[str, Any]]) -> None:
+    """Tell the admin about live /etc conflicts the way the reboot method tells about reboots
+    (NOTIFY_COMMAND, ``wall`` by default); the log line of each was written when it was found."""
+    conflicts = [c for m in merges for c in m.get("conflicts", [])]
+    if not conflicts:
+        return
+    from transactional_update.errors import TUError
+    from transactional_update.proc import run
+
+    listed = "; ".join(f"{c['path']} (live version: {c['live']})" for c in conflicts)
+    text = (
+        f"transactional-update: /etc of snapshot {number} keeps its own version where the live "
+        f"/etc changed too: {listed}"
+    )
+    try:
+        run([*state.ctx.config.notify_command, text], check=False)
+    except TUError as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("cannot notify about /etc conflicts: %s", exc.message)
 
 
 def failed(exc: BaseException, debug: bool) -> int:

@@ -333,10 +333,13 @@ COMMANDS: dict[str, int | None] = {
     "diff": None,
     "rollback": 1,
     "cleanup": 0,
+    "delete": None,
     "boot-menu": 0,
     "grub.cfg": 0,
     "bootloader": 0,
     "setup-boot-fs": 0,
+    "setup-etc": 0,
+    "sync-etc": 0,
     "boot-once": 1,
     "create-system": 1,
     "register": None,
@@ -350,6 +353,7 @@ SNAPSHOT_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "changelog": (),
     "diff": (),
     "rollback": ("last",),
+    "delete": (),
     "boot-once": (),
 }
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from transactional_update.boot import menustate
 from transactional_update.core.lock import Lock, noted_forks
 from transactional_update.errors import TUError
+from transactional_update.record import conflicts
 from transactional_update.record.summary import read_facts
-from transactional_update.snapshots import leftovers
+from transactional_update.snapshots import btrfs, leftovers
 from transactional_update.snapshots.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
 from transactional_update.snapshots.system import snapshot_number
 
@@ -34,6 +35,8 @@ class Status:
         "boot_menu",
         "booted",
         "default",
+        "etc_conflicts",
+        "etc_writable",
         "foreign_default",
         "leftovers",
         "pending",
@@ -58,6 +61,8 @@ class Status:
         pending_reboot: str | None = None,  # the reboot its packages ask for ("reboot": full)
         found: leftovers.Leftovers | None = None,  # what interrupted runs left
         boot_menu: dict[str, Any] | None = None,  # None: no boot menu; else whether it is stale
+        etc_writable: bool = True,  # the booted snapshot has its own /etc (snapshots.etcvol)
+        etc_conflicts: list[dict[str, Any]] | None = None,  # open live /etc conflicts
     ) -> None:
         self.booted = booted
         self.default = default
@@ -70,6 +75,8 @@ class Status:
         self.pending_reboot = pending_reboot
         self.leftovers = found or leftovers.Leftovers([], [], [])
         self.boot_menu = boot_menu
+        self.etc_writable = etc_writable
+        self.etc_conflicts = etc_conflicts or []
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -113,6 +120,8 @@ def get_status(managed: ManagedRoot) -> Status:
         reboot,
         found,
         menustate.state(managed.root, default),
+        btrfs.is_subvolume(managed.root / "etc"),
+        conflicts.open_conflicts(managed.root),
     )
 
 
@@ -172,6 +181,8 @@ def status_json(st: Status) -> dict[str, Any]:
         "lost_commits": st.leftovers.lost,
         "boot_menu": st.boot_menu,
         "foreign_default": st.foreign_default,
+        "etc_writable": st.etc_writable,
+        "etc_conflicts": st.etc_conflicts,
     }
 
 
@@ -208,6 +219,7 @@ def status_text(st: Status) -> str:
     if st.running:
         lines.append(f"running:  a transaction ({st.running})")
     lines += leftover_lines(st.leftovers)
+    lines += etc_lines(st)
     menu = st.boot_menu
     if menu is not None and menu["stale"]:
         since = f" since {menu['since']}" if menu["since"] else ""
@@ -216,6 +228,22 @@ def status_text(st: Status) -> str:
             "cleanup refreshes it (now: transactional-update cleanup --prune-only)"
         )
     return "\n".join(lines)
+
+
+def etc_lines(st: Status) -> list[str]:
+    lines = []
+    if not st.etc_writable:
+        lines.append(
+            "/etc:     read-only (made before the writable /etc); give the system its own /etc "
+            "with: transactional-update setup-etc"
+        )
+    for c in st.etc_conflicts:
+        lines.append(
+            f"/etc conflict: {c['path']} in snapshot {c['snapshot']} ({c.get('reason', '')}, "
+            f"{c.get('at', '')}): the snapshot's version is in place, the live one is "
+            f"{c['live']}; merge by hand, then delete {c['live']}"
+        )
+    return lines
 
 
 def _numbers(numbers: list[int]) -> str:

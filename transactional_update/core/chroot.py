@@ -369,7 +369,11 @@ class _Holder:
     def untouched(self) -> bool:
         """Whether no command changed the snapshot (call after every process is gone)."""
         try:
-            return btrfs.committed_generation(self.fork_dir) <= self.baseline
+            if btrfs.committed_generation(self.fork_dir) > self.baseline:
+                return False
+            # The snapshot's own /etc is a subvolume of its own, with its own generation.
+            etc = self.fork_dir / "etc"
+            return not btrfs.is_subvolume(etc) or btrfs.generation(etc) <= self.baseline
         except TUError:
             return False  # the changelog then asks btrfs send, which reports its own error
 

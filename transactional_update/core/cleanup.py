@@ -28,9 +28,9 @@ from pathlib import Path
 from transactional_update.config import conffile
 from transactional_update.core.context import Context, Followup
 from transactional_update.core.lock import Lock
-from transactional_update.errors import ConfigError, LockedError, SystemError_
+from transactional_update.errors import ConfigError, LockedError, SnapshotError, SystemError_
 from transactional_update.record import changelog
-from transactional_update.snapshots import btrfs, leftovers
+from transactional_update.snapshots import btrfs, etcvol, leftovers
 from transactional_update.snapshots.snapinfo import Snapshot
 from transactional_update.snapshots.system import IN_PROGRESS
 
@@ -178,6 +178,7 @@ def _delete_orphans(snapshots_dir: Path, orphans: list[int]) -> set[int]:
     ids = set()
     for n in orphans:
         subvol = snapshots_dir / str(n) / "snapshot"
+        etcvol.remove_nested(subvol)
         if btrfs.is_subvolume(subvol):
             ids.add(btrfs.delete_subvolume(subvol))
         try:
@@ -214,6 +215,36 @@ def prune_only(ctx: Context) -> PruneResult:
     for n in pruned:
         log.debug("cleanup: dropped the changelog entry of deleted snapshot %d", n)
     return PruneResult(pruned=pruned, followups=followups)
+
+
+def delete(ctx: Context, numbers: list[int]) -> list[int]:
+    """``delete N…``: what ``snapper delete`` does, for snapshots with their own ``/etc``.
+
+    snapper 0.10.4 refuses those (a nested subvolume; see :mod:`snapshots.etcvol`); this removes
+    the nested subvolumes first, then lets snapper delete, drops the changelog entries, and the
+    GRUB menu follows.  The booted and the default snapshot are refused, as snapper does.
+    """
+    managed = ctx.managed
+    wanted = sorted(set(numbers))
+    with Lock(managed.snapshots_dir, ctx.config.lock_wait):
+        booted, default = managed.booted(), managed.default()
+        for n in wanted:
+            managed.require_snapshot_dir(n)
+            if n in (booted, default):
+                which = "booted" if n == booted else "default (it boots next)"
+                raise SnapshotError(
+                    f"snapshot {n} is the {which} snapshot and cannot be deleted",
+                    "make another snapshot the default first: transactional-update rollback N",
+                )
+        ids = _delete_snapshots(ctx, wanted)
+        if ids:
+            btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
+        btrfs.sync(ctx.root)
+        changelog.prune(ctx.root)
+        ctx.default_changed()  # the menu drops them; never raises
+    for n in wanted:
+        log.info("deleted snapshot %d", n)
+    return wanted
 
 
 def cleanup_text(res: CleanupResult) -> str:

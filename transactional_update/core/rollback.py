@@ -16,7 +16,7 @@ from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
 from transactional_update.errors import SnapshotError, UsageError
 from transactional_update.record import state
-from transactional_update.snapshots import btrfs, leftovers
+from transactional_update.snapshots import btrfs, etcvol, leftovers
 from transactional_update.snapshots.system import require_finished
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 class RollbackResult:
     number: int
     previous_default: int | None
+    # What the admin changed in the booted /etc since it booted, which the chosen snapshot does
+    # not get (None: not known; empty: nothing), and where it stays.
+    left_behind: list[str] | None = None
+    left_in: str | None = None
 
 
 def parse_target(text: str | None) -> int | str | None:
@@ -66,10 +70,36 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         require_finished(
             ctx.snapper.get_snapshot(number), "it may be half-changed; pick a finished snapshot"
         )
+        if etcvol.lacks_etc(path):
+            raise SnapshotError(
+                f"snapshot {number} has no /etc (made by a plain `snapper create`, which does not "
+                "copy the nested /etc subvolume), so it cannot boot",
+                "pick another snapshot from: transactional-update list",
+            )
         btrfs.set_default(path)
         # The admin chose the default: a commit that did not reach the disk is theirs to drop.
         leftovers.clear_intent(ctx.root)
         btrfs.sync(ctx.root)  # on disk before it is reported, and before GRUB's menu names it
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
         ctx.default_changed()  # GRUB's main entry follows; never raises
-        return RollbackResult(number, default)
+        behind, where = _left_behind(ctx, number)
+        return RollbackResult(number, default, behind, where)
+
+
+def _left_behind(ctx: Context, number: int) -> tuple[list[str] | None, str | None]:
+    """The booted /etc's live edits that snapshot *number* does not boot with."""
+    from transactional_update.etc import carry
+
+    managed = ctx.managed
+    booted = managed.booted()
+    if booted is None or booted == number:
+        return [], None
+    booted_dir = managed.snapshot_dir(booted)
+    if not etcvol.has_own_etc(booted_dir):
+        return [], None
+    try:
+        behind = carry.left_behind(booted_dir, ctx.root / etcvol.ETC)
+    except OSError as exc:
+        log.warning("cannot compare the live /etc with its state at boot: %s", exc)
+        behind = None
+    return behind, str(booted_dir / etcvol.ETC)

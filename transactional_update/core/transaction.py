@@ -26,7 +26,7 @@ from transactional_update.core.lock import Lock
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
 from transactional_update.log import step
 from transactional_update.record import changelog, state
-from transactional_update.snapshots import btrfs, leftovers
+from transactional_update.snapshots import btrfs, etcvol, leftovers
 from transactional_update.snapshots.system import (
     CONTINUE_DEFAULT,
     FAILED,
@@ -69,6 +69,7 @@ class Result:
     shadowed_writes: list[str] = field(default_factory=list)
     commands: list[Ran] = field(default_factory=list)
     reboot: str | None = None  # the reboot the change needs (Transaction.needs_reboot)
+    live_etc: list[dict[str, Any]] = field(default_factory=list)  # etc.carry.Carried.record()
 
 
 class NothingToDo(Exception):
@@ -97,6 +98,7 @@ class Transaction:
         self.number: int | None = None
         self.result = Result()
         self._old_handlers: dict[int, Any] = {}
+        self._conflicts: list[dict[str, Any]] = []  # live /etc merges to note once committed
 
     # -- the steps, in order ---------------------------------------------------------------------
 
@@ -222,6 +224,45 @@ class Transaction:
             )
         self.lock.note(f"snapshot {self.number}")
         log.info("working in snapshot %d (from %d)", self.number, base)
+        self._give_etc(base)
+
+    def _give_etc(self, base: int) -> None:
+        """The fork's own /etc: the live one, or its base's with the live changes merged."""
+        from transactional_update.etc import carry
+
+        assert self.number is not None
+        managed = self.ctx.managed
+        booted = managed.booted()
+        assert booted is not None
+        carried = carry.begin(
+            self.ctx.root,
+            booted,
+            base,
+            managed.snapshot_dir(base),
+            self.number,
+            managed.snapshot_dir(self.number),
+        )
+        self._took_live(carried)
+
+    def _took_live(self, carried: Any) -> None:
+        if carried is None or carried.empty:
+            return
+        record = carried.record()
+        self.result.live_etc.append(record)
+        self._conflicts.append(record)
+        for c in record["conflicts"]:
+            log.warning(
+                "/etc conflict: %s changed live and in snapshot %d (%s); the snapshot's version "
+                "is kept, the live one is %s",
+                c["path"],
+                self.number,
+                c["reason"],
+                c["live"],
+            )
+        for f in record["failed"]:
+            log.warning(
+                "/etc: %s not carried into snapshot %d: %s", f["path"], self.number, f["error"]
+            )
 
     def _start_chroot(self) -> None:
         plan = plan_for(self.ctx.root, self.ctx.config.bind_dirs)
@@ -247,8 +288,12 @@ class Transaction:
         assert self.session is not None and self.number is not None
         fork_dir = self.ctx.managed.snapshot_dir(self.number)
         untouched = self._close_chroot()
+        etc_files = self._etc_changes(fork_dir, untouched)
+        self._carry_live(fork_dir)
         self._seal(fork_dir)
-        entry = self._record(self.ctx.managed.snapshot_dir(self._base()), fork_dir, untouched)
+        entry = self._record(
+            self.ctx.managed.snapshot_dir(self._base()), fork_dir, untouched, etc_files
+        )
         if self.opts.drop_if_no_change and entry.files_error is None and _no_change(entry.files):
             log.info("nothing changed; dropping snapshot %d", self.number)
             self._delete()
@@ -263,7 +308,19 @@ class Transaction:
         self._make_default(fork_dir)
         self._follow_default(entry)
         reboot_needed.mark(self.ctx.root, self.result.reboot or reboot_needed.FULL)
+        self._note_conflicts()
         log.info("snapshot %d is the new default; reboot to use it", self.result.number)
+
+    def _note_conflicts(self) -> None:
+        """The committed snapshot's /etc conflicts, where ``status`` shows them."""
+        from transactional_update.record import conflicts
+
+        assert self.number is not None
+        for merged in self._conflicts:
+            try:
+                conflicts.note(self.ctx.root, self.number, merged["at"], merged["conflicts"])
+            except OSError as exc:
+                log.warning("cannot note the /etc conflicts for status: %s", exc)
 
     def _base(self) -> int:
         assert self.result.base is not None
@@ -282,6 +339,36 @@ class Transaction:
                 path,
             )
         return report.untouched
+
+    def _etc_changes(self, fork_dir: Path, untouched: bool) -> list[dict[str, Any]] | None:
+        """What the commands changed in the fork's own /etc (None: it has none), compared with
+        its state when they started, before the live changes are merged in."""
+        start = etcvol.info_dir(fork_dir) / etcvol.START
+        if not btrfs.is_subvolume(start):
+            return None
+        try:
+            if untouched:
+                return []
+            return _as_dicts(_etc_file_changes(start, fork_dir / etcvol.ETC))
+        except TUError as err:
+            log.warning("cannot compare /etc with its state at the start: %s", err.message)
+            return []
+        finally:
+            etcvol.drop(fork_dir, etcvol.START)
+
+    def _carry_live(self, fork_dir: Path) -> None:
+        """The live /etc's changes since the fork, into it (again at shutdown and boot)."""
+        from transactional_update.etc import carry
+
+        assert self.number is not None
+        booted = self.ctx.managed.booted()
+        if booted is None:
+            return
+        with step("merging the live /etc's changes"):
+            carried = carry.merge_live(
+                self.ctx.root, booted, self.number, fork_dir, carry.Moment.COMMIT
+            )
+        self._took_live(carried)
 
     def _seal(self, fork_dir: Path) -> None:
         booted = self.ctx.managed.booted()
@@ -335,11 +422,19 @@ class Transaction:
             except OSError as exc:
                 log.warning("cannot record %s in the changelog: %s", ", ".join(notes), exc)
 
-    def _record(self, base_dir: Path, fork_dir: Path, untouched: bool) -> changelog.Entry:
+    def _record(
+        self,
+        base_dir: Path,
+        fork_dir: Path,
+        untouched: bool,
+        etc_files: list[dict[str, Any]] | None = None,
+    ) -> changelog.Entry:
         """The changelog entry: what ran, and what changed according to btrfs and the databases.
 
         A snapshot the commands left *untouched* (its btrfs generation did not move) holds
         exactly what its base held: nothing to compare, and the comparing modules stay unloaded.
+        A fork with its own /etc has *etc_files* from comparing it with its start: btrfs send
+        does not look into nested subvolumes.
         """
         assert self.number is not None and self.result.base is not None
         files: list[dict[str, Any]] = []
@@ -348,6 +443,8 @@ class Transaction:
         if not untouched:
             files, files_error = _file_changes(base_dir, fork_dir)
             packages = _package_changes(base_dir, fork_dir, self.ctx.config.package_manager)
+        if etc_files is not None:
+            files = [f for f in files if not _in_etc(f["path"])] + etc_files
         commands = [
             changelog.Command(c.argv, c.returncode, round(c.duration, 3), c.interactive)
             for c in self.result.commands
@@ -365,6 +462,7 @@ class Transaction:
             files=files,
             files_error=files_error,
             reboot=self.result.reboot,
+            live_etc=list(self.result.live_etc),
         )
 
     def _abort(self, exc: BaseException) -> None:
@@ -439,6 +537,10 @@ class Transaction:
         self._old_handlers.clear()
 
 
+def _in_etc(path: str) -> bool:
+    return path == "/etc" or path.startswith("/etc/")
+
+
 def _no_change(files: Sequence[dict[str, Any]]) -> bool:
     from transactional_update.record.filediff import transient
 
@@ -449,10 +551,22 @@ def _file_changes(base_dir: Path, fork_dir: Path) -> tuple[list[dict[str, Any]],
     from transactional_update.record import filediff
 
     try:
-        changes = filediff.file_changes(base_dir, fork_dir)
+        # The fork's own /etc is compared with its start instead (Transaction._etc_changes): the
+        # base's may be the live /etc, edited since.
+        changes = filediff.file_changes(base_dir, fork_dir, own_etc=False)
     except TUError as err:  # e.g. a writable base cannot be sent
         return [], err.message
-    return [{"path": f.path, "kind": str(f.kind), "dir": f.is_dir} for f in changes], None
+    return _as_dicts(changes), None
+
+
+def _etc_file_changes(start: Path, etc: Path) -> list[Any]:
+    from transactional_update.record import filediff
+
+    return filediff.etc_changes(start, etc)
+
+
+def _as_dicts(changes: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"path": f.path, "kind": str(f.kind), "dir": f.is_dir} for f in changes]
 
 
 def _package_changes(

@@ -27,14 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from transactional_update.config import conffile
+from transactional_update.etc import migrate
 from transactional_update.proc import run
 from transactional_update.record.pkgdb import DPKG_DB
-from transactional_update.snapshots import btrfs
+from transactional_update.snapshots import btrfs, etcvol
 
 DATA_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 GRUB_FSTYPE = "ext4"  # /boot/grub: journaled, so a power cut leaves nothing for fsck to guess
 # The subvolume mounted first at boot; the other read-write mounts wait for it (see fstab()).
 FIRST_RW_MOUNT = "var"
+ROOT_MOUNT_OPTIONS = "rw"
 DPKG_LINK_TARGET = "../../usr/share/dpkg/database"
 RPM_DB = "usr/lib/sysimage/rpm"
 RPM_LINK_TARGET = "../../usr/lib/sysimage/rpm"
@@ -47,8 +49,13 @@ RPM_MACROS_TEXT = (
     "%_dbpath /usr/lib/sysimage/rpm\n"
 )
 
+# NUMBER_CLEANUP="no": snapper 0.10.4's own cleanup cannot delete a snapshot that holds its own
+# /etc subvolume (snapshots.etcvol); `transactional-update cleanup` applies these NUMBER_ limits
+# and deletes the nested /etc first.
 SNAPPER_CONFIG = """\
 # snapper config of the root filesystem, written by transactional-update
+# NUMBER_CLEANUP="no": transactional-update cleanup applies the NUMBER_ limits (snapper's own
+# cleanup cannot delete a snapshot holding its own /etc subvolume)
 SUBVOLUME="/"
 FSTYPE="btrfs"
 QGROUP=""
@@ -58,7 +65,7 @@ ALLOW_USERS=""
 ALLOW_GROUPS=""
 SYNC_ACL="no"
 BACKGROUND_COMPARISON="no"
-NUMBER_CLEANUP="yes"
+NUMBER_CLEANUP="no"
 NUMBER_MIN_AGE="0"
 NUMBER_LIMIT="10"
 NUMBER_LIMIT_IMPORTANT="4"
@@ -82,15 +89,18 @@ def info_xml(number: int, description: str, date: datetime | None = None) -> str
 def fstab(uuid: str, grub_uuid: str | None = None, esp_uuid: str | None = None) -> str:
     """The fstab of a managed system.
 
-    ``/`` has no ``subvol=`` (the default subvolume boots) and stays read-only; ``/tmp`` is a
+    ``/`` has no ``subvol=`` (the default subvolume boots) and is mounted read-write: the
+    snapshot's btrfs read-only flag keeps it unchanged, and its ``/etc``, a subvolume of its own
+    without that flag, takes the admin's writes (see :mod:`snapshots.etcvol`); ``/tmp`` is a
     tmpfs because nothing may write into a read-only snapshot; ``/boot/grub`` (GRUB's own
     partition, when there is one) belongs to no snapshot, nor does the EFI system partition.
     ``/boot/grub`` keeps fsck pass 2 and ``nofail``: the boot checks it (and with
     ``fsck.repair=yes`` on the kernel command line repairs it) and a failure to mount it does not
     stop the boot, since GRUB needs it only before Linux runs.
 
-    The read-write subvolume mounts wait for ``/var`` (``x-systemd.after=``): with ``/``
-    mounted read-only the filesystem's superblock is read-only, and a kernel that mounts
+    The read-write subvolume mounts wait for ``/var`` (``x-systemd.after=``): while ``/`` is
+    still mounted read-only (the kernel's ``ro``, until systemd-remount-fs) the filesystem's
+    superblock is read-only, and a kernel that mounts
     through btrfs's old mount code (Debian 12's 6.1) mounts a read-write subvolume then by
     mounting it read-only and remounting the superblock read-write.  Two such mounts at once
     race: when the other's remount lands between those two steps, the read-only attempt fails
@@ -101,7 +111,7 @@ def fstab(uuid: str, grub_uuid: str | None = None, esp_uuid: str | None = None) 
     """
     after = f",x-systemd.after={FIRST_RW_MOUNT}.mount"
     lines = [
-        f"UUID={uuid} / btrfs ro 0 0",
+        f"UUID={uuid} / btrfs {ROOT_MOUNT_OPTIONS} 0 0",
         f"UUID={uuid} /.snapshots btrfs subvol=/@/.snapshots{after} 0 0",
     ]
     lines += [
@@ -229,6 +239,7 @@ def populate(
         tmpfiles.parent.mkdir(parents=True, exist_ok=True)
         tmpfiles.write_text(f"L /var/lib/dpkg - - - - {DPKG_LINK_TARGET}\n", encoding="utf-8")
     _place_rpm_database(snap)
+    migrate.own_etc(snap)
     for d in DATA_SUBVOLUMES:
         (top / "@" / d).parent.mkdir(parents=True, exist_ok=True)
         btrfs.create_subvolume(top / "@" / d)
@@ -257,6 +268,9 @@ def populate(
     (top / "@/.snapshots/1/info.xml").write_text(
         info_xml(1, "first root filesystem"), encoding="utf-8"
     )
+    # The /etc snapshot 1 boots with, as sync-etc keeps it at every first boot: what the admin
+    # edits live from here on is what a rollback would leave behind.
+    btrfs.snapshot(snap / etcvol.ETC, top / "@/.snapshots/1" / etcvol.BOOTED, read_only=True)
     btrfs.set_read_only(snap, True)
     btrfs.set_default(snap)
     return snap

@@ -31,7 +31,9 @@ UNITS = (
     "transactional-update-cleanup.service",
     "transactional-update-cleanup.timer",
     "transactional-update-reboot-manager.service",
+    "transactional-update-etc.service",
 )
+ETC_UNIT = "transactional-update-etc.service"
 # Drop-ins for units other packages ship, as paths relative to the unit directory.
 DROP_INS = ("snapper-cleanup.service.d/transactional-update.conf",)
 UNIT_DIR = "/usr/lib/systemd/system"

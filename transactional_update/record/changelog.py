@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ class Entry:
     reboot: str | None = None
     # Why GRUB's menu did not follow this snapshot when it became the default ("stale: ...").
     boot_menu: str | None = None
+    # Live /etc changes merged in (etc.carry.Carried.record), at fork, commit, shutdown or boot.
+    live_etc: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         return summarize(self.packages, self.files, self.files_error)
@@ -136,7 +138,26 @@ def from_json(data: dict[str, Any]) -> Entry:
         shadowed_writes=list(data.get("shadowed_writes", [])),
         reboot=data.get("reboot"),
         boot_menu=data.get("boot_menu"),
+        live_etc=list(data.get("live_etc", [])),
     )
+
+
+def add_live_etc(root: Path, number: int, merged: dict[str, Any]) -> bool:
+    """Append a live ``/etc`` merge to snapshot *number*'s entry (False: it has none)."""
+    entry = load(root, number)
+    if entry is None:
+        return False
+    save(root, replace(entry, live_etc=[*entry.live_etc, merged]))
+    return True
+
+
+def conflicts(entry: Entry) -> list[dict[str, Any]]:
+    """The live ``/etc`` conflicts of *entry*, the latest per path."""
+    latest: dict[str, dict[str, Any]] = {}
+    for merged in entry.live_etc:
+        for c in merged.get("conflicts", []):
+            latest[c["path"]] = {**c, "at": merged.get("at", "")}
+    return list(latest.values())
 
 
 def prune(root: Path) -> list[int]:
@@ -204,4 +225,23 @@ def render(entry: Entry) -> str:
         lines.append(f"  needs: a full {entry.reboot} (the package manager asks for it)")
     if entry.boot_menu is not None:
         lines.append(f"  boot menu: {entry.boot_menu}")
+    lines += [line for merged in entry.live_etc for line in render_live_etc(merged)]
     return "\n".join(lines)
+
+
+def render_live_etc(merged: dict[str, Any]) -> list[str]:
+    """One live ``/etc`` merge as the changelog shows it."""
+    lines = [
+        f"  live /etc from snapshot {merged.get('from')} merged at {merged.get('at')} "
+        f"({merged.get('when')}):"
+    ]
+    lines += [f"    L {p}" for p in merged.get("taken", [])]
+    lines += [f"    L {p} (merged with the snapshot's change)" for p in merged.get("merged", [])]
+    lines += [
+        f"    CONFLICT {c['path']}: {c['reason']}; the live version is {c['live']}"
+        for c in merged.get("conflicts", [])
+    ]
+    lines += [f"    FAILED {f['path']}: {f['error']}" for f in merged.get("failed", [])]
+    if len(lines) == 1:
+        lines[0] = lines[0][:-1] + ": nothing had changed"
+    return lines

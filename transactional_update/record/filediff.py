@@ -25,14 +25,15 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 from transactional_update.errors import SystemError_
 from transactional_update.proc import run
-from transactional_update.snapshots import btrfs
+from transactional_update.snapshots import btrfs, etcvol
 
 
 class FileChangeKind(StrEnum):
@@ -350,15 +351,63 @@ def _with_is_dir(change: FileChange, parent: Path, child: Path) -> FileChange:
     return replace(change, is_dir=_is_dir(holder, change.path))
 
 
-def file_changes(parent: Path, child: Path) -> list[FileChange]:
-    """The entries added, modified and deleted from snapshot *parent* to snapshot *child*.
-
-    *parent* must be read-only; *child* is made read-only while btrfs reads it.  Where the stream
-    does not say whether an entry is a directory, the snapshot holding it is asked.
-    """
-
+def _changes(parent: Path, child: Path) -> list[FileChange]:
     def existed(path: str) -> bool:
         return os.path.lexists(parent / path.lstrip("/"))
 
     changes = classify(parse_dump(send_dump(parent, child)), existed)
     return [c if c.is_dir is not None else _with_is_dir(c, parent, child) for c in changes]
+
+
+def _in_etc(path: str) -> bool:
+    return path == "/etc" or path.startswith("/etc/")
+
+
+def file_changes(parent: Path, child: Path, own_etc: bool = True) -> list[FileChange]:
+    """The entries added, modified and deleted from snapshot *parent* to snapshot *child*.
+
+    *parent* must be read-only; *child* is made read-only while btrfs reads it.  Where the stream
+    does not say whether an entry is a directory, the snapshot holding it is asked.  A snapshot's
+    own ``/etc`` (a nested subvolume, which the stream leaves out) is compared by a stream of its
+    own when both have one (*own_etc*), and left out otherwise.
+    """
+    changes = _changes(parent, child)
+    if not etcvol.has_own_etc(child):
+        return changes
+    changes = [c for c in changes if not _in_etc(c.path)]
+    if own_etc and etcvol.has_own_etc(parent):
+        changes += etc_changes(parent / etcvol.ETC, child / etcvol.ETC)
+        changes.sort(key=lambda c: c.path)
+    return changes
+
+
+def etc_changes(old: Path, new: Path) -> list[FileChange]:
+    """The changes between two ``/etc`` subvolumes, as paths under ``/etc``.
+
+    btrfs send reads read-only subvolumes only; a writable one (the live ``/etc``) is read
+    through a read-only snapshot of it, never by flipping its flag under the admin's feet.
+    """
+    with _frozen(old) as o, _frozen(new) as n:
+        found = _changes(o, n)
+    prefix = f"/{etcvol.ETC}"
+    return [
+        replace(c, path=prefix + c.path, source=c.source and prefix + c.source)
+        for c in found
+        if c.path != "/"
+    ]
+
+
+@contextmanager
+def _frozen(subvolume: Path) -> Iterator[Path]:
+    if btrfs.is_read_only(subvolume):
+        yield subvolume
+        return
+    # Beside the snapshot, in .snapshots/N/, where etcvol.remove_nested finds a leftover.
+    view = etcvol.comparison_path(subvolume)
+    if btrfs.is_subvolume(view):
+        btrfs.delete_subvolume(view)
+    btrfs.snapshot(subvolume, view, read_only=True)
+    try:
+        yield view
+    finally:
+        btrfs.delete_subvolume(view)

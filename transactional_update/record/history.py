@@ -71,7 +71,7 @@ def show_diff(
 ) -> str:
     old, new = diff_pair(managed, numbers)
     old_dir, new_dir = managed.require_snapshot_dir(old), managed.require_snapshot_dir(new)
-    files = filediff.file_changes(old_dir, new_dir)
+    files = [{"path": f.path, "kind": str(f.kind)} for f in filediff.file_changes(old_dir, new_dir)]
     try:
         packages = pkgdiff.package_changes(old_dir, new_dir, pkgdb.manager_for(new_dir, forced))
     except TUError:
@@ -85,7 +85,7 @@ def show_diff(
                     {"name": p.name, "kind": str(p.kind), "old": p.old, "new": p.new}
                     for p in packages
                 ],
-                "files": [{"path": f.path, "kind": str(f.kind)} for f in files],
+                "files": files,
             },
             indent=2,
         )
@@ -93,5 +93,5 @@ def show_diff(
     for p in packages:
         out.append(f"  {p.name}: {p.old or '-'} -> {p.new or '-'} ({p.kind})")
     marks = {"added": "A", "modified": "M", "deleted": "D"}
-    out += [f"  {marks[str(f.kind)]} {f.path}" for f in files]
+    out += [f"  {marks[f['kind']]} {f['path']}" for f in files]
     return "\n".join(out)

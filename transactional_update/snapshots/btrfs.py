@@ -236,3 +236,20 @@ def read_only(subvolume: Path) -> Iterator[None]:
     finally:
         if not was:
             set_read_only(subvolume, False)
+
+
+def snapshot(source: Path, dest: Path, read_only: bool = False) -> None:
+    """A snapshot of subvolume *source* at *dest* (nested subvolumes of *source* not included)."""
+    try:
+        _lib().create_snapshot(source, dest, read_only=read_only)
+    except Exception as exc:
+        raise _fail("cannot snapshot", f"{source} to {dest}", exc) from exc
+
+
+def generation(subvolume: Path) -> int:
+    """The generation of *subvolume*'s root as of the last commit (no sync; see
+    :func:`committed_generation`)."""
+    try:
+        return int(_lib().subvolume_info(subvolume).generation)
+    except Exception as exc:
+        raise _fail("cannot read the generation of", subvolume, exc) from exc

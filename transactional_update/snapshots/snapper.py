@@ -681,6 +681,7 @@ class DBusSnapper(_Closing):
             reason = deletion_refusal(number, flags)
             if reason:
                 raise SnapshotError(f"snapshot {number} cannot be deleted: {reason}", "")
+        _remove_nested(self.root, wanted)
         self._call(
             "DeleteSnapshots",
             "sau",
@@ -989,11 +990,21 @@ class CliSnapper(_Closing):
             reason = deletion_refusal(number, flags)
             if reason:
                 raise SnapshotError(f"snapshot {number} cannot be deleted: {reason}", "")
+        _remove_nested(self.root, wanted)
         self._run(
             cli_delete_argv(self.root, self.config, wanted),
             what="delete",
             illegal=f"snapshots {_join(wanted)} cannot be deleted",
         )
+
+
+def _remove_nested(root: Path, numbers: Sequence[int]) -> None:
+    # snapper 0.10.4 cannot delete a snapshot holding a nested subvolume (its /etc, see
+    # snapshots.etcvol) and has no hook that would: they go first.
+    from transactional_update.snapshots import etcvol
+
+    for number in numbers:
+        etcvol.remove_nested(root / SNAPSHOTS_DIR / str(number) / "snapshot")
 
 
 def _flags(entries: Iterable[ListEntry]) -> SnapshotFlags:

@@ -49,6 +49,7 @@ fi
 say "boot: $(cat /proc/cmdline)"
 fact cmdline cat /proc/cmdline
 fact root findmnt -n -o SOURCE,OPTIONS /
+fact root_ro btrfs property get / ro
 # when each btrfs subvolume mount started and was done (testkit/vm.py checks /var went first)
 fact mounts systemctl show -p Id,InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic \
     /var /.snapshots /home /root /opt /srv /usr/local

@@ -1,0 +1,73 @@
+"""``sync-etc``: carry the live ``/etc``'s changes where they belong, at shutdown and at boot.
+
+``transactional-update-etc.service`` runs it early at every boot (before anything else writes
+``/etc``) and again when it stops at shutdown:
+
+1. at the first boot of a snapshot, merge what the previous system's ``/etc`` changed since the
+   last merge (the shutdown's, or the commit's when a power cut came first), then keep the
+   booted ``/etc`` as the reference of what later live edits are (:func:`etc.carry.at_boot`);
+2. while a pending default waits for the reboot, merge the live changes since its last merge
+   into it (:func:`etc.carry.merge_live`).
+
+Each merge lands in the changelog entry of the snapshot that received it.  Under the
+transaction lock: a transaction's own merges must not interleave with these.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transactional_update.core.context import Context
+from transactional_update.core.lock import Lock
+from transactional_update.etc import carry
+from transactional_update.record import changelog, conflicts
+from transactional_update.snapshots import etcvol
+
+log = logging.getLogger(__name__)
+
+
+def sync(ctx: Context) -> list[carry.Carried]:
+    managed = ctx.managed
+    done = []
+    with Lock(managed.snapshots_dir, ctx.config.lock_wait):
+        booted = managed.booted()
+        assert booted is not None  # open_root refuses a root that is not a snapshot
+        booted_dir = managed.snapshot_dir(booted)
+        found = carry.at_boot(managed.snapshots_dir, booted, booted_dir, ctx.root / etcvol.ETC)
+        if found is not None:
+            done.append(found)
+        default = managed.default()
+        if default is not None and default != booted:
+            found = carry.merge_live(
+                ctx.root, booted, default, managed.snapshot_dir(default), carry.Moment.SYNC
+            )
+            if found is not None:
+                done.append(found)
+    done = [m for m in done if not m.empty]
+    for merged in done:
+        record(ctx, merged)
+    return done
+
+
+def record(ctx: Context, merged: carry.Carried) -> None:
+    """Into the receiving snapshot's changelog entry, and each conflict and failure as a warning."""
+    data = merged.record()
+    for c in data["conflicts"]:
+        log.warning(
+            "/etc conflict: %s changed in snapshot %d's live /etc and in snapshot %d (%s); "
+            "snapshot %d keeps its version, the live one is %s",
+            c["path"],
+            merged.live,
+            merged.into,
+            c["reason"],
+            merged.into,
+            c["live"],
+        )
+    for f in data["failed"]:
+        log.warning("/etc: %s not carried into snapshot %d: %s", f["path"], merged.into, f["error"])
+    try:
+        conflicts.note(ctx.root, merged.into, merged.at, data["conflicts"])
+        if not changelog.add_live_etc(ctx.root, merged.into, data):
+            log.info("snapshot %d has no changelog entry to record its live /etc in", merged.into)
+    except OSError as exc:
+        log.warning("cannot record the live /etc merge of snapshot %d: %s", merged.into, exc)

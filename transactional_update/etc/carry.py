@@ -1,0 +1,210 @@
+"""Carrying the live ``/etc`` into the snapshot that boots next, three ways, losing nothing.
+
+Each root snapshot has its own ``/etc`` subvolume (layout: :mod:`snapshots.etcvol`).  A snapshot
+that is made while another one runs gets a *sync point*: a read-only snapshot of the live
+``/etc``, the base of every later merge.  The live changes since then are merged in
+
+* when the transaction starts on a pending default (:data:`Moment.FORK`: the commands see them),
+* when it commits (:data:`Moment.COMMIT`),
+* at shutdown, while the old system still runs (:data:`Moment.SYNC`, ``sync-etc``),
+* early at the first boot of the new snapshot, from the old one's ``/etc`` (:data:`Moment.BOOT`),
+  which catches what a power cut kept the shutdown from carrying.
+
+Every merge is ``base`` = the sync point, ``ours`` = the live ``/etc`` (a read-only snapshot of
+it, so that edits during the merge wait for the next one), ``theirs`` = the new snapshot's
+``/etc`` (:mod:`etc.merge`).  Only a merge with no failed path moves the sync point on; a failed
+one leaves the sync point, so the next merge tries those paths again, and a repeated merge finds
+what it carried already on both sides, the same, and does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from transactional_update.etc import merge
+from transactional_update.snapshots import btrfs, etcvol
+from transactional_update.snapshots.etcvol import ETC
+
+# Lock and backup files that shadow-utils rewrites with every change: merging them would report
+# conflicts about copies of the files that are merged by entry.
+IGNORED = frozenset({".pwd.lock", "passwd-", "group-", "shadow-", "gshadow-", "subuid-", "subgid-"})
+
+
+class Moment(StrEnum):
+    FORK = "fork"
+    COMMIT = "commit"
+    SYNC = "sync"  # sync-etc: at shutdown (transactional-update-etc.service), or by hand
+    BOOT = "boot"
+
+
+@dataclass(frozen=True)
+class Carried:
+    """One merge of live changes into snapshot *into* from the ``/etc`` of snapshot *live*."""
+
+    into: int
+    live: int
+    when: Moment
+    at: str
+    report: merge.Report
+
+    @property
+    def empty(self) -> bool:
+        """Whether the merge found nothing to carry (and so nothing to record)."""
+        r = self.report
+        return not (r.taken or r.merged or r.conflicted or r.failed)
+
+    @property
+    def changed(self) -> list[str]:
+        return [*self.report.taken, *self.report.merged, *(c.path for c in self.report.conflicted)]
+
+    def record(self) -> dict[str, Any]:
+        """For the changelog entry of *into* (paths absolute: ``/etc/...``)."""
+        r = self.report
+        return {
+            "when": str(self.when),
+            "at": self.at,
+            "from": self.live,
+            "taken": [_abs(p) for p in r.taken],
+            "merged": [_abs(p) for p in r.merged],
+            "conflicts": [
+                {"path": _abs(c.path), "live": _abs(c.path) + merge.LIVE_SUFFIX, "reason": c.reason}
+                for c in r.conflicted
+            ],
+            "failed": [{"path": _abs(f.path), "error": f.error} for f in r.failed],
+        }
+
+
+def _abs(path: str) -> str:
+    return f"/{ETC}/{path}"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def scan(tree: Path) -> dict[str, merge.Entry]:
+    return {
+        path: entry
+        for path, entry in merge.scan(tree, xattrs=True).items()
+        if path not in IGNORED and not path.endswith(".tu-new")
+    }
+
+
+def three_way(base: Path, ours: Path, theirs: Path) -> merge.Report:
+    """Merge the changes from *base* to *ours* into *theirs* (in place)."""
+    decisions = merge.plan(scan(base), scan(ours), scan(theirs))
+    return merge.apply(decisions, ours, theirs, base)
+
+
+def begin(
+    root: Path, booted: int, base: int, base_dir: Path, fork: int, fork_dir: Path
+) -> Carried | None:
+    """Give a new fork its own ``/etc``: the live one when it builds on the booted snapshot,
+    else its base's with the live changes since that one's sync point merged in.
+
+    A base without an ``/etc`` of its own (a system not migrated) leaves the fork as snapper
+    made it: its ``/etc`` is a plain directory, copied with the rest.
+    """
+    if not etcvol.has_own_etc(base_dir):
+        return None
+    etc = fork_dir / ETC
+    if etcvol.is_placeholder(etc) or (etc.is_dir() and not any(etc.iterdir())):
+        etc.rmdir()
+    info = etcvol.info_dir(fork_dir)
+    carried = None
+    if base == booted:
+        # One atomic snapshot of the live /etc is both the fork's start and its sync point.
+        btrfs.snapshot(root / ETC, info / etcvol.SYNC, read_only=True)
+        etcvol.write_sync_info(fork_dir, booted, now())
+        btrfs.snapshot(info / etcvol.SYNC, etc)
+    else:
+        btrfs.snapshot(base_dir / ETC, etc)
+        point = etcvol.sync_point(base_dir)
+        if point is not None and point.live == booted:
+            btrfs.snapshot(point.path, info / etcvol.SYNC, read_only=True)
+            etcvol.write_sync_info(fork_dir, booted, point.at)
+            carried = merge_live(root, booted, fork, fork_dir, Moment.FORK)
+    btrfs.snapshot(etc, info / etcvol.START, read_only=True)
+    return carried
+
+
+def merge_live(
+    root: Path, booted: int, target: int, target_dir: Path, when: Moment
+) -> Carried | None:
+    """Merge the booted system's live ``/etc`` changes since *target*'s sync point into it.
+
+    None when *target* takes no live changes from the booted snapshot (it was not made while
+    this one ran, or it booted already).
+    """
+    point = etcvol.sync_point(target_dir)
+    if point is None or point.live != booted or not etcvol.has_own_etc(root):
+        return None
+    info = etcvol.info_dir(target_dir)
+    fresh = info / etcvol.SYNC_NEW
+    etcvol.drop(target_dir, etcvol.SYNC_NEW)  # a merge cut short
+    btrfs.snapshot(root / ETC, fresh, read_only=True)
+    at = now()
+    report = three_way(point.path, fresh, target_dir / ETC)
+    btrfs.sync(target_dir)  # the merged files, before the sync point says they are merged
+    if report.failed:
+        etcvol.drop(target_dir, etcvol.SYNC_NEW)  # the failed paths are tried again next time
+    else:
+        etcvol.drop(target_dir, etcvol.SYNC)
+        os.rename(fresh, info / etcvol.SYNC)
+        etcvol.write_sync_info(target_dir, booted, at)
+        btrfs.sync(target_dir)
+    return Carried(target, booted, when, at, report)
+
+
+def at_boot(snapshots_dir: Path, booted: int, booted_dir: Path, live_etc: Path) -> Carried | None:
+    """Early at a snapshot's first boot: carry what the previous system's ``/etc`` changed since
+    the last merge, then keep the booted ``/etc`` as ``etc-booted`` (what a rollback compares)."""
+    if not etcvol.has_own_etc(booted_dir):
+        return None
+    carried = None
+    point = etcvol.sync_point(booted_dir)
+    if point is not None:
+        source = snapshots_dir / str(point.live) / "snapshot" / ETC
+        if point.live != booted and btrfs.is_subvolume(source):
+            at = now()
+            report = three_way(point.path, source, live_etc)
+            btrfs.sync(live_etc)
+            carried = Carried(booted, point.live, Moment.BOOT, at, report)
+            if not report.failed:
+                etcvol.drop(booted_dir, etcvol.SYNC)
+        else:  # its source is gone (deleted) or is this snapshot: nothing left to carry
+            etcvol.drop(booted_dir, etcvol.SYNC)
+    for leftover in (etcvol.SYNC_NEW, etcvol.START):
+        etcvol.drop(booted_dir, leftover)
+    reference = etcvol.info_dir(booted_dir) / etcvol.BOOTED
+    if not btrfs.is_subvolume(reference) and not (carried and carried.report.failed):
+        btrfs.snapshot(live_etc, reference, read_only=True)
+    return carried
+
+
+def changes(old: Mapping[str, merge.Entry], new: Mapping[str, merge.Entry]) -> list[dict[str, Any]]:
+    """The changelog's file list between two scans of an ``/etc`` (as :mod:`record.filediff`)."""
+    out = []
+    for path in sorted(set(old) | set(new), key=lambda p: p.split("/")):
+        a, b = old.get(path), new.get(path)
+        if a == b:
+            continue
+        kind = "added" if a is None else "deleted" if b is None else "modified"
+        entry = b or a
+        assert entry is not None
+        out.append({"path": _abs(path), "kind": kind, "dir": entry.kind == merge.Kind.DIR})
+    return out
+
+
+def left_behind(booted_dir: Path, live_etc: Path) -> list[str] | None:
+    """The files the admin changed in the booted ``/etc`` since it booted (None: unknown)."""
+    reference = etcvol.info_dir(booted_dir) / etcvol.BOOTED
+    if not btrfs.is_subvolume(reference):
+        return None
+    return [c["path"] for c in changes(scan(reference), scan(live_etc)) if not c["dir"]]

@@ -661,7 +661,13 @@ def test_rollback_boots_the_old_etc_and_names_the_edits_left_behind(
     assert not (s.root / "etc/tx").exists()
     assert not (s.root / "etc/after-boot.conf").exists()
     assert (etc(s, n) / "after-boot.conf").read_text() == "edited\n"
-    # A rollback without live edits names none.
+    # Snapshot 1's own live edit since its boot (kept.conf, written before the transaction)
+    # differs from what n boots with: named.  tx is n's own, no live edit.
+    r = ok(s.tu("--json", "rollback", str(n)))
+    assert json.loads(r.stdout)["etc_left_behind"] == ["/etc/kept.conf"]
+    # A live edit that the target has as it is now is not left behind (n's kept.conf is the
+    # edit made while n ran).
+    (s.root / "etc/kept.conf").write_text("edited live\n")
     r = ok(s.tu("--json", "rollback", str(n)))
     assert json.loads(r.stdout)["etc_left_behind"] == []
     assert "live /etc edits" not in r.stderr

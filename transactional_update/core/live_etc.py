@@ -16,9 +16,11 @@ transaction lock: a transaction's own merges must not interleave with these.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
+from transactional_update.errors import SystemError_, TUError
 from transactional_update.etc import carry
 from transactional_update.record import changelog, conflicts
 from transactional_update.snapshots import etcvol
@@ -27,26 +29,44 @@ log = logging.getLogger(__name__)
 
 
 def sync(ctx: Context) -> list[carry.Carried]:
+    """Both merges, each tried even when the other failed; the first failure is raised after
+    what did merge is recorded (the sync points stay, so the next run tries again)."""
     managed = ctx.managed
-    done = []
+    done: list[carry.Carried | None] = []
+    failed: list[TUError] = []
+
+    def attempt(what: str, merge: Callable[[], carry.Carried | None]) -> None:
+        try:
+            done.append(merge())
+        except (TUError, OSError) as exc:
+            err = exc if isinstance(exc, TUError) else SystemError_(str(exc), "")
+            err.message = f"{what}: {err.message}"
+            err.hint = err.hint or "the sync point is kept: the next sync-etc tries again"
+            log.error("%s", err.message)
+            failed.append(err)
+
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
         booted = managed.booted()
         assert booted is not None  # open_root refuses a root that is not a snapshot
         booted_dir = managed.snapshot_dir(booted)
-        found = carry.at_boot(managed.snapshots_dir, booted, booted_dir, ctx.root / etcvol.ETC)
-        if found is not None:
-            done.append(found)
+        attempt(
+            "the boot's /etc merge",
+            lambda: carry.at_boot(managed.snapshots_dir, booted, booted_dir, ctx.root / etcvol.ETC),
+        )
         default = managed.default()
         if default is not None and default != booted:
-            found = carry.merge_live(
-                ctx.root, booted, default, managed.snapshot_dir(default), carry.Moment.SYNC
+            attempt(
+                f"the live /etc's merge into snapshot {default}",
+                lambda: carry.merge_live(
+                    ctx.root, booted, default, managed.snapshot_dir(default), carry.Moment.SYNC
+                ),
             )
-            if found is not None:
-                done.append(found)
-    done = [m for m in done if not m.empty]
-    for merged in done:
-        record(ctx, merged)
-    return done
+    merged = [m for m in done if m is not None and not m.empty]
+    for m in merged:
+        record(ctx, m)
+    if failed:
+        raise failed[0]
+    return merged
 
 
 def record(ctx: Context, merged: carry.Carried) -> None:

@@ -98,7 +98,7 @@ def _left_behind(ctx: Context, number: int) -> tuple[list[str] | None, str | Non
     if not etcvol.has_own_etc(booted_dir):
         return [], None
     try:
-        behind = carry.left_behind(booted_dir, ctx.root / etcvol.ETC)
+        behind = carry.left_behind(booted_dir, ctx.root / etcvol.ETC, managed.snapshot_dir(number))
     except OSError as exc:
         log.warning("cannot compare the live /etc with its state at boot: %s", exc)
         behind = None

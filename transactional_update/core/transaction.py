@@ -364,10 +364,20 @@ class Transaction:
         booted = self.ctx.managed.booted()
         if booted is None:
             return
-        with step("merging the live /etc's changes"):
-            carried = carry.merge_live(
-                self.ctx.root, booted, self.number, fork_dir, carry.Moment.COMMIT
+        try:
+            with step("merging the live /etc's changes"):
+                carried = carry.merge_live(
+                    self.ctx.root, booted, self.number, fork_dir, carry.Moment.COMMIT
+                )
+        except (TUError, OSError) as exc:
+            # The sync point stays where it was: the shutdown's or the boot's merge carries them.
+            why = exc.message if isinstance(exc, TUError) else str(exc)
+            log.warning(
+                "the live /etc's changes were not merged now (%s); they follow at the "
+                "shutdown or the next boot (sync-etc)",
+                why,
             )
+            return
         self._took_live(carried)
 
     def _seal(self, fork_dir: Path) -> None:

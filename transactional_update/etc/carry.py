@@ -19,6 +19,7 @@ what it carried already on both sides, the same, and does nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +28,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from transactional_update.errors import TUError
 from transactional_update.etc import merge
 from transactional_update.snapshots import btrfs, etcvol
 from transactional_update.snapshots.etcvol import ETC
+
+log = logging.getLogger(__name__)
 
 # Lock and backup files that shadow-utils rewrites with every change: merging them would report
 # conflicts about copies of the files that are merged by entry.
@@ -129,7 +133,13 @@ def begin(
         if point is not None and point.live == booted:
             btrfs.snapshot(point.path, info / etcvol.SYNC, read_only=True)
             etcvol.write_sync_info(fork_dir, booted, point.at)
-            carried = merge_live(root, booted, fork, fork_dir, Moment.FORK)
+            try:
+                carried = merge_live(root, booted, fork, fork_dir, Moment.FORK)
+            except (TUError, OSError) as exc:
+                # The fork has its base's /etc and the base's sync point: the commit's merge
+                # (or the shutdown's) carries what this one could not.
+                why = exc.message if isinstance(exc, TUError) else str(exc)
+                log.warning("the live /etc's changes were not merged at the start (%s)", why)
     btrfs.snapshot(etc, info / etcvol.START, read_only=True)
     return carried
 
@@ -202,9 +212,14 @@ def changes(old: Mapping[str, merge.Entry], new: Mapping[str, merge.Entry]) -> l
     return out
 
 
-def left_behind(booted_dir: Path, live_etc: Path) -> list[str] | None:
-    """The files the admin changed in the booted ``/etc`` since it booted (None: unknown)."""
+def left_behind(booted_dir: Path, live_etc: Path, target_dir: Path) -> list[str] | None:
+    """The files the admin changed in the booted ``/etc`` since it booted that snapshot
+    *target_dir* does not boot with as they are now (None: unknown, no reference)."""
     reference = etcvol.info_dir(booted_dir) / etcvol.BOOTED
     if not btrfs.is_subvolume(reference):
         return None
-    return [c["path"] for c in changes(scan(reference), scan(live_etc)) if not c["dir"]]
+    live = scan(live_etc)
+    target = scan(target_dir / ETC) if etcvol.has_own_etc(target_dir) else {}
+    edited = [c["path"] for c in changes(scan(reference), live) if not c["dir"]]
+    rel = len(ETC) + 2  # "/etc/x" -> "x"
+    return [p for p in edited if target.get(p[rel:]) != live.get(p[rel:])]

@@ -596,7 +596,6 @@ def test_a_failed_path_is_retried_by_the_next_sync(managed_system: System) -> No
     put(live / "other.conf", "old\n")
     ok(s.tu("run", "--", "true"))
     n = s.default_number()
-    sync_info = (info(s, n) / "etc-sync.json").read_text()
     (live / "stuck.conf").write_text("live\n")
     (live / "other.conf").write_text("live\n")
     with immutable(etc(s, n) / "stuck.conf"):
@@ -607,18 +606,25 @@ def test_a_failed_path_is_retried_by_the_next_sync(managed_system: System) -> No
         assert merge["failed"][0]["error"]
         assert merge["taken"] == ["/etc/other.conf"]
         assert f"/etc: /etc/stuck.conf not carried into snapshot {n}: " in r.stderr
-        # The snapshot's file stays, the live one is untouched, the sync point did not move.
+        # The snapshot's file stays, the live one is untouched.  The sync point moved on for
+        # the carried path only: the failed one is as before there, to be tried again.
         assert (etc(s, n) / "stuck.conf").read_text() == "old\n"
         assert (etc(s, n) / "other.conf").read_text() == "live\n"
         assert (live / "stuck.conf").read_text() == "live\n"
-        assert (info(s, n) / "etc-sync.json").read_text() == sync_info
+        assert json.loads((info(s, n) / "etc-sync.json").read_text())["live"] == 1
         assert (info(s, n) / "etc-sync/stuck.conf").read_text() == "old\n"
+        assert (info(s, n) / "etc-sync/other.conf").read_text() == "live\n"
+        assert btrfs.is_read_only(info(s, n) / "etc-sync")
         assert not (info(s, n) / "etc-sync.new").exists()
         assert [m["failed"] for m in live_merges(s, n)] == [merge["failed"]]
-        # Still stuck: tried again, fails again.
+        # The admin reverts the carried edit: a change of its own, carried too (it would be
+        # lost if the sync point had stayed where the first merge started).
+        (live / "other.conf").write_text("old\n")
+        # Still stuck: tried again, fails again; the revert is carried.
         (again,) = sync_etc(s)
         assert [f["path"] for f in again["failed"]] == ["/etc/stuck.conf"]
-        assert again["taken"] == []
+        assert again["taken"] == ["/etc/other.conf"]
+        assert (etc(s, n) / "other.conf").read_text() == "old\n"
     # Once the file can be replaced, the next sync carries it (and only it).
     (done,) = sync_etc(s)
     assert (done["taken"], done["failed"]) == (["/etc/stuck.conf"], [])
@@ -803,3 +809,105 @@ def test_setup_etc_migrates_a_system_made_before_the_writable_etc(managed_system
     # The next transaction forks the migrated /etc, live edits included.
     ok(s.tu("run", "--", "true"))
     assert (etc(s, s.default_number()) / "written-live").read_text() == "ok\n"
+
+
+# -- power cuts and protection of what is still to be carried ------------------------------------
+
+
+def test_a_cut_between_dropping_and_renaming_the_sync_point_loses_nothing(
+    managed_system: System,
+) -> None:
+    """The state a power cut leaves inside a sync point's replacement: the old one deleted (its
+    info file kept), the new one not yet renamed.  The next run completes it."""
+    s = managed_system
+    live = s.root / "etc"
+    ok(s.tu("run", "--", "true"))
+    n = s.default_number()
+    put(live / "before-cut.conf", "merged, then cut\n")
+    # What merge_live does up to the cut: the merge itself, then the new reference, old gone.
+    sh("cp", "-a", str(live / "before-cut.conf"), str(etc(s, n) / "before-cut.conf"))
+    btrfs.snapshot(live, info(s, n) / "etc-sync.new", read_only=True)
+    btrfs.delete_subvolume(info(s, n) / "etc-sync")
+    assert (info(s, n) / "etc-sync.json").exists()
+    put(live / "after-cut.conf", "edited after the cut\n")
+    (merged,) = sync_etc(s)
+    # before-cut.conf is in the promoted sync point: not carried again; after-cut.conf is new.
+    assert merged["taken"] == ["/etc/after-cut.conf"]
+    assert (etc(s, n) / "after-cut.conf").read_text() == "edited after the cut\n"
+    assert btrfs.is_subvolume(info(s, n) / "etc-sync")
+    assert not (info(s, n) / "etc-sync.new").exists()
+    # A new reference beside an intact old one is a merge cut short: dropped, redone from the old.
+    btrfs.snapshot(live, info(s, n) / "etc-sync.new", read_only=True)
+    put(live / "later.conf", "x\n")
+    (merged,) = sync_etc(s)
+    assert merged["taken"] == ["/etc/later.conf"]
+    assert not (info(s, n) / "etc-sync.new").exists()
+
+
+def test_a_failed_boot_merge_retries_only_that_path(managed_system: System) -> None:
+    s = managed_system
+    live = s.root / "etc"
+    put(live / "stuck.conf", "old\n")
+    ok(s.tu("run", "--", "true"))
+    n = s.default_number()
+    # Edits after the commit, and a power cut before the shutdown's merge.
+    put(live / "carried.conf", "from 1\n")
+    put(live / "stuck.conf", "live on 1\n")
+    s.boot_default()
+    with immutable(s.root / "etc/stuck.conf"):
+        (merged,) = sync_etc(s)
+        assert merged["when"] == "boot"
+        assert merged["taken"] == ["/etc/carried.conf"]
+        assert [f["path"] for f in merged["failed"]] == ["/etc/stuck.conf"]
+        assert not (info(s, n) / "etc-booted").exists()  # not booted cleanly yet
+        # The admin reverts the carried file on n: the next run must not bring it back.
+        (s.root / "etc/carried.conf").unlink()
+        (again,) = sync_etc(s)
+        assert again["taken"] == [] and [f["path"] for f in again["failed"]] == ["/etc/stuck.conf"]
+        assert not (s.root / "etc/carried.conf").exists()
+    (done,) = sync_etc(s)
+    assert (done["taken"], done["failed"]) == (["/etc/stuck.conf"], [])
+    assert (s.root / "etc/stuck.conf").read_text() == "live on 1\n"
+    assert not (info(s, n) / "etc-sync").exists()
+    assert btrfs.is_subvolume(info(s, n) / "etc-booted")
+    assert sync_etc(s) == []
+
+
+def test_the_source_of_changes_still_to_come_is_kept(managed_system: System) -> None:
+    """A pending snapshot's sync point follows snapshot 1's /etc, which boot-once then leaves:
+    snapshot 1 is neither booted nor default, yet cleanup keeps it and delete refuses it."""
+    s = managed_system
+    ok(s.tu("run", "--", "true"))
+    n = s.default_number()
+    put(s.root / "etc/not-yet.conf", "after the commit\n")
+    # Boot another snapshot (as boot-once would) while n stays the default.
+    ok(s.tu("run", "--", "true"))
+    other = s.default_number()
+    ok(s.tu("rollback", str(other)))
+    s.boot_default()
+    ok(s.tu("rollback", str(n)))
+    assert (s.booted_number(), s.default_number()) == (other, n)
+    conf = s.root / "etc/snapper/configs/root"
+    conf.write_text(conf.read_text().replace('NUMBER_LIMIT="10"', 'NUMBER_LIMIT="0"'))
+    r = ok(s.tu("--json", "cleanup"))
+    assert 1 not in json.loads(r.stdout)["number"]
+    assert 1 in s.numbers()
+    r = s.tu("delete", "1")
+    assert r.returncode != 0
+    assert "snapshot 1's /etc changes are still to be carried into the next boot" in r.stderr
+    # n's first boot takes them.
+    s.boot_default()
+    (merged,) = sync_etc(s)
+    assert (merged["from"], merged["when"]) == (1, "boot")
+    assert "/etc/not-yet.conf" in merged["taken"]
+
+
+def test_setup_etc_without_an_fstab_says_so(managed_system: System) -> None:
+    s = managed_system
+    _old_layout(s)
+    with s.booted_writable() as snap:
+        (snap / "etc/fstab").rename(snap / "etc/fstab.away")
+    r = s.tu("setup-etc")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cannot read" in r.stderr and "etc/fstab" in r.stderr
+    assert s.numbers() == [1]

@@ -653,10 +653,10 @@ def setup_etc_cmd() -> Change:
         if migrate.own_etc(snap):
             # The reference the changelog compares with: the changes below are the migration's.
             btrfs.snapshot(snap / etcvol.ETC, etcvol.info_dir(snap) / etcvol.START, True)
-        fstab = snap / "etc/fstab"
-        fstab.write_text(migrate.root_read_write(fstab.read_text(encoding="utf-8")))
-        config = snap / "etc/snapper/configs" / tx.ctx.config.snapper_config
-        config.write_text(migrate.no_number_cleanup(config.read_text(encoding="utf-8")))
+        migrate.edit(snap / "etc/fstab", migrate.root_read_write)
+        migrate.edit(
+            snap / "etc/snapper/configs" / tx.ctx.config.snapper_config, migrate.no_number_cleanup
+        )
         text = {units.ETC_UNIT: units.shipped()[units.ETC_UNIT]}
         units.write(snap, units.files(text, units.SHIPPED_EXEC, units.UNIT_DIR, enable=True))
 
@@ -673,7 +673,7 @@ def sync_etc_cmd() -> Step:
         from transactional_update.core.live_etc import sync
 
         ctx = state.ctx
-        done = sync(ctx)
+        done, error = sync(ctx)
         if state.json:
             click.echo(json.dumps({"merges": [{"into": m.into, **m.record()} for m in done]}))
         elif not state.opts.get("quiet", False):
@@ -688,6 +688,8 @@ def sync_etc_cmd() -> Step:
             notify_conflicts(state, m.into, [m.record()])
         if any(p.startswith("systemd/") for m in done if m.when == "boot" for p in m.changed):
             _reload_systemd(ctx.root)
+        if error is not None:
+            raise error
         return 0
 
     return step

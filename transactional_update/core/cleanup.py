@@ -8,7 +8,8 @@ whose commit did not reach the disk (a cut before the default was synced).
 by others - snapper's own daily cleanup, whose unit runs it afterwards through our drop-in, or an
 admin's ``snapper delete`` - by dropping their changelog entries and GRUB menu entries.
 
-Never touched: the booted snapshot, the default (which is the pending one when they differ), and
+Never touched: the booted snapshot, the default (which is the pending one when they differ),
+the snapshot whose /etc changes either of them is still to take (see :mod:`etc.carry`), and
 snapshot 0.  Runs under the transaction lock, so no live transaction's fork can be taken.  The
 number algorithm reads snapper's settings: of the snapshots with cleanup ``number``, keep the
 newest NUMBER_LIMIT (and NUMBER_LIMIT_IMPORTANT of those marked ``important=yes``); younger than
@@ -125,6 +126,7 @@ def cleanup(ctx: Context) -> CleanupResult:
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
         booted, default = managed.booted(), managed.default()
         protected = {n for n in (booted, default) if n is not None}
+        protected |= _etc_sources(ctx, booted, default)  # their /etc changes are still to come
         snaps = ctx.snapper.list_snapshots()
         # We hold the lock, so an in-progress mark can only belong to a transaction that died.
         found = leftovers.find(managed, booted, default)
@@ -157,6 +159,17 @@ def cleanup(ctx: Context) -> CleanupResult:
         for n in result.number:
             log.info("cleanup: removed snapshot %d (number limit)", n)
     return result
+
+
+def _etc_sources(ctx: Context, *numbers: int | None) -> set[int]:
+    """The snapshots whose /etc changes the booted or default snapshot is still to take (at a
+    shutdown or its first boot): deleting one would lose them."""
+    sources = set()
+    for n in numbers:
+        point = etcvol.sync_point(ctx.managed.snapshot_dir(n)) if n is not None else None
+        if point is not None:
+            sources.add(point.live)
+    return sources
 
 
 def _delete_snapshots(ctx: Context, doomed: list[int]) -> set[int]:
@@ -228,6 +241,7 @@ def delete(ctx: Context, numbers: list[int]) -> list[int]:
     wanted = sorted(set(numbers))
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
         booted, default = managed.booted(), managed.default()
+        sources = _etc_sources(ctx, booted, default)
         for n in wanted:
             managed.require_snapshot_dir(n)
             if n in (booted, default):
@@ -235,6 +249,11 @@ def delete(ctx: Context, numbers: list[int]) -> list[int]:
                 raise SnapshotError(
                     f"snapshot {n} is the {which} snapshot and cannot be deleted",
                     "make another snapshot the default first: transactional-update rollback N",
+                )
+            if n in sources:
+                raise SnapshotError(
+                    f"snapshot {n}'s /etc changes are still to be carried into the next boot",
+                    "boot the default snapshot first (its first boot carries them), then delete",
                 )
         ids = _delete_snapshots(ctx, wanted)
         if ids:

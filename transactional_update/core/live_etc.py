@@ -28,9 +28,9 @@ from transactional_update.snapshots import etcvol
 log = logging.getLogger(__name__)
 
 
-def sync(ctx: Context) -> list[carry.Carried]:
-    """Both merges, each tried even when the other failed; the first failure is raised after
-    what did merge is recorded (the sync points stay, so the next run tries again)."""
+def sync(ctx: Context) -> tuple[list[carry.Carried], TUError | None]:
+    """Both merges, each tried even when the other failed: what merged (recorded), and the
+    first failure (the sync points stay, so the next run tries again)."""
     managed = ctx.managed
     done: list[carry.Carried | None] = []
     failed: list[TUError] = []
@@ -64,9 +64,7 @@ def sync(ctx: Context) -> list[carry.Carried]:
     merged = [m for m in done if m is not None and not m.empty]
     for m in merged:
         record(ctx, m)
-    if failed:
-        raise failed[0]
-    return merged
+    return merged, failed[0] if failed else None
 
 
 def record(ctx: Context, merged: carry.Carried) -> None:

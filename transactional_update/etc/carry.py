@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from typing import Any
 
 from transactional_update.errors import TUError
 from transactional_update.etc import merge
+from transactional_update.proc import run
 from transactional_update.snapshots import btrfs, etcvol
 from transactional_update.snapshots.etcvol import ETC
 
@@ -129,10 +131,14 @@ def begin(
         btrfs.snapshot(info / etcvol.SYNC, etc)
     else:
         btrfs.snapshot(base_dir / ETC, etc)
+        etcvol.recover(base_dir)
         point = etcvol.sync_point(base_dir)
-        if point is not None and point.live == booted:
+        if point is not None:
+            # Whichever snapshot's /etc it follows: the booted one's changes are merged below,
+            # another one's (the base's merges were cut short while that one ran) at the boot.
             btrfs.snapshot(point.path, info / etcvol.SYNC, read_only=True)
-            etcvol.write_sync_info(fork_dir, booted, point.at)
+            etcvol.write_sync_info(fork_dir, point.live, point.at)
+        if point is not None and point.live == booted:
             try:
                 carried = merge_live(root, booted, fork, fork_dir, Moment.FORK)
             except (TUError, OSError) as exc:
@@ -152,46 +158,98 @@ def merge_live(
     None when *target* takes no live changes from the booted snapshot (it was not made while
     this one ran, or it booted already).
     """
+    etcvol.recover(target_dir)
     point = etcvol.sync_point(target_dir)
     if point is None or point.live != booted or not etcvol.has_own_etc(root):
         return None
-    info = etcvol.info_dir(target_dir)
-    fresh = info / etcvol.SYNC_NEW
-    etcvol.drop(target_dir, etcvol.SYNC_NEW)  # a merge cut short
+    fresh = etcvol.info_dir(target_dir) / etcvol.SYNC_NEW
     btrfs.snapshot(root / ETC, fresh, read_only=True)
     at = now()
-    report = three_way(point.path, fresh, target_dir / ETC)
-    btrfs.sync(target_dir)  # the merged files, before the sync point says they are merged
-    if report.failed:
-        etcvol.drop(target_dir, etcvol.SYNC_NEW)  # the failed paths are tried again next time
-    else:
-        etcvol.drop(target_dir, etcvol.SYNC)
-        os.rename(fresh, info / etcvol.SYNC)
-        etcvol.write_sync_info(target_dir, booted, at)
-        btrfs.sync(target_dir)
+    try:
+        report = three_way(point.path, fresh, target_dir / ETC)
+        _advance(target_dir, point.path, fresh, report, booted, at)
+    except BaseException:
+        etcvol.recover(target_dir)  # the new reference goes, or replaces an old one gone already
+        raise
     return Carried(target, booted, when, at, report)
+
+
+def _advance(
+    target_dir: Path, base: Path, fresh: Path, report: merge.Report, live: int, at: str
+) -> None:
+    """Make *fresh* (what was merged from) the target's sync point, durably and atomically.
+
+    A path that failed is put back in *fresh* as the old sync point had it, so the next merge
+    finds it changed again and retries it; every other path moves on, so that an edit the admin
+    makes after this merge (reverting one it carried, say) counts as the change it is.  The
+    merged files are durable before the old sync point goes; a cut before the rename leaves
+    the new one beside an absent old one, which :func:`etcvol.recover` completes.
+    """
+    if report.failed:
+        _put_back(fresh, base, [f.path for f in report.failed])
+    btrfs.sync(target_dir)
+    etcvol.drop(target_dir, etcvol.SYNC, keep_info=True)
+    os.rename(fresh, etcvol.info_dir(target_dir) / etcvol.SYNC)
+    etcvol.write_sync_info(target_dir, live, at)
+    btrfs.sync(target_dir)
+
+
+def _put_back(fresh: Path, base: Path, paths: list[str]) -> None:
+    """The *paths* of the read-only snapshot *fresh* as *base* has them (or absent)."""
+    btrfs.set_read_only(fresh, False)
+    try:
+        for path in sorted(paths, key=lambda p: p.count("/")):
+            here, there = fresh / path, base / path
+            if here.is_dir() and not here.is_symlink():
+                shutil.rmtree(here)
+            elif os.path.lexists(here):
+                here.unlink()
+            if os.path.lexists(there) and here.parent.is_dir():
+                run(
+                    ["cp", "-a", "--reflink=auto", "--no-target-directory", str(there), str(here)],
+                    what="restore a path of the /etc sync point",
+                )
+    finally:
+        btrfs.set_read_only(fresh, True)
 
 
 def at_boot(snapshots_dir: Path, booted: int, booted_dir: Path, live_etc: Path) -> Carried | None:
     """Early at a snapshot's first boot: carry what the previous system's ``/etc`` changed since
-    the last merge, then keep the booted ``/etc`` as ``etc-booted`` (what a rollback compares)."""
+    the last merge, then keep the booted ``/etc`` as ``etc-booted`` (what a rollback compares).
+
+    The previous system no longer runs, so its ``/etc`` holds still; a path that fails stays
+    in the sync point for the next run (at shutdown, or the next boot), the rest is done.
+    """
     if not etcvol.has_own_etc(booted_dir):
         return None
     carried = None
+    etcvol.recover(booted_dir)
     point = etcvol.sync_point(booted_dir)
     if point is not None:
         source = snapshots_dir / str(point.live) / "snapshot" / ETC
         if point.live != booted and btrfs.is_subvolume(source):
+            fresh = etcvol.info_dir(booted_dir) / etcvol.SYNC_NEW
+            btrfs.snapshot(source, fresh, read_only=True)
             at = now()
-            report = three_way(point.path, source, live_etc)
-            btrfs.sync(live_etc)
-            carried = Carried(booted, point.live, Moment.BOOT, at, report)
-            if not report.failed:
-                etcvol.drop(booted_dir, etcvol.SYNC)
-        else:  # its source is gone (deleted) or is this snapshot: nothing left to carry
+            try:
+                report = three_way(point.path, fresh, live_etc)
+                carried = Carried(booted, point.live, Moment.BOOT, at, report)
+                if report.failed:
+                    _advance(booted_dir, point.path, fresh, report, point.live, at)
+                else:
+                    btrfs.sync(live_etc)
+                    etcvol.drop(booted_dir, etcvol.SYNC)
+            finally:
+                etcvol.recover(booted_dir)
+        else:
+            if point.live != booted:
+                log.warning(
+                    "snapshot %d, whose /etc changes this one was to take at its first boot, "
+                    "is gone; nothing is left to carry",
+                    point.live,
+                )
             etcvol.drop(booted_dir, etcvol.SYNC)
-    for leftover in (etcvol.SYNC_NEW, etcvol.START):
-        etcvol.drop(booted_dir, leftover)
+    etcvol.drop(booted_dir, etcvol.START)
     reference = etcvol.info_dir(booted_dir) / etcvol.BOOTED
     if not btrfs.is_subvolume(reference) and not (carried and carried.report.failed):
         btrfs.snapshot(live_etc, reference, read_only=True)

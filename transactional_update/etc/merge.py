@@ -135,25 +135,37 @@ def scan(root: Path, xattrs: bool = False) -> dict[str, Entry]:
     pending = [(os.fspath(root), "")]
     while pending:
         directory, prefix = pending.pop()
-        with os.scandir(directory) as it:
+        try:
+            it = os.scandir(directory)
+        except FileNotFoundError:
+            continue  # removed since its parent was read (a live tree): it is not there
+        with it:
             for item in it:
-                st = item.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISREG(mode):
-                    digest = _digest(item.path)
-                    entry = Entry(Kind.FILE, stat.S_IMODE(mode), st.st_uid, st.st_gid, digest)
-                elif stat.S_ISLNK(mode):
-                    target = os.readlink(item.path)
-                    entry = Entry(Kind.SYMLINK, 0o777, st.st_uid, st.st_gid, target=target)
-                elif stat.S_ISDIR(mode):
-                    entry = Entry(Kind.DIR, stat.S_IMODE(mode), st.st_uid, st.st_gid)
-                    pending.append((item.path, prefix + item.name + "/"))
-                else:
+                try:
+                    entry = _entry(item, xattrs)
+                except FileNotFoundError:
+                    continue  # the same, for a file
+                if entry is None:
                     continue
-                if xattrs:
-                    entry = replace(entry, xattrs=_xattrs(item.path))
+                if entry.kind == Kind.DIR:
+                    pending.append((item.path, prefix + item.name + "/"))
                 out[prefix + item.name] = entry
     return out
+
+
+def _entry(item: os.DirEntry[str], xattrs: bool) -> Entry | None:
+    st = item.stat(follow_symlinks=False)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        entry = Entry(Kind.FILE, stat.S_IMODE(mode), st.st_uid, st.st_gid, _digest(item.path))
+    elif stat.S_ISLNK(mode):
+        target = os.readlink(item.path)
+        entry = Entry(Kind.SYMLINK, 0o777, st.st_uid, st.st_gid, target=target)
+    elif stat.S_ISDIR(mode):
+        entry = Entry(Kind.DIR, stat.S_IMODE(mode), st.st_uid, st.st_gid)
+    else:
+        return None
+    return replace(entry, xattrs=_xattrs(item.path)) if xattrs else entry
 
 
 # --- the plan ---

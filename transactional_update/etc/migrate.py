@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+from transactional_update.errors import NotManagedError
 from transactional_update.proc import run
 from transactional_update.snapshots import btrfs
 
@@ -67,3 +69,15 @@ def no_number_cleanup(config: str) -> str:
     if 'NUMBER_CLEANUP="no"' not in lines:
         lines.append('NUMBER_CLEANUP="no"')
     return "\n".join(lines) + "\n"
+
+
+def edit(path: Path, change: Callable[[str], str]) -> None:
+    """Rewrite the text file *path* of the new snapshot with *change*."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NotManagedError(
+            f"cannot read {path}: {exc.strerror or exc}",
+            "setup-etc needs the system's fstab and snapper config in /etc",
+        ) from exc
+    path.write_text(change(text), encoding="utf-8")

@@ -36,11 +36,17 @@ def open_conflicts(root: Path) -> list[dict[str, Any]]:
     """``[{"snapshot", "path", "live", "reason", "at"}]`` whose ``.live`` file still exists."""
     if not os.path.exists(root / NOTES):
         return []
-    return [
-        c
-        for c in _read(root)
-        if os.path.lexists(_live_copy(root, int(c.get("snapshot", 0)), str(c.get("live", ""))))
-    ]
+    found = []
+    for c in _read(root):
+        number, live = c.get("snapshot"), c.get("live")
+        if (
+            isinstance(number, int)
+            and isinstance(live, str)
+            and isinstance(c.get("path"), str)
+            and os.path.lexists(_live_copy(root, number, live))
+        ):
+            found.append(c)
+    return found
 
 
 def note(root: Path, snapshot: int, at: str, conflicts: list[dict[str, Any]]) -> None:

@@ -75,7 +75,8 @@ def is_placeholder(path: Path) -> bool:
 def lacks_etc(snapshot_dir: Path) -> bool:
     """A root that cannot boot for want of an ``/etc``: made by a plain ``snapper create`` from a
     snapshot with its own ``/etc`` (or a fork cut before it got one)."""
-    return is_placeholder(snapshot_dir / ETC)
+    etc = snapshot_dir / ETC
+    return is_placeholder(etc) or not os.path.lexists(etc)
 
 
 def comparison_path(subvolume: Path) -> Path:
@@ -104,13 +105,31 @@ def write_sync_info(snapshot_dir: Path, live: int, at: str) -> None:
     )
 
 
-def drop(snapshot_dir: Path, name: str) -> None:
-    """Delete the reference *name* beside the snapshot, if there is one."""
+def drop(snapshot_dir: Path, name: str, keep_info: bool = False) -> None:
+    """Delete the reference *name* beside the snapshot, if there is one (the sync point with
+    its info file, unless *keep_info*: a new sync point is about to take its place)."""
     path = info_dir(snapshot_dir) / name
     if btrfs.is_subvolume(path):
         btrfs.delete_subvolume(path)
-    if name == SYNC:
+    if name == SYNC and not keep_info:
         (info_dir(snapshot_dir) / SYNC_INFO).unlink(missing_ok=True)
+
+
+def recover(snapshot_dir: Path) -> None:
+    """Finish a sync point's replacement that a power cut interrupted.
+
+    The old sync point goes only after the merged files are durable (:func:`etc.carry`), so a
+    new one without an old one is the one to keep; a new one beside the old is a merge cut
+    short, to be redone from the old.
+    """
+    where = info_dir(snapshot_dir)
+    fresh, current = where / SYNC_NEW, where / SYNC
+    if not btrfs.is_subvolume(fresh):
+        return
+    if btrfs.is_subvolume(current) or not (where / SYNC_INFO).exists():
+        btrfs.delete_subvolume(fresh)
+    else:
+        os.rename(fresh, current)
 
 
 def remove_nested(snapshot_dir: Path) -> None:

@@ -32,12 +32,14 @@ itself loses data silently in a few cases (see :func:`check_text` and :func:`che
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, NamedTuple, Protocol, Self
@@ -54,6 +56,7 @@ from transactional_update.errors import (
     UsageError,
 )
 from transactional_update.paths import join_under
+from transactional_update.snapshots import btrfs
 from transactional_update.snapshots.snapinfo import (
     SNAPSHOTS_DIR,
     Snapshot,
@@ -681,13 +684,13 @@ class DBusSnapper(_Closing):
             reason = deletion_refusal(number, flags)
             if reason:
                 raise SnapshotError(f"snapshot {number} cannot be deleted: {reason}", "")
-        _remove_nested(self.root, wanted)
-        self._call(
-            "DeleteSnapshots",
-            "sau",
-            (self.config, wanted),
-            illegal=f"snapshots {_join(wanted)} cannot be deleted",
-        )
+        with _nested_removed(self.root, wanted):
+            self._call(
+                "DeleteSnapshots",
+                "sau",
+                (self.config, wanted),
+                illegal=f"snapshots {_join(wanted)} cannot be deleted",
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -990,21 +993,34 @@ class CliSnapper(_Closing):
             reason = deletion_refusal(number, flags)
             if reason:
                 raise SnapshotError(f"snapshot {number} cannot be deleted: {reason}", "")
-        _remove_nested(self.root, wanted)
-        self._run(
-            cli_delete_argv(self.root, self.config, wanted),
-            what="delete",
-            illegal=f"snapshots {_join(wanted)} cannot be deleted",
-        )
+        with _nested_removed(self.root, wanted):
+            self._run(
+                cli_delete_argv(self.root, self.config, wanted),
+                what="delete",
+                illegal=f"snapshots {_join(wanted)} cannot be deleted",
+            )
 
 
-def _remove_nested(root: Path, numbers: Sequence[int]) -> None:
-    # snapper 0.10.4 cannot delete a snapshot holding a nested subvolume (its /etc, see
-    # snapshots.etcvol) and has no hook that would: they go first.
+@contextmanager
+def _nested_removed(root: Path, numbers: Sequence[int]) -> Iterator[None]:
+    """snapper 0.10.4 cannot delete a snapshot holding a nested subvolume (its /etc, see
+    :mod:`snapshots.etcvol`) and has no hook that would: they go first.  Should snapper fail
+    after that, a snapshot it left keeps its read-only flag again; without its /etc it is left
+    out of the boot menu and refused by rollback, and the next delete finishes it."""
     from transactional_update.snapshots import etcvol
 
-    for number in numbers:
-        etcvol.remove_nested(root / SNAPSHOTS_DIR / str(number) / "snapshot")
+    dirs = [root / SNAPSHOTS_DIR / str(number) / "snapshot" for number in numbers]
+    try:
+        for snap in dirs:
+            etcvol.remove_nested(snap)
+        yield
+    except BaseException:
+        for snap in dirs:
+            if btrfs.is_subvolume(snap):
+                with contextlib.suppress(TUError):
+                    btrfs.set_read_only(snap, True)
+                log.error("snapshot %s lost its /etc but was not deleted; delete it again", snap)
+        raise
 
 
 def _flags(entries: Iterable[ListEntry]) -> SnapshotFlags:

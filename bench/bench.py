@@ -65,7 +65,7 @@ from bench.harness import (  # noqa: E402
 )
 from testkit.systems import Bus, System, managed_system, system_bus  # noqa: E402
 from transactional_update.boot import menustate  # noqa: E402
-from transactional_update.snapshots import btrfs, leftovers  # noqa: E402
+from transactional_update.snapshots import btrfs, etcvol, leftovers  # noqa: E402
 from transactional_update.snapshots.snapper import DBusSnapper  # noqa: E402
 from transactional_update.snapshots.system import ManagedRoot  # noqa: E402
 
@@ -156,6 +156,7 @@ class Bench:
             if n in known and self.dbus is not None:
                 self.dbus.delete_snapshots([n])
             else:
+                etcvol.remove_nested(subvol)  # its own /etc and the references beside it
                 if btrfs.is_subvolume(subvol):
                     btrfs.delete_subvolume(subvol)
                 shutil.rmtree(self.snapshots / str(n))

@@ -91,6 +91,34 @@ class System:
         finally:
             btrfs.set_read_only(snap, True)
 
+    def plain_etc(self) -> None:
+        """Snapshot 1 as a system made before the writable /etc: a plain /etc directory in the
+        read-only snapshot, ``/`` mounted ``ro``, snapper's number cleanup on; booted again."""
+        snap = self.snapshot(1)
+        btrfs.set_read_only(snap, False)
+        try:
+            sh("cp", "-a", str(snap / "etc"), str(snap / "etc.plain"))
+            sh("btrfs", "subvolume", "delete", str(snap / "etc"))
+            (snap / "etc.plain").rename(snap / "etc")
+            fstab = snap / "etc/fstab"
+            fstab.write_text(fstab.read_text().replace(" / btrfs rw ", " / btrfs ro "))
+            config = snap / "etc/snapper/configs/root"
+            config.write_text(
+                config.read_text().replace('NUMBER_CLEANUP="no"', 'NUMBER_CLEANUP="yes"')
+            )
+            wants = snap / "etc/systemd/system/sysinit.target.wants"
+            (wants / "transactional-update-etc.service").unlink(missing_ok=True)
+            (snap / "usr/lib/systemd/system/transactional-update-etc.service").unlink(
+                missing_ok=True
+            )
+        finally:
+            btrfs.set_read_only(snap, True)
+        info = self.root / ".snapshots/1"
+        for name in ("etc-booted", "etc-sync", "etc-start"):
+            if btrfs.is_subvolume(info / name):
+                btrfs.delete_subvolume(info / name)
+        self.boot_default()
+
     def time_passes(self, seconds: float = 86400) -> None:
         """Date the last repository refresh *seconds* earlier, as if that time had passed (e.g.
         a night between two nightly updates that a test runs seconds apart)."""

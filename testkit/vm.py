@@ -1462,6 +1462,7 @@ fact conf cat /etc/tu-conf.conf
 fact conf_live cat /etc/tu-conf.conf.live
 fact dpkg dpkg-query -W -f '${Status}' tu-conf
 fact etc_unit systemctl show -p ActiveState,Result transactional-update-etc.service
+fact cycles sh -c 'journalctl -b -o cat | grep -i "ordering[ ]cycle"'
 fact references sh -c 'ls /.snapshots/*/ | tr "
 " " "'
 """
@@ -1550,6 +1551,8 @@ def scenario_etc(m: Machine, debs: Path) -> None:
         b,
         b.text("etc_unit"),
     )
+    # (the pattern's brackets keep grep from finding the agent's own log line of this fact)
+    check(b.rc("cycles") != 0, "systemd found no ordering cycle", b, b.text("cycles"))
     log2 = b.json("changelog2")
     synced = _live_merges(log2, "sync")
     check(

@@ -733,28 +733,7 @@ def test_cleanup_removes_nested_etc_subvolumes(system: System) -> None:
 
 
 def _old_layout(system: System) -> None:
-    """Snapshot 1 as a system made before the writable /etc: /etc a plain directory of the
-    read-only snapshot, ``/`` mounted ``ro``, snapper's number cleanup on, no etc unit; then
-    booted again."""
-    snap = system.snapshot(1)
-    btrfs.set_read_only(snap, False)
-    try:
-        sh("cp", "-a", str(snap / "etc"), str(snap / "etc.plain"))
-        sh("btrfs", "subvolume", "delete", str(snap / "etc"))
-        (snap / "etc.plain").rename(snap / "etc")
-        fstab = snap / "etc/fstab"
-        fstab.write_text(fstab.read_text().replace(" / btrfs rw ", " / btrfs ro "))
-        config = snap / "etc/snapper/configs/root"
-        config.write_text(config.read_text().replace('NUMBER_CLEANUP="no"', 'NUMBER_CLEANUP="yes"'))
-        wants = snap / "etc/systemd/system/sysinit.target.wants/transactional-update-etc.service"
-        wants.unlink(missing_ok=True)
-        (snap / "usr/lib/systemd/system/transactional-update-etc.service").unlink(missing_ok=True)
-    finally:
-        btrfs.set_read_only(snap, True)
-    for name in ("etc-booted", "etc-sync", "etc-start"):
-        if btrfs.is_subvolume(info(system, 1) / name):
-            btrfs.delete_subvolume(info(system, 1) / name)
-    system.boot_default()
+    system.plain_etc()
 
 
 def test_setup_etc_migrates_a_system_made_before_the_writable_etc(managed_system: System) -> None:

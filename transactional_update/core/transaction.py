@@ -228,10 +228,12 @@ class Transaction:
 
     def _give_etc(self, base: int) -> None:
         """The fork's own /etc: the live one, or its base's with the live changes merged."""
-        from transactional_update.etc import carry
-
         assert self.number is not None
         managed = self.ctx.managed
+        if not etcvol.has_own_etc(managed.snapshot_dir(base)):
+            return  # a system made before the writable /etc: snapper copied /etc with the rest
+        from transactional_update.etc import carry
+
         booted = managed.booted()
         assert booted is not None
         carried = carry.begin(
@@ -313,6 +315,8 @@ class Transaction:
 
     def _note_conflicts(self) -> None:
         """The committed snapshot's /etc conflicts, where ``status`` shows them."""
+        if not self._conflicts:
+            return
         from transactional_update.record import conflicts
 
         assert self.number is not None
@@ -358,12 +362,12 @@ class Transaction:
 
     def _carry_live(self, fork_dir: Path) -> None:
         """The live /etc's changes since the fork, into it (again at shutdown and boot)."""
-        from transactional_update.etc import carry
-
         assert self.number is not None
         booted = self.ctx.managed.booted()
-        if booted is None:
+        if booted is None or not etcvol.has_own_etc(fork_dir):
             return
+        from transactional_update.etc import carry
+
         try:
             with step("merging the live /etc's changes"):
                 carried = carry.merge_live(

@@ -162,6 +162,8 @@ def merge_live(
     point = etcvol.sync_point(target_dir)
     if point is None or point.live != booted or not etcvol.has_own_etc(root):
         return None
+    if _unchanged_since(root / ETC, point.path):
+        return Carried(target, booted, when, now(), merge.Report())
     fresh = etcvol.info_dir(target_dir) / etcvol.SYNC_NEW
     btrfs.snapshot(root / ETC, fresh, read_only=True)
     at = now()
@@ -172,6 +174,15 @@ def merge_live(
         etcvol.recover(target_dir)  # the new reference goes, or replaces an old one gone already
         raise
     return Carried(target, booted, when, at, report)
+
+
+def _unchanged_since(live: Path, point: Path) -> bool:
+    """Whether nothing changed in *live* since the sync point *point* was taken of it, and the
+    sync point holds what was taken (no failed path put back): btrfs' transaction ids tell,
+    without reading a file."""
+    changed, _ = btrfs.transids(live)
+    point_changed, taken = btrfs.transids(point)
+    return changed <= taken and point_changed <= taken
 
 
 def _advance(

@@ -253,3 +253,16 @@ def generation(subvolume: Path) -> int:
         return int(_lib().subvolume_info(subvolume).generation)
     except Exception as exc:
         raise _fail("cannot read the generation of", subvolume, exc) from exc
+
+
+def transids(subvolume: Path) -> tuple[int, int]:
+    """``(ctransid, otransid)`` of *subvolume*: the btrfs transaction that last changed it and
+    the one that created it, as committed (the pending transaction is committed first: the
+    subvolume's root item on disk is updated only by a commit)."""
+    try:
+        lib = _lib()
+        lib.sync(subvolume)
+        info = lib.subvolume_info(subvolume)
+        return int(info.ctransid), int(info.otransid)
+    except Exception as exc:
+        raise _fail("cannot read the transaction ids of", subvolume, exc) from exc

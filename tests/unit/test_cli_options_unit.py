@@ -49,6 +49,7 @@ EXAMPLES: dict[str, list[str]] = {
     "setup-etc": [],
     "delete": ["3"],
     "sync-etc": [],
+    "health": [],
     "boot-once": ["3"],
     "create-system": ["/tmp/img"],
     "register": [],

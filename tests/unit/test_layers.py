@@ -24,6 +24,7 @@ LAYERS = {
     "packages": 6,
     "boot": 6,
     "reboot": 6,
+    "health": 6,
     "provision": 7,
     "cli": 8,
 }

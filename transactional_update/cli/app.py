@@ -704,6 +704,32 @@ def _reload_systemd(root: Path) -> None:
     run(["systemctl", "daemon-reload"], check=False, what="reload systemd's units")
 
 
+@cli.command("health")
+def health_cmd() -> Step:
+    """Run the health checks (health.d/required and wanted) and print each result."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import ExitCode
+        from transactional_update.health import checks
+
+        ctx = state.ctx
+        report = checks.run_all(ctx.root, ctx.config.health_check_timeout)
+        if state.json:
+            click.echo(
+                json.dumps(
+                    {
+                        "healthy": report.healthy,
+                        "checks": [o.as_json() for o in report.outcomes],
+                    }
+                )
+            )
+        else:
+            click.echo(checks.render(report))
+        return 0 if report.healthy else int(ExitCode.UNHEALTHY)
+
+    return step
+
+
 @cli.command("boot-once")
 @click.argument("number", type=int, metavar="N")
 def boot_once_cmd(number: int) -> Step:

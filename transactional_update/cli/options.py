@@ -340,6 +340,7 @@ COMMANDS: dict[str, int | None] = {
     "setup-boot-fs": 0,
     "setup-etc": 0,
     "sync-etc": 0,
+    "health": 0,
     "boot-once": 1,
     "create-system": 1,
     "register": None,

@@ -83,6 +83,7 @@ class Config:
     update_method: UpdateMethod = UpdateMethod.UP
     package_manager: Manager | None = None  # None: detected in the root
     lock_wait: float = 0.0  # seconds a second invocation waits for the lock before refusing
+    health_check_timeout: float = 60.0  # seconds one health check may run before it is killed
     window: Window = Window()
     # The commands that act on the machine, configurable so that a system managed from elsewhere
     # (--root) can name how it is rebooted, and so that tests record instead of rebooting.
@@ -164,6 +165,16 @@ def _lock_wait(key: str, value: str) -> float:
             f"LOCK_WAIT={value!r} is not a number of seconds", "set LOCK_WAIT=0 to refuse at once"
         )
     return wait
+
+
+def _timeout(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _Bad(f"{key}={value!r} is not a number of seconds", f"set {key}=60, for example")
+    return seconds
 
 
 def _package_manager(key: str, value: str) -> Manager | None:
@@ -372,6 +383,7 @@ KEYS: tuple[Key, ...] = (
     Key("SNAPPER_CONFIG", "snapper_config", _snapper_config, "a snapper config name"),
     Key("SNAPPER_BACKEND", "snapper_backend", _enum(Backend), _choices(Backend)),
     Key("LOCK_WAIT", "lock_wait", _lock_wait, "seconds"),
+    Key("HEALTH_CHECK_TIMEOUT", "health_check_timeout", _timeout, "seconds"),
     Key("REBOOT_COMMAND", "reboot_command", _command, "a command line"),
     Key("KEXEC_LOAD_COMMAND", "kexec_load_command", _command, "a command line (kexec)"),
     Key("KEXEC_COMMAND", "kexec_command", _command, "a command line"),

@@ -890,3 +890,29 @@ def test_setup_etc_without_an_fstab_says_so(managed_system: System) -> None:
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "cannot read" in r.stderr and "etc/fstab" in r.stderr
     assert s.numbers() == [1]
+
+
+def test_delete_removes_a_snapshot_with_its_etc_and_refuses_bad_numbers(
+    managed_system: System,
+) -> None:
+    s = managed_system
+    ok(s.tu("run", "--", "touch", "/etc/two"))
+    ok(s.tu("run", "--", "touch", "/etc/three"))  # 3 the default, built on 2
+    ok(s.tu("rollback", "1"))
+    r = ok(s.tu("--json", "delete", "2", "3"))
+    assert json.loads(r.stdout) == {"deleted": [2, 3]}
+    assert s.numbers() == [1]
+    for gone in (2, 3):
+        assert snapshot_subvolumes(s, gone) == [] and not info(s, gone).exists()
+        assert s.tu("changelog", str(gone)).returncode == 5
+    assert_no_dangling_subvolumes(s)
+    for bad, code, text in (
+        ("1", 5, "snapshot 1 is the booted snapshot and cannot be deleted"),
+        ("99", 5, "snapshot 99 does not exist"),
+        ("0", 5, "snapshot 0 is not a root snapshot"),
+        ("x", 2, "'x' is not a valid integer"),
+    ):
+        r = s.tu("delete", bad)
+        assert (r.returncode, "Traceback" in r.stderr) == (code, False), r.stderr
+        assert text in r.stderr, r.stderr
+    assert s.numbers() == [1]

@@ -36,6 +36,7 @@ from transactional_update.snapshots.system import (
 
 if TYPE_CHECKING:
     from transactional_update.config.settings import Manager
+    from transactional_update.etc.carry import Carried
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class Transaction:
         )
         self._took_live(carried)
 
-    def _took_live(self, carried: Any) -> None:
+    def _took_live(self, carried: Carried | None) -> None:
         if carried is None or carried.empty:
             return
         record = carried.record()
@@ -458,7 +459,7 @@ class Transaction:
             files, files_error = _file_changes(base_dir, fork_dir)
             packages = _package_changes(base_dir, fork_dir, self.ctx.config.package_manager)
         if etc_files is not None:
-            files = [f for f in files if not _in_etc(f["path"])] + etc_files
+            files += etc_files  # file_changes(own_etc=False) left this /etc out
         commands = [
             changelog.Command(c.argv, c.returncode, round(c.duration, 3), c.interactive)
             for c in self.result.commands
@@ -549,10 +550,6 @@ class Transaction:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()
-
-
-def _in_etc(path: str) -> bool:
-    return path == "/etc" or path.startswith("/etc/")
 
 
 def _no_change(files: Sequence[dict[str, Any]]) -> bool:

@@ -180,6 +180,7 @@ def _unchanged_since(live: Path, point: Path) -> bool:
     """Whether nothing changed in *live* since the sync point *point* was taken of it, and the
     sync point holds what was taken (no failed path put back): btrfs' transaction ids tell,
     without reading a file."""
+    btrfs.sync(live)  # one commit makes both root items current (same filesystem)
     changed, _ = btrfs.transids(live)
     point_changed, taken = btrfs.transids(point)
     return changed <= taken and point_changed <= taken

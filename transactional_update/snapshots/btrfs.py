@@ -257,12 +257,10 @@ def generation(subvolume: Path) -> int:
 
 def transids(subvolume: Path) -> tuple[int, int]:
     """``(ctransid, otransid)`` of *subvolume*: the btrfs transaction that last changed it and
-    the one that created it, as committed (the pending transaction is committed first: the
-    subvolume's root item on disk is updated only by a commit)."""
+    the one that created it, as committed (call :func:`sync` first for changes still pending:
+    the subvolume's root item on disk is updated only by a commit)."""
     try:
-        lib = _lib()
-        lib.sync(subvolume)
-        info = lib.subvolume_info(subvolume)
+        info = _lib().subvolume_info(subvolume)
         return int(info.ctransid), int(info.otransid)
     except Exception as exc:
         raise _fail("cannot read the transaction ids of", subvolume, exc) from exc

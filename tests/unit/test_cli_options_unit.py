@@ -50,6 +50,7 @@ EXAMPLES: dict[str, list[str]] = {
     "delete": ["3"],
     "sync-etc": [],
     "health": [],
+    "boot-check": [],
     "boot-once": ["3"],
     "create-system": ["/tmp/img"],
     "register": [],

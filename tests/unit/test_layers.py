@@ -24,8 +24,8 @@ LAYERS = {
     "packages": 6,
     "boot": 6,
     "reboot": 6,
-    "health": 6,
     "provision": 7,
+    "health": 7,
     "cli": 8,
 }
 LEAF = 0

@@ -39,7 +39,7 @@ def installed(tmp_path: Path) -> Path:
     """The units as a packager installs them, starting this checkout's entry point."""
     r = tu("install-units", "--unit-dir", str(tmp_path / "units"), "--exec", str(EXE))
     assert r.returncode == 0, r.stderr
-    assert r.stdout == f"installed 6 unit(s) and 1 drop-in(s) in {tmp_path / 'units'}\n"
+    assert r.stdout == f"installed 7 unit(s) and 1 drop-in(s) in {tmp_path / 'units'}\n"
     return tmp_path / "units"
 
 
@@ -122,6 +122,9 @@ def test_enabling_links_what_wanted_by_names() -> None:
         ),
         "/etc/systemd/system/sysinit.target.wants/transactional-update-etc.service": (
             "/usr/lib/systemd/system/transactional-update-etc.service"
+        ),
+        "/etc/systemd/system/multi-user.target.wants/transactional-update-health.service": (
+            "/usr/lib/systemd/system/transactional-update-health.service"
         ),
     }
     service = next(f for f in got if f.path.endswith("/transactional-update.service"))

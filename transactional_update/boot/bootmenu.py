@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from transactional_update.boot import menustate
 from transactional_update.config import conffile
 from transactional_update.paths import resolve_under
-from transactional_update.record import changelog
+from transactional_update.record import bootstate, changelog
 from transactional_update.snapshots import btrfs, etcvol
 from transactional_update.snapshots.snapinfo import Snapshot, read_all_info
 from transactional_update.snapshots.system import FAILED, IN_PROGRESS, ManagedRoot
@@ -54,6 +54,10 @@ if TYPE_CHECKING:
     from transactional_update.config.settings import Config
 
 SUBMENU_ID = "tu-snapshots"
+# Debian's initramfs reboots after this many seconds instead of waiting at its shell when it
+# cannot find the root, and so does the kernel when it panics: a snapshot that cannot reach user
+# space uses up its tries by itself, with nobody at the console.
+PANIC_REBOOT = "panic=10"
 MAIN_ID = menustate.MAIN_ID
 
 
@@ -133,12 +137,28 @@ class Entry:
     default: bool = False
     booted: bool = False
     important: bool = False
+    known_good: bool = False
+    failed_boot: bool = False
 
 
 @dataclass(frozen=True)
 class LeftOut:
     number: int
     reason: str  # fixed text of this module only: it goes into a comment of the script
+
+
+@dataclass(frozen=True)
+class Counting:
+    """GRUB's count-down for the default snapshot on trial (see :mod:`.counting`)."""
+
+    trial: int  # the snapshot the main entry boots
+    tries: int  # BOOT_TRIES: where the count starts
+    fallback: int  # the known-good snapshot
+    fallback_entry: str  # its submenu entry, as GRUB's ``default`` names it
+
+    def steps(self) -> list[tuple[int, int]]:
+        """(tries left, after this boot) from the top down: GRUB has no arithmetic."""
+        return [(n, n - 1) for n in range(self.tries, 1, -1)]
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,7 @@ class Menu:
     limit: int
     left_out: tuple[LeftOut, ...] = ()
     notes: tuple[str, ...] = field(default=())  # fixed text of this module only
+    counting: Counting | None = None
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -250,13 +271,24 @@ def kernel_args(fs_uuid: str, subvol: str | None, defaults: dict[str, str]) -> t
     return tuple(args + rest)
 
 
-def entry_title(s: Snapshot, summary: str | None, default: bool, booted: bool) -> str:
+def entry_title(
+    s: Snapshot,
+    summary: str | None,
+    default: bool,
+    booted: bool,
+    known_good: bool = False,
+    failed_boot: bool = False,
+) -> str:
     desc = s.description
     if summary and summary not in desc:
         desc = f"{desc} · {summary}" if desc else summary
     marks = [m for m, on in (("booted", booted), ("default", default)) if on]
     if s.userdata.get("important") == "yes":
         marks.append("important")
+    if known_good:
+        marks.append("known-good")
+    if failed_boot:
+        marks.append("failed boot")
     date = s.date.strftime("%Y-%m-%d %H:%M") if s.date else ""
     parts = [f"Snapshot {s.number}", date, desc]
     title = " · ".join(p for p in parts if p)
@@ -333,10 +365,14 @@ def build(
     flavour: Flavour,
     title: str,
     limit: int,
+    known_good: int | None = None,
+    failed_boots: frozenset[int] = frozenset(),
+    boot_tries: int = 0,
 ) -> Menu:
     """The menu from the snapshots and what is inside them (pure: unit-tested with fakes).
 
-    *store* is the snapper store's path from the top level (``@/.snapshots``).
+    *store* is the snapper store's path from the top level (``@/.snapshots``).  With
+    *boot_tries*, a default other than *known_good* is counted down and falls back to it.
     """
     src = _Sources(
         {s.number: s for s in snapshots},
@@ -346,20 +382,36 @@ def build(
         store,
         booted,
         default,
+        known_good,
+        failed_boots,
+        boot_tries > 0,
     )
     bootable, unfinished = _bootable(snapshots)
     main, notes = _main_entry(src, bootable)
     listed, no_kernel = _listed(src, bootable, limit)
+    entries = _submenu(src, listed)
     return Menu(
         fs_uuid=fs_uuid,
         flavour=flavour,
         main=main,
         submenu_title=title,
-        entries=_submenu(src, listed),
+        entries=entries,
         limit=limit,
         left_out=tuple(sorted([*unfinished, *no_kernel], key=lambda x: x.number)),
         notes=notes,
+        counting=_counting(main, entries, known_good, boot_tries),
     )
+
+
+def _counting(
+    main: Entry | None, entries: tuple[Entry, ...], good: int | None, tries: int
+) -> Counting | None:
+    """The count-down when the main entry boots another snapshot than the listed known-good."""
+    if tries <= 0 or main is None or good is None or main.number == good:
+        return None
+    if not any(e.number == good for e in entries):
+        return None  # no entry to fall back to: counting down would only delay the same boot
+    return Counting(main.number, tries, good, next_entry_for(good))
 
 
 @dataclass(frozen=True)
@@ -373,6 +425,10 @@ class _Sources:
     store: str
     booted: int | None
     default: int | None
+    known_good: int | None = None
+    failed_boots: frozenset[int] = frozenset()
+    # A panicking kernel reboots (panic=): a snapshot on trial uses its tries up by itself.
+    reboot_on_panic: bool = False
 
 
 def _bootable(snapshots: Sequence[Snapshot]) -> tuple[list[int], list[LeftOut]]:
@@ -410,7 +466,9 @@ def _listed(src: _Sources, bootable: list[int], limit: int) -> tuple[list[int], 
     """
     # Newest first until the limit is reached: only the snapshots that could be listed are
     # looked into, so a thousand snapshots cost no more than the menu's twenty.
-    keep = [n for n in dict.fromkeys((src.default, src.booted)) if n is not None and n in bootable]
+    # The known-good snapshot too: GRUB falls back to its entry.
+    wanted = (src.default, src.booted, src.known_good)
+    keep = [n for n in dict.fromkeys(wanted) if n is not None and n in bootable]
     chosen: list[int] = []
     left_out: list[LeftOut] = []
     for n in [*keep, *sorted(set(bootable) - set(keep), reverse=True)]:
@@ -437,23 +495,29 @@ def _entry(src: _Sources, n: int, in_submenu: bool) -> Entry | None:
         return None
     top = f"/{src.store.strip('/')}/{n}/snapshot"
     s = src.by_number[n]
+    good, failed = n == src.known_good, n in src.failed_boots
+    args = kernel_args(src.fs_uuid, top.lstrip("/"), f.defaults)
+    if src.reboot_on_panic and not any(a.startswith("panic=") for a in args):
+        args += (PANIC_REBOOT,)
     return Entry(
         number=n,
         id=entry_id(n) if in_submenu else MAIN_ID,
         title=(
-            entry_title(s, src.summaries(n), n == src.default, n == src.booted)
+            entry_title(s, src.summaries(n), n == src.default, n == src.booted, good, failed)
             if in_submenu
             else one_line(f.os_name)
         ),
         kernel=f.kernel,
         linux_path=top + f.kernel.linux,
         initrd_path=top + f.kernel.initrd if f.kernel.initrd else None,
-        args=kernel_args(src.fs_uuid, top.lstrip("/"), f.defaults),
+        args=args,
         date=s.date.isoformat() if s.date else "",
         description=s.description,
         default=n == src.default,
         booted=n == src.booted,
         important=s.userdata.get("important") == "yes",
+        known_good=good,
+        failed_boot=failed,
     )
 
 
@@ -481,6 +545,7 @@ def detect_flavour(root: Path) -> Flavour:
 def menu_for(managed: ManagedRoot, config: Config) -> Menu:
     """Read the managed root and build its menu."""
     root = managed.root
+    health = bootstate.load(root)
     return build(
         read_all_info(root),
         lambda n: read_snapshot(managed.snapshot_dir(n)),
@@ -492,6 +557,9 @@ def menu_for(managed: ManagedRoot, config: Config) -> Menu:
         flavour=detect_flavour(root),
         title=config.boot_menu_title,
         limit=config.boot_menu_limit,
+        known_good=bootstate.known_good(health),
+        failed_boots=frozenset(bootstate.failures(health)),
+        boot_tries=config.boot_tries,
     )
 
 
@@ -518,6 +586,7 @@ def render(menu: Menu) -> str:
         submenu_id=Raw(SUBMENU_ID),
         left_out=[(x.number, Raw(x.reason)) for x in menu.left_out],
         notes=[Raw(n) for n in menu.notes],
+        counting=menu.counting,
     )
 
 
@@ -536,6 +605,8 @@ def to_json(menu: Menu) -> dict[str, Any]:
             "default": e.default,
             "booted": e.booted,
             "important": e.important,
+            "known_good": e.known_good,
+            "failed_boot": e.failed_boot,
             "next_entry": next_entry_for(e.number) if e.id != MAIN_ID else MAIN_ID,
         }
 
@@ -547,4 +618,14 @@ def to_json(menu: Menu) -> dict[str, Any]:
         "entries": [entry(e) for e in menu.entries],
         "left_out": [{"number": x.number, "reason": x.reason} for x in menu.left_out],
         "notes": list(menu.notes),
+        "counting": (
+            {
+                "trial": menu.counting.trial,
+                "tries": menu.counting.tries,
+                "fallback": menu.counting.fallback,
+                "fallback_entry": menu.counting.fallback_entry,
+            }
+            if menu.counting
+            else None
+        ),
     }

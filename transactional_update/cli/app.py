@@ -469,6 +469,7 @@ def rollback_cmd(target: str | None) -> Placed:
                         "previous_default": res.previous_default,
                         "etc_left_behind": res.left_behind,
                         "etc_left_in": res.left_in,
+                        "boot_failed": res.boot_failed,
                     }
                 )
             )
@@ -706,14 +707,13 @@ def _reload_systemd(root: Path) -> None:
 
 @cli.command("health")
 def health_cmd() -> Step:
-    """Run the health checks (health.d/required and wanted) and print each result."""
+    """Run the health checks (built-in, health.d/required and wanted) and print each result."""
 
     def step(state: State) -> int:
         from transactional_update.errors import ExitCode
-        from transactional_update.health import checks
+        from transactional_update.health import bootcheck, checks
 
-        ctx = state.ctx
-        report = checks.run_all(ctx.root, ctx.config.health_check_timeout)
+        report = bootcheck.examine(state.ctx)
         if state.json:
             click.echo(
                 json.dumps(
@@ -726,6 +726,27 @@ def health_cmd() -> Step:
         else:
             click.echo(checks.render(report))
         return 0 if report.healthy else int(ExitCode.UNHEALTHY)
+
+    return step
+
+
+@cli.command("boot-check")
+@with_options("boot-check")
+def boot_check_cmd(no_reboot: bool) -> Step:
+    """Judge this boot (transactional-update-health.service runs it): a healthy default becomes
+    known-good; an unhealthy new one is rolled back to the known-good snapshot and rebooted."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import ExitCode
+        from transactional_update.health import bootcheck, checks
+
+        result = bootcheck.boot_check(state.ctx, reboot=not no_reboot)
+        if state.json:
+            click.echo(json.dumps(result.as_json()))
+        elif not state.opts.get("quiet", False):
+            click.echo(checks.render(result.report))
+            click.echo(bootcheck.verdict_text(result))
+        return 0 if result.report.healthy else int(ExitCode.UNHEALTHY)
 
     return step
 

@@ -52,12 +52,13 @@ class State:
     @property
     def ctx(self) -> Context:
         if self._ctx is None:
+            from transactional_update.boot.counting import start_trial
             from transactional_update.boot.menu import follow_default
             from transactional_update.core.context import open_context
             from transactional_update.log import attach_file
 
-            # GRUB's menu follows every change of the default (see Context.after_default).
-            self._ctx = open_context(self.root, after_default=(follow_default,))
+            # A new default goes on trial, then GRUB's menu follows it (Context.after_default).
+            self._ctx = open_context(self.root, after_default=(start_trial, follow_default))
             attach_file(self.root)
         return self._ctx
 

@@ -242,6 +242,14 @@ OPTIONS: tuple[Option, ...] = (
         commands=("cleanup",),
     ),
     Option(
+        ("--no-reboot",),
+        "no_reboot",
+        F,
+        "After rolling an unhealthy snapshot back, leave the reboot to the admin.",
+        default=False,
+        commands=("boot-check",),
+    ),
+    Option(
         ("--size",),
         "size",
         V,
@@ -341,6 +349,7 @@ COMMANDS: dict[str, int | None] = {
     "setup-etc": 0,
     "sync-etc": 0,
     "health": 0,
+    "boot-check": 0,
     "boot-once": 1,
     "create-system": 1,
     "register": None,

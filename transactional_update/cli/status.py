@@ -8,15 +8,16 @@ default, so it stays fast with thousands of snapshots.
 
 from __future__ import annotations
 
-from transactional_update.boot import menustate
+from transactional_update.boot import grubenv, menustate
 from transactional_update.core.lock import Lock, noted_forks
 from transactional_update.errors import TUError
-from transactional_update.record import conflicts
+from transactional_update.record import bootstate, conflicts
 from transactional_update.record.summary import read_facts
 from transactional_update.snapshots import btrfs, leftovers
 from transactional_update.snapshots.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
 from transactional_update.snapshots.system import snapshot_number
 
+FAILED_BOOT = "tu-boot"  # snapper userdata of a snapshot that failed to boot (health.bootcheck)
 BASE = "tu-base"  # snapper userdata: the snapshot a transaction forked (record.changelog.userdata)
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
@@ -32,6 +33,7 @@ class Status:
     import alone would cost ``status`` a third of its run time (see :mod:`snapshots.snapinfo`)."""
 
     __slots__ = (
+        "boot",
         "boot_menu",
         "booted",
         "default",
@@ -63,6 +65,7 @@ class Status:
         boot_menu: dict[str, Any] | None = None,  # None: no boot menu; else whether it is stale
         etc_writable: bool = True,  # the booted snapshot has its own /etc (snapshots.etcvol)
         etc_conflicts: list[dict[str, Any]] | None = None,  # open live /etc conflicts
+        boot: dict[str, Any] | None = None,  # trial, known-good, failures (boot_state)
     ) -> None:
         self.booted = booted
         self.default = default
@@ -77,6 +80,7 @@ class Status:
         self.boot_menu = boot_menu
         self.etc_writable = etc_writable
         self.etc_conflicts = etc_conflicts or []
+        self.boot = boot or {}
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -122,7 +126,41 @@ def get_status(managed: ManagedRoot) -> Status:
         menustate.state(managed.root, default),
         btrfs.is_subvolume(managed.root / "etc"),
         conflicts.open_conflicts(managed.root),
+        boot_state(managed.root),
     )
+
+
+def boot_state(root: Path) -> dict[str, Any]:
+    """The trial (GRUB's environment block), the known-good snapshot and the failures."""
+    data = bootstate.load(root)
+    trial: dict[str, Any] = {}
+    for rel in menustate.GRUB_DIRS:
+        env = root / rel / "grubenv"
+        if env.is_file():
+            try:
+                values = grubenv.parse(env.read_bytes())
+            except (OSError, ValueError):
+                break
+            number, tries = values.get("tu_trial", ""), values.get("tu_tries", "")
+            if number.isdigit():
+                trial = {
+                    "snapshot": int(number),
+                    "tries_left": int(tries) if tries.isdigit() else 0,
+                }
+            break
+    last = data.get("last_check")
+    return {
+        "known_good": bootstate.known_good(data),
+        "known_good_since": (data.get("known_good") or {}).get("at"),
+        "trial": trial or None,
+        "failed": {str(n): f for n, f in sorted(bootstate.failures(data).items())},
+        "notice": bootstate.notice(data),
+        "last_check": (
+            {k: last.get(k) for k in ("snapshot", "at", "healthy", "failed")}
+            if isinstance(last, dict)
+            else None
+        ),
+    }
 
 
 def _subvolume_name(path: str) -> str:
@@ -183,6 +221,7 @@ def status_json(st: Status) -> dict[str, Any]:
         "foreign_default": st.foreign_default,
         "etc_writable": st.etc_writable,
         "etc_conflicts": st.etc_conflicts,
+        "boot": st.boot or None,
     }
 
 
@@ -204,7 +243,11 @@ def _base(info: Snapshot | None) -> int | None:
 
 
 def status_text(st: Status) -> str:
-    lines = [_line("booted:", st.booted, st.snapshots), _line("default:", st.default, st.snapshots)]
+    lines = notice_lines(st.boot)
+    lines += [
+        _line("booted:", st.booted, st.snapshots),
+        _line("default:", st.default, st.snapshots),
+    ]
     if st.pending is not None:
         change = f" ({st.pending_summary})" if st.pending_summary else ""
         how = "a full reboot (its packages ask for one)" if st.pending_reboot else "reboot"
@@ -220,6 +263,7 @@ def status_text(st: Status) -> str:
         lines.append(f"running:  a transaction ({st.running})")
     lines += leftover_lines(st.leftovers)
     lines += etc_lines(st)
+    lines += boot_lines(st.boot, st.default)
     menu = st.boot_menu
     if menu is not None and menu["stale"]:
         since = f" since {menu['since']}" if menu["since"] else ""
@@ -228,6 +272,43 @@ def status_text(st: Status) -> str:
             "cleanup refreshes it (now: transactional-update cleanup --prune-only)"
         )
     return "\n".join(lines)
+
+
+def _clock(at: str | None) -> str:
+    """``2026-11-30T03:14:05+00:00`` as ``2026-11-30 03:14`` (what the admin reads)."""
+    return (at or "")[:16].replace("T", " ")
+
+
+def notice_lines(boot: dict[str, Any]) -> list[str]:
+    """What ``status`` leads with after an automatic rollback, until a later update passes."""
+    n = boot.get("notice")
+    if not n:
+        return []
+    return [
+        f"snapshot {n['snapshot']} failed to boot ({n.get('reason', '')}); rolled back to "
+        f"{n.get('rolled_back_to')} at {_clock(n.get('at'))}"
+    ]
+
+
+def boot_lines(boot: dict[str, Any], default: int | None) -> list[str]:
+    lines = []
+    good, trial = boot.get("known_good"), boot.get("trial")
+    if trial and trial["snapshot"] == default and trial["snapshot"] != good:
+        fallback = f"then known-good snapshot {good} boots" if good else "no fallback yet"
+        lines.append(
+            f"boot:     snapshot {trial['snapshot']} is on trial ({trial['tries_left']} "
+            f"boot(s) left, {fallback})"
+        )
+    elif good is not None:
+        since = _clock(boot.get("known_good_since"))
+        lines.append(f"boot:     snapshot {good} is known-good (since {since})")
+    last = boot.get("last_check")
+    if last and not last.get("healthy"):
+        lines.append(
+            f"health:   the check of snapshot {last.get('snapshot')} at {_clock(last.get('at'))} "
+            f"failed: {' '.join(last.get('failed') or [])} (details: transactional-update health)"
+        )
+    return lines
 
 
 def etc_lines(st: Status) -> list[str]:
@@ -274,7 +355,7 @@ def leftover_lines(found: leftovers.Leftovers) -> list[str]:
 
 
 def marks(s: Snapshot, booted: int | None, default: int | None) -> str:
-    m = ""
+    m = "x" if s.userdata.get(FAILED_BOOT) == "failed" else ""
     if s.number == booted:
         m += "-"
     if s.number == default:
@@ -310,5 +391,8 @@ def list_text(snaps: list[Snapshot], booted: int | None, default: int | None) ->
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
     out = [f"{r[0]:>{w0}} {r[1]:<{w1}} | {r[2]:<{w2}} | {r[3]}".rstrip() for r in rows]
-    out.append("marks: - booted, + default (boots next), * booted and default, ! in progress")
+    out.append(
+        "marks: - booted, + default (boots next), * booted and default, ! in progress, "
+        "x failed to boot"
+    )
     return "\n".join(out)

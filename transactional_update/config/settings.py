@@ -50,6 +50,14 @@ class RebootMethod(StrEnum):
     NONE = "none"
 
 
+class FailedUnits(StrEnum):
+    """What a unit that failed at boot means for the boot check (HEALTH_FAILED_UNITS)."""
+
+    REQUIRED = "required"  # a bad boot
+    WANTED = "wanted"  # a warning
+    IGNORE = "ignore"
+
+
 class UpdateMethod(StrEnum):
     UP = "up"
     DUP = "dup"
@@ -84,6 +92,14 @@ class Config:
     package_manager: Manager | None = None  # None: detected in the root
     lock_wait: float = 0.0  # seconds a second invocation waits for the lock before refusing
     health_check_timeout: float = 60.0  # seconds one health check may run before it is killed
+    # Units that must be active once the system is up; the boot check fails without them.
+    health_required_units: tuple[str, ...] = ()
+    # Any failed unit is only a warning by default: one flaky unit that fails on every
+    # snapshot alike would otherwise turn away every update.
+    health_failed_units: FailedUnits = FailedUnits.WANTED
+    # How often GRUB boots a new default before it falls back to the last known-good snapshot
+    # (0: no boot counting).
+    boot_tries: int = 3
     window: Window = Window()
     # The commands that act on the machine, configurable so that a system managed from elsewhere
     # (--root) can name how it is rebooted, and so that tests record instead of rebooting.
@@ -175,6 +191,31 @@ def _timeout(key: str, value: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise _Bad(f"{key}={value!r} is not a number of seconds", f"set {key}=60, for example")
     return seconds
+
+
+def _units(key: str, value: str) -> tuple[str, ...]:
+    import re
+
+    units = tuple(value.split())
+    for unit in units:
+        if not re.fullmatch(r"[A-Za-z0-9:_.\\@-]+", unit) or unit.startswith("-"):
+            raise _Bad(
+                f"{key}: {unit!r} is not a unit name",
+                f'list unit names separated by spaces, e.g. {key}="sshd.service nginx.service"',
+            )
+    return tuple(u if "." in u else f"{u}.service" for u in units)
+
+
+MAX_BOOT_TRIES = 9  # GRUB counts down with one branch per value (it has no arithmetic)
+
+
+def _boot_tries(key: str, value: str) -> int:
+    if not value.isdigit() or not value.isascii() or int(value) > MAX_BOOT_TRIES:
+        raise _Bad(
+            f"{key}={value!r} is not a number of tries from 0 to {MAX_BOOT_TRIES}",
+            f"set {key}=3, for example (0: no boot counting)",
+        )
+    return int(value)
 
 
 def _package_manager(key: str, value: str) -> Manager | None:
@@ -384,6 +425,14 @@ KEYS: tuple[Key, ...] = (
     Key("SNAPPER_BACKEND", "snapper_backend", _enum(Backend), _choices(Backend)),
     Key("LOCK_WAIT", "lock_wait", _lock_wait, "seconds"),
     Key("HEALTH_CHECK_TIMEOUT", "health_check_timeout", _timeout, "seconds"),
+    Key("HEALTH_REQUIRED_UNITS", "health_required_units", _units, "unit names"),
+    Key(
+        "HEALTH_FAILED_UNITS",
+        "health_failed_units",
+        _enum(FailedUnits),
+        _choices(FailedUnits),
+    ),
+    Key("BOOT_TRIES", "boot_tries", _boot_tries, f"0 to {MAX_BOOT_TRIES}; 0: no boot counting"),
     Key("REBOOT_COMMAND", "reboot_command", _command, "a command line"),
     Key("KEXEC_LOAD_COMMAND", "kexec_load_command", _command, "a command line (kexec)"),
     Key("KEXEC_COMMAND", "kexec_command", _command, "a command line"),

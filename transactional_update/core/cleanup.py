@@ -30,7 +30,7 @@ from transactional_update.config import conffile
 from transactional_update.core.context import Context, Followup
 from transactional_update.core.lock import Lock
 from transactional_update.errors import ConfigError, LockedError, SnapshotError, SystemError_
-from transactional_update.record import changelog
+from transactional_update.record import bootstate, changelog
 from transactional_update.snapshots import btrfs, etcvol, leftovers
 from transactional_update.snapshots.snapinfo import Snapshot
 from transactional_update.snapshots.system import IN_PROGRESS
@@ -127,6 +127,9 @@ def cleanup(ctx: Context) -> CleanupResult:
         booted, default = managed.booted(), managed.default()
         protected = {n for n in (booted, default) if n is not None}
         protected |= _etc_sources(ctx, booted, default)  # their /etc changes are still to come
+        good = bootstate.known_good(bootstate.load(ctx.root))
+        if good is not None:
+            protected.add(good)  # GRUB falls back to it when a new default does not boot
         snaps = ctx.snapper.list_snapshots()
         # We hold the lock, so an in-progress mark can only belong to a transaction that died.
         found = leftovers.find(managed, booted, default)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
 from transactional_update.errors import SnapshotError, UsageError
-from transactional_update.record import state
+from transactional_update.record import bootstate, state
 from transactional_update.snapshots import btrfs, etcvol, leftovers
 from transactional_update.snapshots.system import require_finished
 
@@ -30,6 +31,8 @@ class RollbackResult:
     # not get (None: not known; empty: nothing), and where it stays.
     left_behind: list[str] | None = None
     left_in: str | None = None
+    # Why and when the chosen snapshot failed to boot before (None: it never did).
+    boot_failed: dict[str, Any] | None = None
 
 
 def parse_target(text: str | None) -> int | str | None:
@@ -83,7 +86,16 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
         log.info("rollback: snapshot %d is the new default (was %s)", number, default)
         ctx.default_changed()  # GRUB's main entry follows; never raises
         behind, where = _left_behind(ctx, number)
-        return RollbackResult(number, default, behind, where)
+        failed = bootstate.failures(bootstate.load(ctx.root)).get(number)
+        if failed is not None:
+            log.warning(
+                "snapshot %d failed to boot at %s (%s); the boot check will not roll it back "
+                "automatically again",
+                number,
+                failed.get("at"),
+                failed.get("reason"),
+            )
+        return RollbackResult(number, default, behind, where, failed)
 
 
 def _left_behind(ctx: Context, number: int) -> tuple[list[str] | None, str | None]:

@@ -32,8 +32,10 @@ UNITS = (
     "transactional-update-cleanup.timer",
     "transactional-update-reboot-manager.service",
     "transactional-update-etc.service",
+    "transactional-update-health.service",
 )
 ETC_UNIT = "transactional-update-etc.service"
+HEALTH_UNIT = "transactional-update-health.service"
 # Drop-ins for units other packages ship, as paths relative to the unit directory.
 DROP_INS = ("snapper-cleanup.service.d/transactional-update.conf",)
 UNIT_DIR = "/usr/lib/systemd/system"

@@ -60,6 +60,9 @@ class Entry:
     boot_menu: str | None = None
     # Live /etc changes merged in (etc.carry.Carried.record), at fork, commit, shutdown or boot.
     live_etc: list[dict[str, Any]] = field(default_factory=list)
+    # What its boots showed: {"event": "known-good" | "failed", "at", and for a failure
+    # "reason", "how" (boot-counting, health-check) and "rolled_back_to"}.
+    boot: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         return summarize(self.packages, self.files, self.files_error)
@@ -139,6 +142,7 @@ def from_json(data: dict[str, Any]) -> Entry:
         reboot=data.get("reboot"),
         boot_menu=data.get("boot_menu"),
         live_etc=list(data.get("live_etc", [])),
+        boot=list(data.get("boot", [])),
     )
 
 
@@ -148,6 +152,15 @@ def add_live_etc(root: Path, number: int, merged: dict[str, Any]) -> bool:
     if entry is None:
         return False
     save(root, replace(entry, live_etc=[*entry.live_etc, merged]))
+    return True
+
+
+def add_boot_event(root: Path, number: int, event: dict[str, Any]) -> bool:
+    """Append what a boot of snapshot *number* showed to its entry (False: it has none)."""
+    entry = load(root, number)
+    if entry is None:
+        return False
+    save(root, replace(entry, boot=[*entry.boot, event]))
     return True
 
 
@@ -226,7 +239,17 @@ def render(entry: Entry) -> str:
     if entry.boot_menu is not None:
         lines.append(f"  boot menu: {entry.boot_menu}")
     lines += [line for merged in entry.live_etc for line in render_live_etc(merged)]
+    lines += [render_boot_event(event) for event in entry.boot]
     return "\n".join(lines)
+
+
+def render_boot_event(event: dict[str, Any]) -> str:
+    if event.get("event") == "failed":
+        return (
+            f"  boot: FAILED at {event.get('at')}: {event.get('reason')}; "
+            f"rolled back to {event.get('rolled_back_to')} ({event.get('how')})"
+        )
+    return f"  boot: {event.get('event')} at {event.get('at')}"
 
 
 def render_live_etc(merged: dict[str, Any]) -> list[str]:

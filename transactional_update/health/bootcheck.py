@@ -1,0 +1,339 @@
+"""``boot-check``: what every boot ends with (``transactional-update-health.service``).
+
+1. **Settle a fallback.**  GRUB spent the tries of the snapshot on trial and booted the
+   known-good one (:mod:`boot.counting`): the known-good snapshot becomes the default again,
+   and the one on trial is marked "failed boot" - it never reached user space.
+2. **Examine.**  The built-in checks and the admin's and packages' health.d checks.
+3. **Record** the report (``/var/lib/transactional-update/boot-health.json``).
+4. **Judge.**  Healthy: the booted default is known-good from now on, and its trial ends.
+   Unhealthy: a default that is not known-good is marked failed, the known-good snapshot
+   becomes the default again and the machine reboots with ``REBOOT_METHOD``; at most once per
+   snapshot (one the admin makes the default again is not rolled back twice), never away from
+   the known-good snapshot itself (nothing older is known to work: it only reports), and never
+   after a one-time boot of another snapshot than the default.
+5. **Tell** the admin (``NOTIFY_COMMAND``) whenever a snapshot failed, and **reboot** after a
+   rollback.
+
+A snapshot counts as "on trial" whenever it is the default and not the known-good one: every
+default that passes a check becomes known-good, so a default that is not has never passed one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from transactional_update.boot import counting
+from transactional_update.core.context import Context
+from transactional_update.core.lock import Lock
+from transactional_update.errors import TUError
+from transactional_update.health import builtin, checks
+from transactional_update.paths import resolve_under
+from transactional_update.proc import run
+from transactional_update.record import bootstate, changelog
+from transactional_update.snapshots import btrfs, etcvol
+
+log = logging.getLogger(__name__)
+
+# A transaction running at boot (a timer that caught up) holds the lock for minutes; the check
+# waits for it rather than fail the boot's verdict.
+LOCK_WAIT = 600.0
+FAILED_MARK = "tu-boot"  # snapper userdata of a snapshot that failed to boot: "failed"
+# What tells kured and openSUSE's tools that a reboot is due: after a rollback the running
+# system is what boots next, so neither may linger.
+REBOOT_MARKERS = ("/var/run/reboot-required", "/run/reboot-needed")
+
+
+class Verdict(StrEnum):
+    GOOD = "known-good"  # healthy, the default: known-good from now on
+    VISIT = "visit"  # healthy, a one-time boot of another snapshot: nothing changes
+    ROLLED_BACK = "rolled-back"  # unhealthy: the known-good snapshot is the default again
+    REPORTED = "reported"  # unhealthy, and no rollback is due (``why`` says why)
+
+
+@dataclass(frozen=True)
+class Facts:
+    booted: int | None
+    default: int | None
+    trial: counting.Trial
+    known_good: int | None
+    failures: dict[int, dict[str, Any]]
+
+
+@dataclass
+class Result:
+    report: checks.Report
+    verdict: Verdict = Verdict.REPORTED
+    booted: int | None = None
+    known_good: int | None = None
+    fell_back: int | None = None  # the snapshot GRUB gave up on, settled at this boot
+    failed: int | None = None  # the snapshot this boot marked failed
+    rolled_back_to: int | None = None
+    why: str = ""  # why an unhealthy boot was not rolled back
+    reason: str = ""  # why the snapshot failed
+    reboot: str | None = None  # what the reboot method did
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.report.healthy,
+            "verdict": str(self.verdict),
+            "booted": self.booted,
+            "known_good": self.known_good,
+            "fell_back": self.fell_back,
+            "failed": self.failed,
+            "reason": self.reason or None,
+            "rolled_back_to": self.rolled_back_to,
+            "not_rolled_back": self.why or None,
+            "reboot": self.reboot,
+            "checks": [o.as_json() for o in self.report.outcomes],
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def boot_check(ctx: Context, *, reboot: bool = True) -> Result:
+    """The steps above; *reboot* False leaves the reboot after a rollback to the admin."""
+    fell_back = settle_fallback(ctx, observe(ctx))
+    facts = observe(ctx)
+    report = examine(ctx)
+    record(ctx, facts, report)
+    result = Result(report, booted=facts.booted, fell_back=fell_back)
+    if fell_back is not None:
+        result.failed = fell_back
+        result.reason = facts.failures.get(fell_back, {}).get("reason", "")
+    if report.healthy:
+        accept(ctx, facts, result)
+    else:
+        reject(ctx, facts, report, result)
+    tell(ctx, result)
+    if result.verdict is Verdict.ROLLED_BACK and reboot:
+        result.reboot = reboot_now(ctx)
+    return result
+
+
+def observe(ctx: Context) -> Facts:
+    data = bootstate.load(ctx.root)
+    return Facts(
+        ctx.managed.booted(),
+        ctx.managed.default(),
+        counting.read(ctx.root),
+        bootstate.known_good(data),
+        bootstate.failures(data),
+    )
+
+
+def examine(ctx: Context) -> checks.Report:
+    """The built-in checks, then every health.d check."""
+    timeout = ctx.config.health_check_timeout
+    found = builtin.run_builtin(ctx.root, ctx.managed, ctx.config)
+    found += [checks.run_check(c, ctx.root, timeout) for c in checks.discover(ctx.root)]
+    return checks.Report(tuple(found))
+
+
+def fell_back(facts: Facts) -> bool:
+    """GRUB booted the known-good snapshot because the default's tries were spent."""
+    trial = facts.trial
+    return (
+        trial.number is not None
+        and trial.number == facts.default
+        and trial.tries == 0
+        and facts.booted is not None
+        and facts.booted != facts.default
+        and facts.booted in (trial.good, facts.known_good)
+    )
+
+
+def settle_fallback(ctx: Context, facts: Facts) -> int | None:
+    """After GRUB's fallback: the booted snapshot is the default again; the failed one marked."""
+    if not fell_back(facts):
+        return None
+    failed, booted = facts.default, facts.booted
+    assert failed is not None and booted is not None
+    tries = ctx.config.boot_tries
+    reason = f"did not reach user space in {tries} {'try' if tries == 1 else 'tries'}"
+    with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+        make_default(ctx, booted)
+        mark_failed(ctx, failed, reason, how="boot-counting", rolled_back_to=booted)
+        ctx.default_changed()  # the trial ends (known-good is the default) and the menu follows
+    log.error("snapshot %d %s; rolled back to %d", failed, reason, booted)
+    return failed
+
+
+def record(ctx: Context, facts: Facts, report: checks.Report) -> None:
+    check = {
+        "snapshot": facts.booted,
+        "at": _now(),
+        "healthy": report.healthy,
+        "failed": [o.check.id for o in report.failed],
+        "checks": [o.as_json() for o in report.outcomes],
+    }
+    try:
+        bootstate.save(ctx.root, bootstate.with_check(bootstate.load(ctx.root), check))
+    except OSError as exc:
+        log.warning("cannot record the boot check: %s", exc.strerror or exc)
+
+
+def accept(ctx: Context, facts: Facts, result: Result) -> None:
+    """A healthy boot of the default makes it known-good and ends its trial."""
+    booted = facts.booted
+    result.known_good = facts.known_good
+    if booted is None or booted != facts.default:
+        result.verdict = Verdict.VISIT
+        return
+    result.verdict = Verdict.GOOD
+    result.known_good = booted
+    on_trial = booted != facts.known_good
+    with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+        data = bootstate.load(ctx.root)
+        bootstate.save(ctx.root, bootstate.with_known_good(data, booted, _now(), on_trial))
+        counting.end_trial(ctx.root, booted)
+        if on_trial:
+            changelog.add_boot_event(ctx.root, booted, {"event": "known-good", "at": _now()})
+            ctx.default_changed()  # the menu's marks and its fallback follow
+    if on_trial:
+        log.info("snapshot %d passed its boot check: it is known-good", booted)
+
+
+def no_rollback(facts: Facts) -> str | None:
+    """Why an unhealthy boot is not rolled back (None: it is)."""
+    booted, good = facts.booted, facts.known_good
+    if booted is None or booted != facts.default:
+        return "a one-time boot of another snapshot than the default is never rolled back"
+    if good is None:
+        return "no snapshot is known-good yet: there is nothing to roll back to"
+    if booted == good:
+        return f"snapshot {booted} is the known-good snapshot: nothing older is known to work"
+    if facts.failures.get(booted, {}).get("automatic_rollbacks", 0) >= 1:
+        return (
+            f"snapshot {booted} was rolled back automatically once already; "
+            "it is the default again by choice"
+        )
+    return None
+
+
+def reject(ctx: Context, facts: Facts, report: checks.Report, result: Result) -> None:
+    """An unhealthy default on trial: marked failed, the known-good snapshot the default."""
+    reason = failure_reason(report)
+    result.known_good = facts.known_good
+    why = no_rollback(facts)
+    if why is None:
+        good = facts.known_good
+        assert good is not None and facts.booted is not None
+        target = ctx.managed.snapshot_dir(good)
+        if not target.is_dir() or etcvol.lacks_etc(target):
+            why = f"known-good snapshot {good} is gone or cannot boot"
+    if why is not None:
+        result.verdict, result.why, result.reason = Verdict.REPORTED, why, reason
+        log.error("snapshot %s is unhealthy (%s); not rolled back: %s", facts.booted, reason, why)
+        return
+    assert good is not None and facts.booted is not None
+    with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+        make_default(ctx, good)
+        mark_failed(ctx, facts.booted, reason, how="health-check", rolled_back_to=good)
+        ctx.default_changed()
+    result.verdict, result.failed, result.reason = Verdict.ROLLED_BACK, facts.booted, reason
+    result.rolled_back_to = good
+    log.error("snapshot %d is unhealthy (%s); rolled back to %d", facts.booted, reason, good)
+
+
+def failure_reason(report: checks.Report) -> str:
+    """``health check required/nginx failed: exit 1: <its last line>`` (and how many more)."""
+    bad = [o for o in report.failed if o.check.level is checks.Level.REQUIRED]
+    if not bad:
+        return "no required check failed"
+    first = bad[0]
+    text = f"health check {first.check.id} failed: {first.reason}"
+    last = first.output.strip().splitlines()[-1:] if first.output.strip() else []
+    if last and last[0] != first.reason:
+        text += f": {last[0]}"
+    if len(bad) > 1:
+        text += f" (and {len(bad) - 1} more)"
+    return text
+
+
+def make_default(ctx: Context, number: int) -> None:
+    btrfs.set_default(ctx.managed.snapshot_dir(number))
+    btrfs.sync(ctx.root)  # on disk before the failure is recorded and the machine reboots
+
+
+def mark_failed(ctx: Context, number: int, reason: str, *, how: str, rolled_back_to: int) -> None:
+    """Snapshot *number* failed to boot: in our state, its changelog and snapper's userdata."""
+    failure = {"reason": reason, "at": _now(), "how": how, "rolled_back_to": rolled_back_to}
+    bootstate.save(ctx.root, bootstate.with_failure(bootstate.load(ctx.root), number, failure))
+    changelog.add_boot_event(ctx.root, number, {"event": "failed", **failure})
+    try:
+        info = ctx.snapper.get_snapshot(number)
+        ctx.snapper.set_snapshot(number, userdata={**info.userdata, FAILED_MARK: "failed"})
+    except TUError as exc:
+        log.warning("snapper's userdata of snapshot %d not marked: %s", number, exc.message)
+
+
+def tell(ctx: Context, result: Result) -> None:
+    """NOTIFY_COMMAND for every failure; the reboot markers of a rolled-back update go."""
+    if result.failed is None and result.verdict is not Verdict.REPORTED:
+        return
+    if result.fell_back is not None or result.verdict is Verdict.ROLLED_BACK:
+        for marker in REBOOT_MARKERS:
+            try:
+                resolve_under(ctx.root, marker).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", marker, exc.strerror or exc)
+    message = f"transactional-update: {summary(result)}"
+    argv = [*ctx.config.notify_command, message]
+    res = run(argv, check=False, what="the notification (NOTIFY_COMMAND)")
+    if res.returncode != 0:
+        log.warning("NOTIFY_COMMAND %s failed (exit %d)", shlex.join(argv[:1]), res.returncode)
+
+
+def summary(result: Result) -> str:
+    """One line for the admin: what failed, why, and what was done."""
+    if result.verdict is Verdict.ROLLED_BACK:
+        return (
+            f"snapshot {result.failed} failed its boot check ({result.reason}); "
+            f"rolled back to {result.rolled_back_to}, rebooting"
+        )
+    if result.verdict is Verdict.REPORTED:
+        return f"snapshot {result.booted} is unhealthy ({result.reason}); {result.why}"
+    return (
+        f"snapshot {result.failed} failed to boot ({result.reason}); rolled back to {result.booted}"
+    )
+
+
+def verdict_text(result: Result) -> str:
+    """The boot check's last line(s) for the admin."""
+    lines = []
+    if result.fell_back is not None:
+        lines.append(
+            f"snapshot {result.fell_back} failed to boot ({result.reason}); "
+            f"snapshot {result.booted} is the default again"
+        )
+    if result.verdict is Verdict.GOOD:
+        lines.append(f"snapshot {result.booted} is known-good")
+    elif result.verdict is Verdict.VISIT:
+        lines.append(
+            f"snapshot {result.booted} is healthy; it is not the default, so nothing changes"
+        )
+    else:
+        lines.append(summary(result))
+    if result.reboot is not None:
+        lines.append(result.reboot)
+    return "\n".join(lines)
+
+
+def reboot_now(ctx: Context) -> str:
+    """Boot the known-good default with REBOOT_METHOD."""
+    from transactional_update.reboot import methods
+
+    try:
+        outcome = methods.request_reboot(ctx.root, ctx.config, ctx.managed)
+    except TUError as exc:
+        log.error("the reboot into the known-good snapshot failed: %s", exc.message)
+        return f"failed: {exc.message}"
+    return outcome.message

@@ -191,6 +191,12 @@ def complete_snapshot(snap: Path) -> None:
         systemd / "sysinit.target.wants/transactional-update-etc.service",
         "/usr/lib/systemd/system/transactional-update-etc.service",
     )
+    # And the boot check, as install-units enables it: every boot is judged, every commit is on
+    # trial until a boot of it passes.
+    _link(
+        systemd / "multi-user.target.wants/transactional-update-health.service",
+        "/usr/lib/systemd/system/transactional-update-health.service",
+    )
     (snap / "etc/apt/sources.list").write_text("")
     (snap / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
     (snap / "etc/apt/sources.list.d/tu-vm.list").write_text(SOURCES)
@@ -256,6 +262,9 @@ class Boot:
     # saved before the cut, *note* what cut.py's line reader wrote just before it.
     cut: bool = False
     note: str = ""
+    # Seconds from qemu's start until each watched text first appeared on the serial console.
+    marks: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # measurements the runner prints
 
     def text(self, name: str) -> str:
         if name not in self.results:
@@ -299,10 +308,21 @@ class Machine:
         return cls(workdir, img)
 
     def boot(
-        self, step: str, repo: Path | None = None, timeout: float = BOOT_TIMEOUT, cut: bool = False
+        self,
+        step: str,
+        repo: Path | None = None,
+        timeout: float = BOOT_TIMEOUT,
+        cut: bool = False,
+        reboots: bool = False,
+        watch: tuple[str, ...] = (),
     ) -> Boot:
         """One boot running *step*; with *cut*, the step ends in a power cut (``precut``, then
-        cut.py), which must happen: a step that runs to its end fails the boot."""
+        cut.py), which must happen: a step that runs to its end fails the boot.
+
+        With *reboots* the machine reboots by itself (a panic, a reboot the guest starts) as
+        hardware would, in the same qemu, until the step powers it off: the boots until then
+        are this one :class:`Boot`, their serial output one log.  *watch* lists texts whose
+        first appearance on the serial console is timed (:attr:`Boot.marks`)."""
         n = len(self.boots) + 1
         d = self.workdir / f"boot-{n}"
         stage = d / "in"
@@ -318,8 +338,9 @@ class Machine:
             f.truncate(64 << 20)
         serial = d / "serial.log"
         argv = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "2", "-no-reboot",
-            "-nographic", "-monitor", "none", "-serial", f"file:{serial}", "-nic", "none",
+            "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "2",
+            *([] if reboots else ["-no-reboot"]), "-nographic", "-monitor", "none",
+            "-serial", f"file:{serial}", "-nic", "none",
             "-drive", f"file={self.image},format=raw,if=none,id=disk,cache=unsafe",
             "-device", "virtio-blk-pci,drive=disk,bootindex=0",
             "-drive", f"file={d / 'step.tar'},format=raw,if=none,id=step,readonly=on",
@@ -330,12 +351,13 @@ class Machine:
         if self.uefi:
             argv += ["-bios", OVMF]
         started = time.monotonic()
+        marks: dict[str, float] = {}
         with open(d / "qemu.log", "w") as qlog:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog, start_new_session=True
             )
             try:
-                stuck = _wait(proc, serial, started + timeout)
+                stuck = _wait(proc, serial, started + timeout, watch, marks, started)
                 if stuck:
                     proc.kill()
                     proc.wait()
@@ -360,7 +382,7 @@ class Machine:
         stopped = "cut.point" in texts and "step.rc" not in texts
         was_cut = stopped and SYSRQ_RESET in log_text
         rebooted = "reboot: Restarting system" in log_text
-        boot = Boot(n, serial, seconds, texts, rebooted, was_cut, note)
+        boot = Boot(n, serial, seconds, texts, rebooted, was_cut, note, marks)
         self.boots.append(boot)
         if proc.returncode != 0:
             raise ScenarioFailed(f"boot {n}: qemu exited {proc.returncode}: {d / 'qemu.log'}")
@@ -402,14 +424,28 @@ def _read_note(results_disk: Path) -> str:
 OVMF = "/usr/share/ovmf/OVMF.fd"  # Debian's ovmf: UEFI firmware for qemu
 
 
-def _wait(proc: subprocess.Popen[bytes], serial: Path, deadline: float) -> str | None:
-    """Wait for qemu to end; why it was stuck instead (timeout, systemd's emergency mode)."""
+def _wait(
+    proc: subprocess.Popen[bytes],
+    serial: Path,
+    deadline: float,
+    watch: tuple[str, ...] = (),
+    marks: dict[str, float] | None = None,
+    started: float = 0.0,
+) -> str | None:
+    """Wait for qemu to end; why it was stuck instead (timeout, systemd's emergency mode).
+
+    Each text of *watch* that shows up on the serial console gets its time in *marks*
+    (seconds since *started*, to the poll's second)."""
     while proc.poll() is None:
         if time.monotonic() > deadline:
             return "did not end within its timeout"
-        if serial.exists() and EMERGENCY in serial.read_text(errors="replace"):
+        text = serial.read_text(errors="replace") if serial.exists() else ""
+        if EMERGENCY in text:
             return "the guest fell into emergency mode"
-        time.sleep(1)
+        for mark in watch:
+            if marks is not None and mark not in marks and mark in text:
+                marks[mark] = time.monotonic() - started
+        time.sleep(0.5)
     return None
 
 
@@ -1601,6 +1637,180 @@ def scenario_etc(m: Machine, debs: Path) -> None:
     check(b.rc("id_alice") == 0, "alice was added on snapshot 1 itself", b)
 
 
+# --- boot counting and the boot check -----------------------------------------------------------
+
+AGENT_UP = "TU-VM boot:"  # the agent's first line: it starts once the boot check has finished
+LOADING = "Loading snapshot {n}:"  # GRUB's echo in each entry (boot.templates.entry)
+PANIC = "Kernel panic - not syncing"
+
+
+def lines_with(log: str, text: str) -> int:
+    """Lines of the serial log with *text* (GRUB writes its echo twice on one line: once per
+    terminal, console and serial)."""
+    return sum(text in line for line in log.splitlines())
+
+
+TRIAL_STEP = """
+fact grubenv_after grub-editenv /boot/grub/grubenv list
+fact after_status transactional-update --json status
+fact grub_cfg cat /boot/grub/grub.cfg
+"""
+AFTER_FAILURE_STEP = """
+fact status_text transactional-update status
+fact list transactional-update --json list
+fact changelog2 transactional-update --json changelog 2
+fact health transactional-update --json health
+"""
+
+
+def on_trial(b: Boot, number: int, good: int) -> None:
+    """After a commit: *number* is on trial in GRUB's environment, *good* its fallback."""
+    env = dict(line.split("=", 1) for line in b.text("grubenv_after").split())
+    check(
+        (env.get("tu_trial"), env.get("tu_tries"), env.get("tu_good"))
+        == (str(number), "3", str(good)),
+        f"snapshot {number} is on trial with 3 tries, {good} the fallback",
+        b,
+        env,
+    )
+    check(
+        f"set default='tu-snapshots>tu-snapshot-{good}'" in b.text("grub_cfg"),
+        "GRUB's menu falls back to the known-good entry",
+        b,
+    )
+    boot = b.json("after_status")["boot"]
+    check(boot["known_good"] == good, f"snapshot {good} is known-good", b, boot)
+
+
+def check_known_good(b: Boot, number: int) -> None:
+    check(b.rc("boot_check") == 0, "the boot check's journal is readable", b)
+    boot = b.json("status")["boot"]
+    check(
+        boot["known_good"] == number and boot["trial"] is None,
+        f"the boot check made snapshot {number} known-good",
+        b,
+        boot,
+    )
+
+
+def check_failure_reported(b: Boot, reason: str, how: str) -> None:
+    """Snapshot 2 failed for *reason*; 1 is the default again, and everything says so."""
+    first = b.text("status_text").splitlines()[0]
+    check(
+        re.fullmatch(
+            rf"snapshot 2 failed to boot \({re.escape(reason)}\); rolled back to 1 at "
+            r"\d{4}-\d\d-\d\d \d\d:\d\d",
+            first,
+        )
+        is not None,
+        "status leads with the failure",
+        b,
+        first,
+    )
+    listed = {s["number"]: s for s in b.json("list")}
+    check(listed[2]["userdata"].get("tu-boot") == "failed", "snapper's userdata marks 2", b)
+    events = b.json("changelog2")["boot"]
+    check(
+        [(e["event"], e["reason"], e["how"], e["rolled_back_to"]) for e in events]
+        == [("failed", reason, how, 1)],
+        "the changelog of 2 says why",
+        b,
+        events,
+    )
+    check(b.json("health")["healthy"], "snapshot 1 is healthy", b, b.text("health"))
+
+
+def scenario_unbootable(m: Machine, debs: Path) -> None:
+    """An update whose initrd is garbage: GRUB tries it three times (each a kernel panic, which
+    reboots by panic=), then boots the known-good snapshot by itself, which rolls back."""
+    b = m.boot(
+        "fact break transactional-update --non-interactive run sh -c "
+        "'for f in /boot/initrd.img-*; do head -c 1M /dev/urandom > \"$f\"; done'\n" + TRIAL_STEP
+    )
+    check_booted(b, 1)
+    check(b.rc("break") == 0, "the breaking update commits", b, b.text("break.err"))
+    on_trial(b, 2, 1)
+    b = m.boot(AFTER_FAILURE_STEP, reboots=True, watch=(AGENT_UP,))
+    check_booted(b, 1)
+    log = ANSI.sub("", b.serial.read_text(errors="replace"))
+    tries = lines_with(log, LOADING.format(n=2))
+    check(tries == 3 and lines_with(log, PANIC) == 3, "GRUB tried snapshot 2 three times", b, tries)
+    check(
+        log.rfind(LOADING.format(n=1)) > log.rfind(LOADING.format(n=2)),
+        "then GRUB booted snapshot 1",
+        b,
+    )
+    check_failure_reported(b, "did not reach user space in 3 tries", "boot-counting")
+    check(AGENT_UP in b.marks, "the healthy system came up", b)
+    b.notes["recovery"] = f"{b.marks[AGENT_UP]:.0f} s from power-on to snapshot 1 up and checked"
+
+
+CHECK_PATH = "/usr/lib/transactional-update/health.d/required/tu-check"
+
+
+def check_deb(workdir: Path, version: str, body: str) -> Path:
+    """A package shipping a required health check (as a service's package would)."""
+    return make_deb(workdir, "tu-check", version, None, {CHECK_PATH: f"#!/bin/sh\n{body}\n"})
+
+
+def scenario_unhealthy(m: Machine, debs: Path) -> None:
+    """An update that boots but fails a required check rolls back and reboots by itself; a fixed
+    update then boots, passes and becomes known-good."""
+    bad = check_deb(debs, "1.0", "echo 'tu-check: the service answers 500'\nexit 1")
+    fixed_dir = debs / "fixed"
+    fixed_dir.mkdir()
+    fixed = check_deb(fixed_dir, "2.0", "echo 'tu-check: ok'")
+    b = m.boot(
+        "fact install transactional-update --non-interactive pkg install tu-check\n" + TRIAL_STEP,
+        make_repo(debs, "repo-bad", [bad]),
+    )
+    check_booted(b, 1)
+    check(b.rc("install") == 0, "the update commits", b, b.text("install.err"))
+    on_trial(b, 2, 1)
+    step = (
+        # Only the system the rollback rebooted into runs the step (the agent waits for the
+        # boot check); should the unhealthy one get here, it waits for that reboot.
+        "if findmnt -n -o SOURCE / | grep -q '/.snapshots/2/'; then NO_POWEROFF=1; else\n"
+        + AFTER_FAILURE_STEP
+        + "fact fix transactional-update --non-interactive pkg install tu-check\n"
+        + "fact fixed_status transactional-update --json status\nfi\n"
+    )
+    b = m.boot(step, make_repo(debs, "repo-fixed", [fixed]), reboots=True, watch=(AGENT_UP,))
+    check_booted(b, 1)
+    log = ANSI.sub("", b.serial.read_text(errors="replace"))
+    check(
+        lines_with(log, LOADING.format(n=2)) == 1 and "reboot: Restarting system" in log,
+        "snapshot 2 booted once, and the boot check rebooted it",
+        b,
+    )
+    reason = "health check required/tu-check failed: exit 1: tu-check: the service answers 500"
+    check_failure_reported(b, reason, "health-check")
+    check(b.rc("fix") == 0, "the fixed update commits", b, b.text("fix.err"))
+    check(b.json("fixed_status")["pending"] == 3, "snapshot 3 boots next", b)
+    b.notes["recovery"] = f"{b.marks[AGENT_UP]:.0f} s from power-on to snapshot 1 up and checked"
+    b = m.boot(
+        "fact changelog3 transactional-update --json changelog 3\n"
+        # The built-in check of required units, on the running system: one active, one absent.
+        "echo 'HEALTH_REQUIRED_UNITS=\"systemd-journald tu-absent.service\"' "
+        ">> /etc/transactional-update.conf\n"
+        "fact units transactional-update --json health\n"
+    )
+    check_booted(b, 3)
+    units = {c["check"]: c for c in b.json("units")["checks"]}["required/builtin.units"]
+    check(
+        b.rc("units") == 9
+        and units["reason"] == "tu-absent.service is inactive (HEALTH_REQUIRED_UNITS)"
+        and "systemd-journald.service is active" in units["output"],
+        "a required unit that is not active fails the check",
+        b,
+        units,
+    )
+    check_known_good(b, 3)
+    check(b.json("status")["boot"]["notice"] is None, "the failure no longer leads", b)
+    events = [e["event"] for e in b.json("changelog3")["boot"]]
+    check(events == ["known-good"], "the changelog of 3 says known-good", b, events)
+
+
 SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "update": scenario_update,
     "rollback": scenario_rollback,
@@ -1611,6 +1821,8 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "powercut": scenario_powercut,
     "stack": scenario_stack,
     "etc": scenario_etc,
+    "unbootable": scenario_unbootable,
+    "unhealthy": scenario_unhealthy,
 }
 
 
@@ -1701,6 +1913,9 @@ def main(argv: list[str]) -> int:
         boots = ", ".join(f"{b.seconds:.0f}" for b in o.boots)
         if o.passed:
             print(f"PASS {name} in {o.seconds:.0f} s (boots: {boots} s)", flush=True)
+            for b in o.boots:
+                for key, text in b.notes.items():
+                    print(f"  boot {b.number} {key}: {text}", flush=True)
         else:
             print(f"FAIL {name} in {o.seconds:.0f} s (boots: {boots} s): {o.error}", flush=True)
             if o.boots:

@@ -44,7 +44,7 @@ class ExitCode(IntEnum):
     CONFIG = 6, "bad configuration file (the message names file and line)"
     SYSTEM = 7, "a btrfs, snapper or mount operation failed"
     NO_SPACE = 8, "the filesystem is full; nothing was changed"
-    UNHEALTHY = 9, "`health`: a required health check failed"
+    UNHEALTHY = 9, "`health`, `boot-check`: a required health check failed"
     INTERRUPTED = 130, "interrupted (SIGINT, SIGTERM, SIGHUP); the snapshot was discarded"
 
 

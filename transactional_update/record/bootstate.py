@@ -71,7 +71,10 @@ def notice(data: dict[str, Any]) -> dict[str, Any] | None:
 def with_known_good(
     data: dict[str, Any], number: int, at: str, ended_trial: bool
 ) -> dict[str, Any]:
-    """*data* with *number* known-good; a trial it passed retires the last failure's notice."""
+    """*data* with *number* known-good (since *at*, or since it first was); a trial it passed
+    retires the last failure's notice."""
+    if known_good(data) == number:
+        at = data["known_good"].get("at") or at
     new = {**data, "known_good": {"number": number, "at": at}}
     if ended_trial:
         new.pop("notice", None)

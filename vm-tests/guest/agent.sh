@@ -57,6 +57,7 @@ fact kernel uname -r
 fact default btrfs subvolume get-default /
 fact status transactional-update --json status
 fact grubenv grub-editenv /boot/grub/grubenv list
+fact boot_check journalctl -b -u transactional-update-health.service -o cat --no-pager
 . "$IN/step.sh"
 echo "$?" >"$OUT/step.rc"
 save

@@ -110,6 +110,12 @@ def test_trial_fallback_after_spent_tries_and_menu_marks(disk: Disk) -> None:
     r = d.tu("--json", "rollback", "2")
     assert r.returncode == 0 and json.loads(r.stdout)["boot_failed"]["how"] == "boot-counting"
     assert "snapshot 2 failed to boot at" in r.stderr
+    # Deleted, it leaves the boot state: the failure no longer leads the status.
+    assert d.tu("rollback", "1").returncode == 0
+    r = d.tu("delete", "2")
+    assert r.returncode == 0, r.stderr
+    boot_state = d.status_json()["boot"]
+    assert (boot_state["failed"], boot_state["notice"]) == ({}, None)
 
 
 def test_unhealthy_trial_is_rolled_back_once_then_a_fixed_update_is_known_good(

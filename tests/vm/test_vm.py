@@ -1,6 +1,6 @@
-"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3 and 7-9, the ones CI runs.
+"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3 and 7-11, the ones CI runs.
 
-About 21 minutes for the six under TCG (powercut alone boots eight times, about 8-10), part of
+About 28 minutes for the eight under TCG (powercut alone boots eight times, about 8-10), part of
 every ``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
 scenarios 4-6 (also run with ``vm-tests/run nightly broken uefi``).  The golden image
 is cached in /var/cache/transactional-update-tests/vm.
@@ -27,9 +27,17 @@ pytestmark = [
 MORE = ["nightly", "broken", "uefi"]
 # stack: two transactions before one reboot boot with both changes (changes stack on the default)
 # etc: the writable /etc, live edits carried at commit, shutdown and boot, a conflict, rollback
-SCENARIOS = ["update", "rollback", "grub", "powercut", "stack", "etc"] + (
-    MORE if SELECTED == "all" else []
-)
+# unbootable, unhealthy: boot counting in GRUB and the boot check roll a bad update back
+SCENARIOS = [
+    "update",
+    "rollback",
+    "grub",
+    "powercut",
+    "stack",
+    "etc",
+    "unbootable",
+    "unhealthy",
+] + (MORE if SELECTED == "all" else [])
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transactional_update.boot import grubenv
-from transactional_update.boot.menustate import GRUB_DIRS
+from transactional_update.boot.menustate import GRUB_DIRS, is_mount
 from transactional_update.core.context import Followup
 from transactional_update.errors import TUError
 from transactional_update.record import bootstate
@@ -52,9 +52,10 @@ class Trial:
 
 
 def env_path(root: Path) -> Path | None:
-    """The grubenv of the system at *root* (None without a GRUB directory)."""
+    """The grubenv of the system at *root*: None without a GRUB directory of its own (one inside
+    the root snapshot is read-only, and GRUB could not write its count there either)."""
     for rel in GRUB_DIRS:
-        if (root / rel).is_dir():
+        if (root / rel).is_dir() and is_mount(root, rel):
             return root / rel / "grubenv"
     return None
 

@@ -77,12 +77,17 @@ def write(path: Path, values: dict[str, str]) -> None:
 
 
 def update(path: Path, **changes: str | None) -> dict[str, str]:
-    """Set (or with None remove) entries, keeping the others; returns the new contents."""
-    values = read(path)
+    """Set (or with None remove) entries, keeping the others; returns the new contents.
+
+    A block that already holds them is not rewritten: GRUB's partition is written only when
+    something changes."""
+    old = read(path)
+    values = dict(old)
     for name, value in changes.items():
         if value is None:
             values.pop(name, None)
         else:
             values[name] = value
-    write(path, values)
+    if values != old or not path.exists():
+        write(path, values)
     return values

@@ -152,6 +152,7 @@ def cleanup(ctx: Context) -> CleanupResult:
         btrfs.sync(ctx.root)  # what is reported removed stays removed
         # Changelog entries go with their snapshots (also those snapper's own cleanup removed).
         changelog.prune(ctx.root)
+        _forget_failures(ctx)
         ctx.default_changed()  # removed snapshots leave GRUB's menu; never raises
         for n in result.stale:
             log.info("cleanup: removed snapshot %d left by an interrupted transaction", n)
@@ -162,6 +163,14 @@ def cleanup(ctx: Context) -> CleanupResult:
         for n in result.number:
             log.info("cleanup: removed snapshot %d (number limit)", n)
     return result
+
+
+def _forget_failures(ctx: Context) -> None:
+    """Failed boots of deleted snapshots leave the boot state (and ``status``)."""
+    try:
+        bootstate.prune(ctx.root)
+    except OSError as exc:
+        log.warning("cannot update the boot state: %s", exc.strerror or exc)
 
 
 def _etc_sources(ctx: Context, *numbers: int | None) -> set[int]:
@@ -225,6 +234,7 @@ def prune_only(ctx: Context) -> PruneResult:
         return PruneResult(skipped=exc.message)
     try:
         pruned = changelog.prune(ctx.root)
+        _forget_failures(ctx)
         followups = ctx.default_changed()
     finally:
         lock.release()
@@ -263,6 +273,7 @@ def delete(ctx: Context, numbers: list[int]) -> list[int]:
             btrfs.wait_cleaned(ctx.root, ids, timeout=60.0)
         btrfs.sync(ctx.root)
         changelog.prune(ctx.root)
+        _forget_failures(ctx)
         ctx.default_changed()  # the menu drops them; never raises
     for n in wanted:
         log.info("deleted snapshot %d", n)

@@ -98,6 +98,15 @@ def with_check(data: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
     return {**data, "last_check": check}
 
 
+def prune(root: Path) -> list[int]:
+    """Forget the failures of snapshots that were deleted; returns their numbers."""
+    data = load(root)
+    gone = {n for n in failures(data) if not (root / ".snapshots" / str(n) / "snapshot").is_dir()}
+    if gone:
+        save(root, forget(data, gone))
+    return sorted(gone)
+
+
 def forget(data: dict[str, Any], gone: set[int]) -> dict[str, Any]:
     """*data* without the failures of snapshots that no longer exist."""
     failed = {str(k): v for k, v in failures(data).items() if k not in gone}

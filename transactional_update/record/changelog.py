@@ -148,19 +148,20 @@ def from_json(data: dict[str, Any]) -> Entry:
 
 def add_live_etc(root: Path, number: int, merged: dict[str, Any]) -> bool:
     """Append a live ``/etc`` merge to snapshot *number*'s entry (False: it has none)."""
-    entry = load(root, number)
-    if entry is None:
-        return False
-    save(root, replace(entry, live_etc=[*entry.live_etc, merged]))
-    return True
+    return _append(root, number, "live_etc", merged)
 
 
 def add_boot_event(root: Path, number: int, event: dict[str, Any]) -> bool:
     """Append what a boot of snapshot *number* showed to its entry (False: it has none)."""
+    return _append(root, number, "boot", event)
+
+
+def _append(root: Path, number: int, name: str, item: dict[str, Any]) -> bool:
     entry = load(root, number)
     if entry is None:
         return False
-    save(root, replace(entry, boot=[*entry.boot, event]))
+    changed: dict[str, Any] = {name: [*getattr(entry, name), item]}
+    save(root, replace(entry, **changed))
     return True
 
 

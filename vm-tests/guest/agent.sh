@@ -58,6 +58,8 @@ fact default btrfs subvolume get-default /
 fact status transactional-update --json status
 fact grubenv grub-editenv /boot/grub/grubenv list
 fact boot_check journalctl -b -u transactional-update-health.service -o cat --no-pager
+fact boot_check_time systemctl show -p ExecMainStartTimestampMonotonic \
+    -p ExecMainExitTimestampMonotonic transactional-update-health.service
 . "$IN/step.sh"
 echo "$?" >"$OUT/step.rc"
 save

@@ -28,10 +28,13 @@ def run(
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
     what: str = "",
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run *argv*; on failure with *check*, raise :class:`SystemError_` naming the command.
 
-    *what* is a short human description ("create snapshot") used in the error message.
+    *what* is a short human description ("create snapshot") used in the error message.  A
+    command still running after *timeout* seconds is killed and is a failure (also without
+    *check*).
     """
     import subprocess  # here, not at the top: the read-only queries never spawn anything
 
@@ -45,7 +48,13 @@ def run(
             text=True,
             env=dict(env) if env is not None else None,
             input=input_text,
+            timeout=timeout,
         )
+    except subprocess.TimeoutExpired as exc:
+        raise SystemError_(
+            f"{what or argv[0]} did not end within {timeout:g} s and was killed",
+            f"check that {argv[0]} does not wait for input",
+        ) from exc
     except FileNotFoundError as exc:
         raise SystemError_(
             f"{argv[0]}: command not found", f"install the package that provides {argv[0]}"

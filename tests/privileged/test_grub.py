@@ -243,7 +243,8 @@ def test_create_system_makes_a_disk_that_boots_with_bios_and_uefi(disk: Disk) ->
         "console=tty0",
         "console=ttyS0,115200",
     ]
-    args = " ".join(f"'{w}'" for w in [*words, "quiet"]) + "\n"
+    # panic=10 last: a snapshot that panics reboots, and uses up its boot tries (BOOT_TRIES)
+    args = " ".join(f"'{w}'" for w in [*words, "quiet", "panic=10"]) + "\n"
     assert f"\tlinux '{disk.main_linux()}' {args}" in disk.section()
     assert "serial --unit=0 --speed=115200\n" in text and "terminal_output console serial" in text
     assert disk.submenu_ids() == [1]
@@ -468,7 +469,8 @@ def test_boot_once_sets_next_entry_in_the_grub_partition(disk: Disk) -> None:
     assert r.stdout == "snapshot 1 boots at the next boot only; later boots use the default (2)\n"
     env = disk.root / "boot/grub/grubenv"
     listed = sh("grub-editenv", str(env), "list").stdout
-    assert listed == "next_entry=tu-snapshots>tu-snapshot-1\n"
+    # 2 went on trial (no known-good yet: nothing to fall back to); the boot-once uses no try.
+    assert listed == "tu_trial=2\ntu_tries=3\nnext_entry=tu-snapshots>tu-snapshot-1\n"
     # the id it names exists in grub.cfg, inside the submenu with that id
     assert "submenu 'Snapshots' --id tu-snapshots {" in disk.section()
     assert "--id tu-snapshot-1 {" in disk.section()
@@ -485,7 +487,11 @@ def test_boot_once_sets_next_entry_in_the_grub_partition(disk: Disk) -> None:
         "error: snapshot 3 is not in the boot menu (a failed transaction kept for inspection)\n"
         "hint: see the bootable snapshots with: transactional-update boot-menu\n"
     )
-    assert grubenv.read(env) == {"next_entry": "tu-snapshots>tu-snapshot-2"}
+    assert grubenv.read(env) == {
+        "tu_trial": "2",
+        "tu_tries": "3",
+        "next_entry": "tu-snapshots>tu-snapshot-2",
+    }
 
 
 def test_boot_commands_on_a_system_without_grub(managed_system: System) -> None:

@@ -94,6 +94,7 @@ def test_rollback_to_a_number(system: System) -> None:
         # The booted /etc is unchanged since the image was made (its etc-booted reference).
         "etc_left_behind": [],
         "etc_left_in": str(system.snapshot(1) / "etc"),
+        "boot_failed": None,  # it never failed a boot
     }
     assert system.default_number() == 3
     st = json.loads(system.tu("--json", "status").stdout)

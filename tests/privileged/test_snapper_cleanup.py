@@ -138,7 +138,9 @@ def test_number_cleanup_by_snapper_then_the_drop_in_prunes_the_changelog(
     i = argv.index("cleanup")
     r = run([*argv[:i], "--json", *argv[i:]])
     assert r.returncode == 0, r.stderr
-    assert r.stdout == '{"pruned": [], "boot_menu": "none", "skipped": null}\n'
+    assert r.stdout == (
+        '{"pruned": [], "boot_trial": "none", "boot_menu": "none", "skipped": null}\n'
+    )
 
 
 def test_while_a_transaction_runs_it_skips_or_waits_lock_wait(
@@ -242,7 +244,7 @@ def test_the_menu_drops_what_snappers_cleanup_deleted(golden: Path, tmp_path: Pa
             assert (r.returncode, r.stdout, r.stderr) == (
                 0,
                 "dropped the changelog entries of 1 deleted snapshot(s): 2; "
-                "the boot menu is current\n",
+                "boot counting is current; the boot menu is current\n",
                 "",
             )
             assert d.submenu_ids() == [3, 1]

@@ -44,6 +44,16 @@ def test_fell_back_only_when_the_tries_of_the_default_are_spent_and_the_good_one
     assert not bootcheck.fell_back(facts(booted=1, trial=spent))  # a boot-once of 1
     assert not bootcheck.fell_back(facts(booted=2, default=4, trial=spent))  # a stale trial
     assert not bootcheck.fell_back(facts(booted=2, trial=Trial(None, None, None)))
+    # Spent after the default went back to 2 (a rollback): no fallback to settle.
+    assert not bootcheck.fell_back(facts(booted=2, default=2, trial=spent))
+
+
+def test_an_unfinished_rollback_is_finished() -> None:
+    """The trial's snapshot runs although 2 is the default and nothing is recorded: a cut came
+    before the menu followed the rollback, so the check finishes it instead of only reporting."""
+    assert bootcheck.unfinished_rollback(facts(default=2))
+    assert not bootcheck.unfinished_rollback(facts(default=2, failures={3: {}}))
+    assert not bootcheck.unfinished_rollback(facts())  # the default itself: a plain trial
 
 
 def test_no_rollback_reasons() -> None:

@@ -221,7 +221,20 @@ def test_no_trial_a_stale_trial_and_a_garbled_counter(tmp_path: Path) -> None:
     trial(env, 3, 0)
     editenv(env, "set", "tu_tries=x")  # garbled: one more boot, then spent
     assert [grub.boot(cfg) for _ in range(2)] == [MAIN, GOOD_ENTRY]
-    assert not (tmp_path / "grubenv").read_bytes().count(b"\n") > 40  # still one 1 KiB block
+    assert len(env.read_bytes()) == 1024  # grub-editenv kept it one block
+
+
+def test_a_stale_menu_after_the_return_to_the_known_good_falls_back_at_once(
+    tmp_path: Path,
+) -> None:
+    """The default went back to 2, but grub.cfg still boots 3 (its rewrite failed, or a power
+    cut came first): the spent trial makes GRUB boot 2, never 3 uncounted."""
+    env = tmp_path / "grubenv"
+    trial(env, 3, 2)
+    values = counting.trial_changes(2, 2, counting.Trial(3, 2, 2), 3)
+    editenv(env, "set", *(f"{k}={v}" for k, v in values.items() if v is not None))
+    grub, stale = Grub(env), menu_cfg()
+    assert [grub.boot(stale) for _ in range(3)] == [GOOD_ENTRY] * 3
 
 
 def test_trial_changes_after_each_change_of_the_default() -> None:
@@ -237,8 +250,12 @@ def test_trial_changes_after_each_change_of_the_default() -> None:
     assert counting.trial_changes(3, 2, on3, 3) == {"tu_good": "2"}
     # A stacked commit: the new snapshot is another one, on trial afresh.
     assert counting.trial_changes(4, 2, on3, 3)["tu_tries"] == "3"
-    # Back to the known-good snapshot, or counting switched off: no trial.
-    for default, tries in ((2, 3), (3, 0), (None, 3)):
+    # Back to the known-good snapshot: the trial is spent, not removed, so that a menu that
+    # still boots 3 (its rewrite failed) falls back at once instead of booting 3 uncounted.
+    assert counting.trial_changes(2, 2, on3, 3) == {"tu_good": "2", "tu_tries": "0"}
+    assert counting.trial_changes(2, 2, none, 3) == {"tu_good": "2"}
+    # Counting switched off, or no default: no trial.
+    for default, tries in ((3, 0), (None, 3)):
         changes = counting.trial_changes(default, 2, on3, tries)
         assert changes["tu_trial"] is None and changes["tu_tries"] is None
     # No known-good snapshot yet: on trial all the same (the boot check makes it known-good).

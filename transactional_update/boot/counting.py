@@ -30,6 +30,7 @@ from transactional_update.boot.menustate import GRUB_DIRS, is_mount
 from transactional_update.core.context import Followup
 from transactional_update.errors import TUError
 from transactional_update.record import bootstate
+from transactional_update.snapshots import btrfs
 
 if TYPE_CHECKING:
     from transactional_update.core.context import Context
@@ -55,7 +56,8 @@ def env_path(root: Path) -> Path | None:
     """The grubenv of the system at *root*: None without a GRUB directory of its own (one inside
     the root snapshot is read-only, and GRUB could not write its count there either)."""
     for rel in GRUB_DIRS:
-        if (root / rel).is_dir() and is_mount(root, rel):
+        # GRUB's save_env writes the file's blocks in place, which it refuses on btrfs.
+        if (root / rel).is_dir() and is_mount(root, rel) and not btrfs.is_btrfs(root / rel):
             return root / rel / "grubenv"
     return None
 
@@ -86,11 +88,18 @@ def trial_changes(
 
     A default other than the known-good one goes on trial with *tries* boots, unless it already
     is (a commit that stacks onto a pending default puts the new one on trial afresh: it is
-    another snapshot).  The known-good snapshot itself, or no boot counting, ends any trial.
+    another snapshot).  Back on the known-good snapshot, a trial is not removed but spent
+    (``tu_tries=0``): a grub.cfg that still boots the old trial's snapshot (its rewrite failed,
+    or a power cut came first) then falls back to the known-good entry at once, while a current
+    menu has no count-down for it and ignores the values.  Removing them would let such a stale
+    menu boot the failed snapshot on every boot.  No boot counting (``BOOT_TRIES=0``) or no
+    default clears them.
     """
     changes: dict[str, str | None] = {GOOD: str(good) if good is not None else None}
-    if tries == 0 or default is None or default == good:
+    if tries == 0 or default is None:
         return {**changes, TRIAL: None, TRIES: None}
+    if default == good:
+        return {**changes, TRIES: "0"} if current.number is not None else changes
     if current.number == default:
         return changes
     return {**changes, TRIAL: str(default), TRIES: str(tries)}
@@ -125,8 +134,14 @@ def start_trial(ctx: Context) -> Followup:
     return Followup("boot_trial", "boot counting", True)
 
 
-def end_trial(root: Path, good: int) -> None:
-    """*good* passed its boot check: no trial, and it is the fallback from now on."""
+def end_trial(root: Path, number: int, good: int | None) -> None:
+    """Snapshot *number* reached user space: GRUB counts it no more (only a trial of *number*
+    ends; one a later commit started stays).  *good*: the fallback from now on."""
     path = env_path(root)
-    if path is not None:
-        grubenv.update(path, **{TRIAL: None, TRIES: None, GOOD: str(good)})
+    if path is None:
+        return
+    changes: dict[str, str | None] = {} if good is None else {GOOD: str(good)}
+    if parse(grubenv.read(path)).number == number:
+        changes |= {TRIAL: None, TRIES: None}
+    if changes:
+        grubenv.update(path, **changes)

@@ -82,7 +82,7 @@ def ensure_current(ctx: Context) -> None:
     if found is None or not found["stale"]:
         return
     with Lock(ctx.managed.snapshots_dir, ctx.config.lock_wait):
-        refresh_menu(ctx)
+        ctx.default_changed()  # the trial too: a cut may have come before either followed
 
 
 def boot_once(ctx: Context, number: int) -> str:

@@ -263,6 +263,12 @@ def delete(ctx: Context, numbers: list[int]) -> list[int]:
                     f"snapshot {n} is the {which} snapshot and cannot be deleted",
                     "make another snapshot the default first: transactional-update rollback N",
                 )
+            if n == bootstate.known_good(bootstate.load(ctx.root)):
+                raise SnapshotError(
+                    f"snapshot {n} is the known-good snapshot: GRUB falls back to it when a "
+                    "new default does not boot",
+                    "delete it once a newer snapshot has passed its boot check (status shows it)",
+                )
             if n in sources:
                 raise SnapshotError(
                     f"snapshot {n}'s /etc changes are still to be carried into the next boot",

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from transactional_update.boot import counting
+from transactional_update.boot import counting, menustate
 from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
 from transactional_update.errors import TUError
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # A transaction running at boot (a timer that caught up) holds the lock for minutes; the check
 # waits for it rather than fail the boot's verdict.
 LOCK_WAIT = 600.0
+NOTIFY_TIMEOUT = 30.0  # seconds NOTIFY_COMMAND may take
 FAILED_MARK = "tu-boot"  # snapper userdata of a snapshot that failed to boot: "failed"
 # What tells kured and openSUSE's tools that a reboot is due: after a rollback the running
 # system is what boots next, so neither may linger.
@@ -100,6 +101,7 @@ def _now() -> str:
 
 def boot_check(ctx: Context, *, reboot: bool = True) -> Result:
     """The steps above; *reboot* False leaves the reboot after a rollback to the admin."""
+    catch_up(ctx)
     fell_back = settle_fallback(ctx, observe(ctx))
     facts = observe(ctx)
     report = examine(ctx)
@@ -116,6 +118,15 @@ def boot_check(ctx: Context, *, reboot: bool = True) -> Result:
     if result.verdict is Verdict.ROLLED_BACK and reboot:
         result.reboot = reboot_now(ctx)
     return result
+
+
+def catch_up(ctx: Context) -> None:
+    """A menu that does not boot the default (a cut before it followed) is rewritten first, with
+    the trial: what this boot's verdict changes must reach the menu GRUB reads next."""
+    found = menustate.state(ctx.root, ctx.managed.default())
+    if found is not None and found["stale"]:
+        with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+            ctx.default_changed()
 
 
 def observe(ctx: Context) -> Facts:
@@ -143,6 +154,7 @@ def fell_back(facts: Facts) -> bool:
     return (
         trial.number is not None
         and trial.number == facts.default
+        and trial.number != facts.known_good
         and trial.tries == 0
         and facts.booted is not None
         and facts.booted != facts.default
@@ -187,18 +199,31 @@ def accept(ctx: Context, facts: Facts, result: Result) -> None:
     if booted is None or booted != facts.default:
         result.verdict = Verdict.VISIT
         return
-    result.verdict = Verdict.GOOD
-    result.known_good = booted
     on_trial = booted != facts.known_good
     with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+        if changed_meanwhile(ctx, facts, result):
+            return
+        result.verdict, result.known_good = Verdict.GOOD, booted
+        # GRUB's count first: a known-good record beside a spent count would make the next boot
+        # fall back from a snapshot that passed.
+        counting.end_trial(ctx.root, booted, booted)
         data = bootstate.load(ctx.root)
         bootstate.save(ctx.root, bootstate.with_known_good(data, booted, _now(), on_trial))
-        counting.end_trial(ctx.root, booted)
         if on_trial:
             changelog.add_boot_event(ctx.root, booted, {"event": "known-good", "at": _now()})
             ctx.default_changed()  # the menu's marks and its fallback follow
     if on_trial:
         log.info("snapshot %d passed its boot check: it is known-good", booted)
+
+
+def changed_meanwhile(ctx: Context, facts: Facts, result: Result) -> bool:
+    """The default moved while the checks ran (a commit, a rollback): the verdict is about a
+    boot that no longer decides anything, so it changes nothing."""
+    if ctx.managed.default() == facts.default:
+        return False
+    result.verdict = Verdict.REPORTED
+    result.why = "the default changed while the checks ran"
+    return True
 
 
 def no_rollback(facts: Facts) -> str | None:
@@ -218,28 +243,46 @@ def no_rollback(facts: Facts) -> str | None:
     return None
 
 
+def unfinished_rollback(facts: Facts) -> bool:
+    """The snapshot on trial runs, but the known-good one is the default already and no failure
+    is recorded: a cut came between a rollback's steps, before the menu followed."""
+    return (
+        facts.booted is not None
+        and facts.booted == facts.trial.number
+        and facts.default == facts.known_good
+        and facts.booted not in facts.failures
+    )
+
+
 def reject(ctx: Context, facts: Facts, report: checks.Report, result: Result) -> None:
     """An unhealthy default on trial: marked failed, the known-good snapshot the default."""
     reason = failure_reason(report)
     result.known_good = facts.known_good
-    why = no_rollback(facts)
+    result.reason = reason
+    why = None if unfinished_rollback(facts) else no_rollback(facts)
+    good = facts.known_good
     if why is None:
-        good = facts.known_good
-        assert good is not None and facts.booted is not None
+        assert good is not None
         target = ctx.managed.snapshot_dir(good)
         if not target.is_dir() or etcvol.lacks_etc(target):
             why = f"known-good snapshot {good} is gone or cannot boot"
     if why is not None:
-        result.verdict, result.why, result.reason = Verdict.REPORTED, why, reason
+        result.verdict, result.why = Verdict.REPORTED, why
+        if facts.booted is not None and facts.booted == facts.default:
+            # It reached user space: GRUB must not count it down and fall back from it later
+            # (that would be a second rollback, under a false reason).
+            with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+                counting.end_trial(ctx.root, facts.booted, None)
         log.error("snapshot %s is unhealthy (%s); not rolled back: %s", facts.booted, reason, why)
         return
     assert good is not None and facts.booted is not None
     with Lock(ctx.managed.snapshots_dir, max(ctx.config.lock_wait, LOCK_WAIT)):
+        if changed_meanwhile(ctx, facts, result):
+            return
         make_default(ctx, good)
         mark_failed(ctx, facts.booted, reason, how="health-check", rolled_back_to=good)
         ctx.default_changed()
-    result.verdict, result.failed, result.reason = Verdict.ROLLED_BACK, facts.booted, reason
-    result.rolled_back_to = good
+    result.verdict, result.failed, result.rolled_back_to = Verdict.ROLLED_BACK, facts.booted, good
     log.error("snapshot %d is unhealthy (%s); rolled back to %d", facts.booted, reason, good)
 
 
@@ -287,7 +330,12 @@ def tell(ctx: Context, result: Result) -> None:
                 log.warning("cannot remove %s: %s", marker, exc.strerror or exc)
     message = f"transactional-update: {summary(result)}"
     argv = [*ctx.config.notify_command, message]
-    res = run(argv, check=False, what="the notification (NOTIFY_COMMAND)")
+    try:
+        # Bounded: the reboot into the known-good snapshot comes after it.
+        res = run(argv, check=False, what="NOTIFY_COMMAND", timeout=NOTIFY_TIMEOUT)
+    except TUError as exc:
+        log.warning("the notification failed: %s", exc.message)
+        return
     if res.returncode != 0:
         log.warning("NOTIFY_COMMAND %s failed (exit %d)", shlex.join(argv[:1]), res.returncode)
 

@@ -193,3 +193,17 @@ def test_builtin_checks_on_a_root_elsewhere_are_none(tmp_path: Path) -> None:
     ]
     (tmp_path / "etc").mkdir()
     assert len(builtin.check_mounts(tmp_path)[0]) == 1
+
+
+def test_a_hanging_or_missing_notify_command_is_one_error_not_a_hang() -> None:
+    """What keeps ``tell()`` from holding the reboot after a rollback: run() bounds the
+    command and turns a missing one into an error the check catches."""
+    from transactional_update.errors import SystemError_
+    from transactional_update.proc import run
+
+    with pytest.raises(SystemError_) as err:
+        run(["sleep", "5"], check=False, what="NOTIFY_COMMAND", timeout=0.2)
+    assert err.value.message == "NOTIFY_COMMAND did not end within 0.2 s and was killed"
+    with pytest.raises(SystemError_) as err:
+        run(["tu-no-such-notifier"], check=False, timeout=1)
+    assert err.value.message == "tu-no-such-notifier: command not found"

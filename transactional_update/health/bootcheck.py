@@ -102,8 +102,10 @@ def _now() -> str:
 def boot_check(ctx: Context, *, reboot: bool = True) -> Result:
     """The steps above; *reboot* False leaves the reboot after a rollback to the admin."""
     catch_up(ctx)
-    fell_back = settle_fallback(ctx, observe(ctx))
     facts = observe(ctx)
+    fell_back = settle_fallback(ctx, facts)
+    if fell_back is not None:
+        facts = observe(ctx)  # the default, the trial and the failures changed
     report = examine(ctx)
     record(ctx, facts, report)
     result = Result(report, booted=facts.booted, fell_back=fell_back)

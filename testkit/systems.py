@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,14 +327,17 @@ def make_deb(
     name: str,
     version: str,
     postinst: str | None = None,
-    files: dict[str, str] | None = None,
+    files: Mapping[str, str | bytes] | None = None,
 ) -> Path:
     """A tiny real .deb (/usr/share/NAME/version and *files*), optionally with a postinst."""
     tree = workdir / f"{name}-{version}"
     (tree / "DEBIAN").mkdir(parents=True)
-    for path, text in (files or {}).items():
+    for path, content in (files or {}).items():
         (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-        (tree / path.lstrip("/")).write_text(text)
+        if isinstance(content, bytes):
+            (tree / path.lstrip("/")).write_bytes(content)
+        else:
+            (tree / path.lstrip("/")).write_text(content)
         (tree / path.lstrip("/")).chmod(0o755)
     (tree / f"usr/share/{name}").mkdir(parents=True)
     (tree / f"usr/share/{name}/version").write_text(f"{version}\n")
@@ -353,6 +356,20 @@ def make_deb(
     deb = workdir / f"{name}_{version}_all.deb"
     sh("dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb))
     return deb
+
+
+def local_repo(system: System, debs: list[Path]) -> None:
+    """An offline apt repository under the shared /var/cache, the only source of the system."""
+    repo = system.root / "var/cache/tu-repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy(deb, repo)
+    index = sh("dpkg-scanpackages", "--multiversion", ".", cwd=repo).stdout
+    (repo / "Packages").write_text(index)
+    with system.booted_writable() as snap:
+        (snap / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/var/cache/tu-repo ./\n")
+        for extra in (snap / "etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
 
 
 def make_rpm(

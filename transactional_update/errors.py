@@ -30,7 +30,11 @@ class ExitCode(IntEnum):
         "the transaction failed; the snapshot was discarded "
         "(`run` and `shell` pass the command's own non-zero code through)",
     )
-    USAGE = 2, "usage error (bad option, nested invocation)"
+    USAGE = (
+        2,
+        "usage error (bad option, nested invocation); `apply`: not applied (refused, or failed "
+        "and undone: the running system is as it was)",
+    )
     NOT_MANAGED = (
         3,
         "not a managed system (not btrfs, no `/.snapshots`, no snapper config, "
@@ -73,6 +77,12 @@ class NotManagedError(TUError):
 
 class LockedError(TUError):
     code = ExitCode.LOCKED
+
+
+class ApplyError(TUError):
+    """``apply`` refused or failed; openSUSE's tool exits 2 then too."""
+
+    code = ExitCode.USAGE
 
 
 class SnapshotError(TUError):

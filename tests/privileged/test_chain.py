@@ -10,8 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from testkit.systems import System, make_deb, sh
-from tests.privileged.test_packages import _local_repo
+from testkit.systems import System, local_repo, make_deb, sh
 
 CONF = "etc/transactional-update.conf"
 
@@ -146,11 +145,11 @@ def test_up_shell_is_one_snapshot_and_the_shell_sees_the_update(
 ) -> None:
     """openSUSE's `up shell`: the shell opens in the snapshot the update made (stdin: a pipe)."""
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
     r = s.tu("pkg", "install", "tu-hello")
     assert r.returncode == 0, r.stderr
     assert s.numbers() == [1, 2]
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "2.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "2.0")])
     saw = "grep -qx 2.0 /usr/share/tu-hello/version && touch /etc/shell-saw-2.0\nexit 0\n"
     r = s.tu("up", "shell", input_text=saw)
     assert r.returncode == 0, r.stderr
@@ -162,7 +161,7 @@ def test_up_shell_is_one_snapshot_and_the_shell_sees_the_update(
     assert log["base"] == 2 and log["description"] == "up; shell"
     assert log["commands"][-1]["argv"][0] in ("/bin/bash", "/bin/sh")
     # A shell that exits non-zero discards the update with it.
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "3.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "3.0")])
     r = s.tu("up", "shell", input_text="exit 1\n")
     assert r.returncode == 1
     assert s.numbers() == [1, 2, 3] and s.default_number() == 3

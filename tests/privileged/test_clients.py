@@ -16,8 +16,8 @@ from xml.dom.minidom import Document, parseString
 
 import pytest
 
-from testkit.systems import System, make_deb, make_rpm, sh
-from tests.privileged.test_packages import _dpkg_version, _local_repo
+from testkit.systems import System, local_repo, make_deb, make_rpm, sh
+from tests.privileged.test_packages import _dpkg_version
 from tests.privileged.test_rpm_backends import _publish, _rpm_version, rpm_system
 
 __all__ = ["rpm_system"]  # the fixture, imported for the zypper rows
@@ -42,7 +42,7 @@ def _no_reboot(system: System) -> None:
 
 def test_salt_module_functions(managed_system: System, tmp_path: Path) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0"), make_deb(tmp_path, "tu-other", "1.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0"), make_deb(tmp_path, "tu-other", "1.0")])
     _no_reboot(s)
     marker = _tmpfs_run(s)
 
@@ -227,7 +227,7 @@ def test_cloud_init(rpm_system: System, tmp_path: Path) -> None:
 
 def test_cloud_init_on_apt(managed_system: System, tmp_path: Path) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
     # zypper's licence flag has no apt counterpart: accepted, and nothing is passed to apt.
     r = s.tu("-n", "-d", "pkg", "install", "--auto-agree-with-licenses", "tu-hello")
     assert r.returncode == 0, r.stderr
@@ -276,7 +276,7 @@ def test_register_and_migration_are_refused(managed_system: System) -> None:
 
 def test_topgrade_and_no_command(managed_system: System, tmp_path: Path) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
     # topgrade: "-n dup" (apt-get dist-upgrade here); nothing to upgrade: no snapshot.
     r = s.tu("-n", "dup")
     assert r.returncode == 0, r.stderr

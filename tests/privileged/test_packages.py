@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.systems import System, make_deb, sh
+from testkit.systems import System, local_repo, make_deb, sh
 
 INIT_SCRIPT = """#!/bin/sh
 ### BEGIN INIT INFO
@@ -126,25 +126,11 @@ def test_reboot_refuses_a_system_mounted_elsewhere(managed_system: System) -> No
     )
 
 
-def _local_repo(system: System, debs: list[Path]) -> None:
-    """An offline apt repository under the shared /var/cache, the only source of the system."""
-    repo = system.root / "var/cache/tu-repo"
-    repo.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        shutil.copy(deb, repo)
-    index = sh("dpkg-scanpackages", "--multiversion", ".", cwd=repo).stdout
-    (repo / "Packages").write_text(index)
-    with system.booted_writable() as snap:
-        (snap / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/var/cache/tu-repo ./\n")
-        for extra in (snap / "etc/apt/sources.list.d").glob("*"):
-            extra.unlink()
-
-
 def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(
     managed_system: System, tmp_path: Path
 ) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
+    local_repo(s, [make_deb(tmp_path, "tu-hello", "1.0")])
     r = s.tu("pkg", "install", "tu-hello")
     assert r.returncode == 0, r.stderr
     assert s.numbers() == [1, 2]
@@ -159,7 +145,7 @@ def test_dry_run_leaves_no_snapshot_and_up_records_the_upgrade(
         assert s.numbers() == [1, 2] and s.default_number() == 2
     # A newer version in the repository: `up` upgrades and the changelog says 1.0 -> 2.0.
     # (--refresh: within REFRESH_DELAY of the install's refresh, `up` would not refresh.)
-    _local_repo(s, [make_deb(tmp_path / "v2", "tu-hello", "2.0")])
+    local_repo(s, [make_deb(tmp_path / "v2", "tu-hello", "2.0")])
     r = s.tu("--continue", "--refresh", "up")
     assert r.returncode == 0, r.stderr
     new = s.default_number()
@@ -186,7 +172,7 @@ def test_refresh_delay_spares_the_refresh_until_the_sources_change(
     managed_system: System, tmp_path: Path
 ) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b", "tu-c", "tu-d")])
+    local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b", "tu-c", "tu-d")])
     assert s.tu("pkg", "install", "tu-a").returncode == 0
     assert _commands(s, 2)[0] == ["apt-get", "update"]
     stamp = json.loads((s.root / STAMP).read_text())
@@ -226,7 +212,7 @@ def test_refresh_delay_spares_the_refresh_until_the_sources_change(
 
 def test_refresh_delay_zero_refreshes_every_time(managed_system: System, tmp_path: Path) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b")])
+    local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b")])
     with s.booted_writable() as snap:
         (snap / "etc/transactional-update.conf").write_text("REFRESH_DELAY=0\n")
     r = s.tu("config")
@@ -242,7 +228,7 @@ def test_a_failed_refresh_writes_no_stamp_and_is_retried(
     managed_system: System, tmp_path: Path
 ) -> None:
     s = managed_system
-    _local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b")])
+    local_repo(s, [make_deb(tmp_path, n, "1.0") for n in ("tu-a", "tu-b")])
     assert s.tu("pkg", "install", "tu-a").returncode == 0
     assert (s.root / STAMP).is_file()
     # A source that does not exist: apt-get update fails (exit 100), and the stamp is gone.

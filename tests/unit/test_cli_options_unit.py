@@ -51,6 +51,7 @@ EXAMPLES: dict[str, list[str]] = {
     "sync-etc": [],
     "health": [],
     "boot-check": [],
+    "apply": [],
     "boot-once": ["3"],
     "create-system": ["/tmp/img"],
     "register": [],

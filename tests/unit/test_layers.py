@@ -24,6 +24,7 @@ LAYERS = {
     "packages": 6,
     "boot": 6,
     "reboot": 6,
+    "live": 6,
     "provision": 7,
     "health": 7,
     "cli": 8,

@@ -696,6 +696,49 @@ def sync_etc_cmd() -> Step:
     return step
 
 
+@cli.command("apply")
+@with_options("apply")
+def apply_cmd(allow_replacement: bool, restart_services: bool) -> Step:
+    """Make the default snapshot's /usr and /etc live on the running system, without a reboot
+    (additions; replacements with --allow-replacement; the kernel waits for the reboot)."""
+
+    def step(state: State) -> int:
+        from transactional_update.errors import ApplyError
+        from transactional_update.live import flow
+
+        if state.root != Path("/"):
+            raise ApplyError(
+                f"apply changes the running system; --root {state.root} names one that is not "
+                "running",
+                "run apply on the system itself, without --root",
+            )
+        quiet = state.json or state.opts.get("quiet", False)
+
+        def say(line: str) -> None:
+            if not quiet:
+                click.echo(line)
+
+        result = flow.apply(
+            state.ctx,
+            allow_replacement=allow_replacement,
+            restart_services=restart_services,
+            say=say,
+        )
+        if state.json:
+            click.echo(json.dumps(result.as_json()))
+        else:
+            for line in flow.report(result):
+                say(line)
+        if result.restart_failed:
+            units = ", ".join(u for u, _ in result.restart_failed)
+            click.echo(f"error: applied, but restarting failed: {units}", err=True)
+            click.echo("hint: see: systemctl status " + units.replace(",", ""), err=True)
+            return 1
+        return 0
+
+    return step
+
+
 def _reload_systemd(root: Path) -> None:
     """Units enabled live since the fork: systemd read /etc before the boot merge brought them."""
     if root != Path("/") or not Path("/run/systemd/system").is_dir():

@@ -250,6 +250,24 @@ OPTIONS: tuple[Option, ...] = (
         commands=("boot-check",),
     ),
     Option(
+        ("--allow-replacement",),
+        "allow_replacement",
+        F,
+        "Also apply a change that replaces or deletes files running programs may use "
+        "(package upgrades and removals).",
+        default=False,
+        commands=("apply",),
+    ),
+    Option(
+        ("--restart-services",),
+        "restart_services",
+        F,
+        "Restart the units whose processes still use replaced files (never systemd, the "
+        "D-Bus daemon, sessions, consoles, or APPLY_NO_RESTART's units).",
+        default=False,
+        commands=("apply",),
+    ),
+    Option(
         ("--size",),
         "size",
         V,
@@ -350,6 +368,7 @@ COMMANDS: dict[str, int | None] = {
     "sync-etc": 0,
     "health": 0,
     "boot-check": 0,
+    "apply": 0,
     "boot-once": 1,
     "create-system": 1,
     "register": None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from transactional_update.boot import grubenv, menustate
 from transactional_update.core.lock import Lock, noted_forks
 from transactional_update.errors import TUError
-from transactional_update.record import bootstate, conflicts
+from transactional_update.record import applied, bootstate, conflicts
 from transactional_update.record.summary import read_facts
 from transactional_update.snapshots import btrfs, leftovers
 from transactional_update.snapshots.snapinfo import IN_PROGRESS, Snapshot, read_all_info, read_info
@@ -33,6 +33,7 @@ class Status:
     import alone would cost ``status`` a third of its run time (see :mod:`snapshots.snapinfo`)."""
 
     __slots__ = (
+        "applied",
         "boot",
         "boot_menu",
         "booted",
@@ -41,6 +42,7 @@ class Status:
         "etc_writable",
         "foreign_default",
         "leftovers",
+        "live",
         "pending",
         "pending_reboot",
         "pending_summary",
@@ -66,6 +68,8 @@ class Status:
         etc_writable: bool = True,  # the booted snapshot has its own /etc (snapshots.etcvol)
         etc_conflicts: list[dict[str, Any]] | None = None,  # open live /etc conflicts
         boot: dict[str, Any] | None = None,  # trial, known-good, failures (boot_state)
+        live: int | None = None,  # whose /usr and /etc run (apply); None: the booted one's
+        applied: dict[str, Any] | None = None,  # the apply's record (record.applied)
     ) -> None:
         self.booted = booted
         self.default = default
@@ -81,6 +85,16 @@ class Status:
         self.etc_writable = etc_writable
         self.etc_conflicts = etc_conflicts or []
         self.boot = boot or {}
+        self.live = booted if live is None else live
+        self.applied = applied
+
+    @property
+    def reboot_needed(self) -> bool:
+        """A pending default that apply made live needs no reboot, unless for its kernel."""
+        if self.pending is None:
+            return False
+        a = self.applied
+        return not (a and a.get("snapshot") == self.pending and not a.get("kernel_pending", True))
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:
@@ -106,6 +120,10 @@ def get_status(managed: ManagedRoot) -> Status:
         live = [n for n in noted_forks(lock.read()) if f"snapshot {n}" in running]
         live += leftovers.numbers(managed.snapshots_dir)[-1:]
     found = leftovers.for_status(managed, booted, default, live)
+    running_live = managed.live()
+    record = None
+    if running_live is not None and running_live != booted:
+        record = applied.load(managed.root, running_live) or {"snapshot": running_live}
     stale = found.stale[-1] if found.stale else None
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
@@ -127,6 +145,8 @@ def get_status(managed: ManagedRoot) -> Status:
         btrfs.is_subvolume(managed.root / "etc"),
         conflicts.open_conflicts(managed.root),
         boot_state(managed.root),
+        running_live,
+        record,
     )
 
 
@@ -210,7 +230,9 @@ def status_json(st: Status) -> dict[str, Any]:
         "pending": st.pending,
         "pending_summary": st.pending_summary,
         "pending_base": _base(st.snapshots.get(st.pending)) if st.pending else None,
-        "reboot_needed": st.pending is not None,
+        "reboot_needed": st.reboot_needed,
+        "live": st.live,
+        "applied": st.applied,
         "reboot_level": st.pending_reboot,
         "running": st.running,
         "stale_in_progress": st.stale,
@@ -248,7 +270,19 @@ def status_text(st: Status) -> str:
         _line("booted:", st.booted, st.snapshots),
         _line("default:", st.default, st.snapshots),
     ]
-    if st.pending is not None:
+    if st.applied is not None:
+        a = st.applied
+        when = f" at {_clock(a['at'])}" if a.get("at") else ""
+        lines.append(
+            f"live:     {st.live} (applied live{when}: its /usr and /etc run; the kernel is "
+            f"snapshot {st.booted}'s until the reboot)"
+        )
+    if st.pending is not None and not st.reboot_needed:
+        lines.append(
+            f"pending:  snapshot {st.pending} boots next; it is live already (applied), the "
+            "reboot brings it up unchanged"
+        )
+    elif st.pending is not None:
         change = f" ({st.pending_summary})" if st.pending_summary else ""
         how = "a full reboot (its packages ask for one)" if st.pending_reboot else "reboot"
         lines.append(f"pending:  snapshot {st.pending} boots next{change}; {how} to use it")

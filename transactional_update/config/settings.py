@@ -97,6 +97,9 @@ class Config:
     # Any failed unit is only a warning by default: one flaky unit that fails on every
     # snapshot alike would otherwise turn away every update.
     health_failed_units: FailedUnits = FailedUnits.WANTED
+    # Units ``apply --restart-services`` leaves alone (glob patterns), besides those it never
+    # restarts (systemd, the bus, sessions, consoles, display managers).
+    apply_no_restart: tuple[str, ...] = ()
     # How often GRUB boots a new default before it falls back to the last known-good snapshot
     # (0: no boot counting).
     boot_tries: int = 3
@@ -204,6 +207,19 @@ def _units(key: str, value: str) -> tuple[str, ...]:
                 f'list unit names separated by spaces, e.g. {key}="sshd.service nginx.service"',
             )
     return tuple(u if "." in u else f"{u}.service" for u in units)
+
+
+def _unit_patterns(key: str, value: str) -> tuple[str, ...]:
+    import re
+
+    patterns = tuple(value.split())
+    for pattern in patterns:
+        if not re.fullmatch(r"[A-Za-z0-9:_.\\@*?\[\]-]+", pattern) or pattern.startswith("-"):
+            raise _Bad(
+                f"{key}: {pattern!r} is not a unit name or pattern",
+                f'list unit names or patterns separated by spaces, e.g. {key}="postgresql* nginx"',
+            )
+    return patterns
 
 
 MAX_BOOT_TRIES = 9  # GRUB counts down with one branch per value (it has no arithmetic)
@@ -432,6 +448,7 @@ KEYS: tuple[Key, ...] = (
         _enum(FailedUnits),
         _choices(FailedUnits),
     ),
+    Key("APPLY_NO_RESTART", "apply_no_restart", _unit_patterns, "unit names or patterns"),
     Key("BOOT_TRIES", "boot_tries", _boot_tries, f"0 to {MAX_BOOT_TRIES}; 0: no boot counting"),
     Key("REBOOT_COMMAND", "reboot_command", _command, "a command line"),
     Key("KEXEC_LOAD_COMMAND", "kexec_load_command", _command, "a command line (kexec)"),

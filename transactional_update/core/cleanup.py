@@ -125,7 +125,7 @@ def cleanup(ctx: Context) -> CleanupResult:
     managed = ctx.managed
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
         booted, default = managed.booted(), managed.default()
-        protected = {n for n in (booted, default) if n is not None}
+        protected = {n for n in (booted, default, managed.live()) if n is not None}
         protected |= _etc_sources(ctx, booted, default)  # their /etc changes are still to come
         good = bootstate.known_good(bootstate.load(ctx.root))
         if good is not None:
@@ -253,12 +253,18 @@ def delete(ctx: Context, numbers: list[int]) -> list[int]:
     managed = ctx.managed
     wanted = sorted(set(numbers))
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
-        booted, default = managed.booted(), managed.default()
+        booted, default, live = managed.booted(), managed.default(), managed.live()
         sources = _etc_sources(ctx, booted, default)
         for n in wanted:
             managed.require_snapshot_dir(n)
-            if n in (booted, default):
-                which = "booted" if n == booted else "default (it boots next)"
+            if n in (booted, default, live):
+                which = (
+                    "booted"
+                    if n == booted
+                    else "default (it boots next)"
+                    if n == default
+                    else "live (apply made its /usr and /etc the running ones)"
+                )
                 raise SnapshotError(
                     f"snapshot {n} is the {which} snapshot and cannot be deleted",
                     "make another snapshot the default first: transactional-update rollback N",

@@ -46,7 +46,8 @@ def sync(ctx: Context) -> tuple[list[carry.Carried], TUError | None]:
             failed.append(err)
 
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
-        booted = managed.booted()
+        # The snapshot whose /etc is live: the booted one, or the one apply bound over it.
+        booted = managed.live()
         assert booted is not None  # open_root refuses a root that is not a snapshot
         booted_dir = managed.snapshot_dir(booted)
         attempt(

@@ -52,7 +52,7 @@ def rollback(ctx: Context, target: int | str | None) -> RollbackResult:
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
         default = managed.default()
         if target is None:
-            number = managed.booted()
+            number = managed.live()  # openSUSE's "current": what runs, applied or booted
             assert number is not None
         elif target == "last":
             candidates = [
@@ -103,7 +103,7 @@ def _left_behind(ctx: Context, number: int) -> tuple[list[str] | None, str | Non
     from transactional_update.etc import carry
 
     managed = ctx.managed
-    booted = managed.booted()
+    booted = managed.live()  # whose /etc is live
     if booted is None or booted == number:
         return [], None
     booted_dir = managed.snapshot_dir(booted)

@@ -198,7 +198,8 @@ class Transaction:
 
     def _choose_base(self) -> int:
         managed = self.ctx.managed
-        booted, default = managed.booted(), managed.default()
+        # The running snapshot: the booted one, or the one apply made live over it.
+        booted, default = managed.live(), managed.default()
         assert booted is not None  # open_root refuses a root that is not a snapshot
         self.result.previous_default = default
         base, level, why = choose_base(
@@ -235,7 +236,7 @@ class Transaction:
             return  # a system made before the writable /etc: snapper copied /etc with the rest
         from transactional_update.etc import carry
 
-        booted = managed.booted()
+        booted = managed.live()  # whose /etc is the live one (apply binds the applied one's)
         assert booted is not None
         carried = carry.begin(
             self.ctx.root,
@@ -364,7 +365,7 @@ class Transaction:
     def _carry_live(self, fork_dir: Path) -> None:
         """The live /etc's changes since the fork, into it (again at shutdown and boot)."""
         assert self.number is not None
-        booted = self.ctx.managed.booted()
+        booted = self.ctx.managed.live()
         if booted is None or not etcvol.has_own_etc(fork_dir):
             return
         from transactional_update.etc import carry

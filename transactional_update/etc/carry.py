@@ -47,6 +47,7 @@ class Moment(StrEnum):
     COMMIT = "commit"
     SYNC = "sync"  # sync-etc: at shutdown (transactional-update-etc.service), or by hand
     BOOT = "boot"
+    APPLY = "apply"  # apply made the snapshot's /etc live: what the old one took meanwhile
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,13 @@ def _put_back(fresh: Path, base: Path, paths: list[str]) -> None:
         btrfs.set_read_only(fresh, True)
 
 
-def at_boot(snapshots_dir: Path, booted: int, booted_dir: Path, live_etc: Path) -> Carried | None:
+def at_boot(
+    snapshots_dir: Path,
+    booted: int,
+    booted_dir: Path,
+    live_etc: Path,
+    when: Moment = Moment.BOOT,
+) -> Carried | None:
     """Early at a snapshot's first boot: carry what the previous system's ``/etc`` changed since
     the last merge, then keep the booted ``/etc`` as ``etc-booted`` (what a rollback compares).
 
@@ -245,7 +252,7 @@ def at_boot(snapshots_dir: Path, booted: int, booted_dir: Path, live_etc: Path) 
             at = now()
             try:
                 report = three_way(point.path, fresh, live_etc)
-                carried = Carried(booted, point.live, Moment.BOOT, at, report)
+                carried = Carried(booted, point.live, when, at, report)
                 if report.failed:
                     _advance(booted_dir, point.path, fresh, report, point.live, at)
                 else:

@@ -222,9 +222,18 @@ class Outcome:
 
 
 def pending_snapshot(managed: ManagedRoot) -> int | None:
-    """The default snapshot when it is not the booted one (a foreign default is not rebooted to)."""
+    """The default snapshot when it is not the booted one (a foreign default is not rebooted to),
+    unless ``apply`` made it live already and no new kernel waits for the boot."""
+    from transactional_update.record import applied
+
     booted, default = managed.booted(), managed.default()
-    return default if default is not None and default != booted else None
+    if default is None or default == booted:
+        return None
+    if default == managed.live():
+        record = applied.load(managed.root, default)
+        if record is not None and not record.get("kernel_pending", True):
+            return None
+    return default
 
 
 def request_reboot(
@@ -243,8 +252,12 @@ def request_reboot(
                 "the default subvolume is not a snapper snapshot; not rebooting into it "
                 "(make the booted snapshot the default with: transactional-update rollback)"
             )
+        running = "booted" if default == booted else "live (applied)"
         return Outcome(
-            booted, default, None, f"no reboot needed: snapshot {booted} is booted and the default"
+            booted,
+            default,
+            None,
+            f"no reboot needed: snapshot {default or booted} is {running} and the default",
         )
     kexec = None
     if method is RebootMethod.KEXEC:

@@ -63,6 +63,9 @@ class Entry:
     # What its boots showed: {"event": "known-good" | "failed", "at", and for a failure
     # "reason", "how" (boot-counting, health-check) and "rolled_back_to"}.
     boot: list[dict[str, Any]] = field(default_factory=list)
+    # Each time ``apply`` made it live on the running system: {"at", "who", "from", "class",
+    # "kernel_pending", "processes", "restarted", "not_restarted", "restart_failed"}.
+    applied: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         return summarize(self.packages, self.files, self.files_error)
@@ -143,6 +146,7 @@ def from_json(data: dict[str, Any]) -> Entry:
         boot_menu=data.get("boot_menu"),
         live_etc=list(data.get("live_etc", [])),
         boot=list(data.get("boot", [])),
+        applied=list(data.get("applied", [])),
     )
 
 
@@ -154,6 +158,11 @@ def add_live_etc(root: Path, number: int, merged: dict[str, Any]) -> bool:
 def add_boot_event(root: Path, number: int, event: dict[str, Any]) -> bool:
     """Append what a boot of snapshot *number* showed to its entry (False: it has none)."""
     return _append(root, number, "boot", event)
+
+
+def add_apply_event(root: Path, number: int, event: dict[str, Any]) -> bool:
+    """Append an ``apply`` of snapshot *number* to its entry (False: it has none)."""
+    return _append(root, number, "applied", event)
 
 
 def _append(root: Path, number: int, name: str, item: dict[str, Any]) -> bool:
@@ -241,7 +250,30 @@ def render(entry: Entry) -> str:
         lines.append(f"  boot menu: {entry.boot_menu}")
     lines += [line for merged in entry.live_etc for line in render_live_etc(merged)]
     lines += [render_boot_event(event) for event in entry.boot]
+    lines += [line for event in entry.applied for line in render_apply_event(event)]
     return "\n".join(lines)
+
+
+def render_apply_event(event: dict[str, Any]) -> list[str]:
+    who = event.get("who") or {}
+    by = who.get("user", "?") + (f" (sudo by {who['sudo_user']})" if who.get("sudo_user") else "")
+    lines = [
+        f"  applied live at {event.get('at')} by {by} (over snapshot {event.get('from')}, "
+        f"{event.get('class')})"
+    ]
+    if event.get("kernel_pending"):
+        lines.append("    the new kernel starts with the next reboot")
+    lines += [f"    restarted {u}" for u in event.get("restarted", [])]
+    lines += [
+        f"    RESTART FAILED {f['unit']}: {f['error']}" for f in event.get("restart_failed", [])
+    ]
+    lines += [
+        f"    still uses replaced files: {p['command']} "
+        f"(PID {p['pid']}, {p.get('unit') or 'no unit'})"
+        for p in event.get("processes", [])
+        if p.get("unit") not in event.get("restarted", [])
+    ]
+    return lines
 
 
 def render_boot_event(event: dict[str, Any]) -> str:

@@ -69,6 +69,15 @@ class ManagedRoot:
     def booted(self) -> int | None:
         return snapshot_number(btrfs.subvolume_path(self.root))
 
+    def live(self) -> int | None:
+        """The snapshot whose userspace runs: the one ``apply`` bound over ``/usr``, else the
+        booted one.  Read from ``/usr`` as openSUSE's tool does: after an apply, ``/`` is still
+        the booted snapshot, ``/usr`` and ``/etc`` are the applied one's."""
+        usr = self.root / "usr"
+        if not usr.is_dir():
+            return self.booted()
+        return snapshot_number(btrfs.subvolume_path(self.root, btrfs.subvolume_id(usr)))
+
     def default_subvolume(self) -> str:
         """The default subvolume's path from the top level (``""`` for the top level itself)."""
         return btrfs.subvolume_path(self.root, btrfs.get_default(self.root))

@@ -1,0 +1,215 @@
+"""What ``apply`` would change on the running system, and whether it may: the plan.
+
+The change from the live snapshot to the default is read from the changelog, composed over every
+transaction between them (each entry holds the packages and files its transaction changed), or,
+where an entry is missing or could not compare files, from the snapshots themselves (a
+metadata-only ``btrfs send``: its cost follows the size of the change).  Then it is sorted:
+
+* **additions** (new packages, new files): applied as they are;
+* **replacement** (a file replaced or deleted, a package upgraded, downgraded or removed): the
+  running programs may still use the old files, so only with ``--allow-replacement``;
+* **kernel**: a new kernel, initrd or module tree only starts with the next reboot (``/boot`` and
+  the running kernel's modules are not swapped under it).
+
+Files that every package operation rewrites (the package databases, ``ld.so.cache``, the caches
+that triggers regenerate) and ``/etc`` (merged by the live ``/etc`` rules, never mapped as code)
+are bookkeeping, not replacements: an ``apt install`` of a new package stays an addition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+# Top-level directories that apply makes live: /usr, /etc, and on a system whose /bin, /sbin and
+# /lib are not yet links into /usr, those directories as well (see binds.targets).
+USERSPACE = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+_BOOKKEEPING_PREFIXES = (
+    "/etc/",
+    "/usr/share/dpkg/database/",
+    "/var/lib/dpkg/",
+    "/usr/lib/sysimage/rpm/",
+    "/var/lib/rpm/",
+    "/usr/share/mime/",
+)
+_BOOKKEEPING_FILES = frozenset(
+    {
+        "/usr/share/info/dir",
+        "/usr/share/applications/mimeinfo.cache",
+        "/usr/share/glib-2.0/schemas/gschemas.compiled",
+    }
+)
+_BOOKKEEPING_NAMES = frozenset({"icon-theme.cache", "giomodule.cache", "loaders.cache"})
+_KERNEL_PACKAGES = ("linux-image-", "kernel-default", "kernel-core", "kernel-")
+
+
+class ChangeClass(StrEnum):
+    NONE = "none"
+    ADDITIONS = "additions"
+    REPLACEMENT = "replacement"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The change from snapshot *live* (running) to *target* (the default), sorted."""
+
+    live: int
+    target: int
+    chain: tuple[int, ...]  # the snapshots after *live* up to *target*, oldest first
+    source: str  # "changelog" or "snapshots": where the change was read
+    packages: tuple[Mapping[str, Any], ...]  # {"name", "kind", "old", "new"}, net
+    added: tuple[str, ...]  # files new in *target*
+    replaced: tuple[str, ...]  # files modified or deleted: running programs may map them
+    bookkeeping: int  # changed files that count as neither (databases, caches, /etc)
+    kernel: tuple[str, ...]  # kernel, initrd and module paths that wait for the reboot
+    elsewhere: tuple[str, ...]  # changes outside /usr and /etc, live only after the reboot
+
+    @property
+    def change_class(self) -> ChangeClass:
+        if self.replaced or any(p["kind"] != "added" for p in self.packages):
+            return ChangeClass.REPLACEMENT
+        if self.added or self.packages or self.bookkeeping:
+            return ChangeClass.ADDITIONS
+        return ChangeClass.NONE
+
+    @property
+    def kernel_pending(self) -> bool:
+        return bool(self.kernel) or any(_is_kernel_package(p["name"]) for p in self.packages)
+
+    def summary(self) -> str:
+        """``2 packages added, 1 upgraded; 14 files added, 3 replaced`` (what the admin reads)."""
+        kinds: dict[str, int] = {}
+        for p in self.packages:
+            kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
+        parts = []
+        if kinds:
+            words = [f"{n} {kind}" for kind, n in kinds.items()]
+            parts.append(f"{sum(kinds.values())} package(s): " + ", ".join(words))
+        parts.append(f"{len(self.added)} file(s) added, {len(self.replaced)} replaced or deleted")
+        return "; ".join(parts)
+
+
+def _is_kernel_package(name: str) -> bool:
+    return name.startswith(_KERNEL_PACKAGES) and "headers" not in name and "devel" not in name
+
+
+def _bookkeeping(path: str) -> bool:
+    return (
+        path.startswith(_BOOKKEEPING_PREFIXES)
+        or path in _BOOKKEEPING_FILES
+        or path == "/etc"
+        or path.rsplit("/", 1)[-1] in _BOOKKEEPING_NAMES
+        or path.endswith((".sqlite-shm", ".db-shm", "/ld.so.cache"))
+    )
+
+
+def _kernel(path: str, running_release: str) -> bool:
+    """A path the next boot's kernel brings: ``/boot``, and module trees but the running one's
+    (a module replaced there is one the running kernel may still load: a replacement)."""
+    if path == "/boot" or path.startswith("/boot/"):
+        return True
+    for prefix in ("/usr/lib/modules/", "/lib/modules/"):
+        if path.startswith(prefix):
+            release = path[len(prefix) :].split("/", 1)[0]
+            return release != running_release
+    return False
+
+
+# (what the earlier transactions did, what a later one did) -> the net change, or None: no change
+_FOLD: dict[tuple[str, str], str | None] = {
+    ("added", "added"): "added",
+    ("added", "modified"): "added",
+    ("added", "deleted"): None,
+    ("modified", "added"): "modified",
+    ("modified", "modified"): "modified",
+    ("modified", "deleted"): "deleted",
+    ("deleted", "added"): "modified",
+    ("deleted", "modified"): "modified",
+    ("deleted", "deleted"): "deleted",
+}
+
+
+def compose_files(steps: Iterable[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The net file changes of consecutive transactions' lists (``{"path", "kind", "dir"}``)."""
+    net: dict[str, dict[str, Any]] = {}
+    for files in steps:
+        for f in files:
+            before = net.get(f["path"])
+            if before is None:
+                net[f["path"]] = dict(f)
+                continue
+            kind = _FOLD.get((before["kind"], f["kind"]), f["kind"])
+            if kind is None:
+                del net[f["path"]]
+            else:
+                net[f["path"]] = {**f, "kind": kind}
+    return [net[p] for p in sorted(net)]
+
+
+def compose_packages(steps: Iterable[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The net package changes of consecutive transactions' lists (first old, last new)."""
+    net: dict[str, dict[str, Any]] = {}
+    for packages in steps:
+        for p in packages:
+            before = net.get(p["name"])
+            old = p.get("old") if before is None else before.get("old")
+            net[p["name"]] = {"name": p["name"], "kind": p["kind"], "old": old, "new": p.get("new")}
+    out = []
+    for name in sorted(net):
+        p = net[name]
+        if p["old"] == p["new"]:
+            continue
+        if p["old"] is None:
+            p["kind"] = "added"
+        elif p["new"] is None:
+            p["kind"] = "removed"
+        elif p["kind"] in ("added", "removed"):
+            p["kind"] = "upgraded"  # removed and installed again at another version
+        out.append(p)
+    return out
+
+
+def classify(
+    live: int,
+    target: int,
+    chain: Sequence[int],
+    source: str,
+    packages: Sequence[Mapping[str, Any]],
+    files: Sequence[Mapping[str, Any]],
+    running_release: str,
+) -> Plan:
+    """Sort the net change of *files* and *packages* into a :class:`Plan` (pure)."""
+    added: list[str] = []
+    replaced: list[str] = []
+    kernel: list[str] = []
+    elsewhere: list[str] = []
+    bookkeeping = 0
+    for f in files:
+        path = f["path"]
+        if f.get("dir") and f["kind"] == "modified":
+            continue  # a directory's own metadata (its time stamps) changed
+        if _kernel(path, running_release):
+            kernel.append(path)
+        elif path.lstrip("/").split("/", 1)[0] not in USERSPACE:
+            elsewhere.append(path)
+        elif _bookkeeping(path):
+            bookkeeping += 1
+        elif f["kind"] == "added":
+            added.append(path)
+        elif not f.get("dir") or f["kind"] == "deleted":
+            replaced.append(path)
+    return Plan(
+        live=live,
+        target=target,
+        chain=tuple(chain),
+        source=source,
+        packages=tuple(packages),
+        added=tuple(added),
+        replaced=tuple(replaced),
+        bookkeeping=bookkeeping,
+        kernel=tuple(kernel),
+        elsewhere=tuple(elsewhere),
+    )

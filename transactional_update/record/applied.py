@@ -1,0 +1,43 @@
+"""Which snapshot ``apply`` made live (``/run/transactional-update/applied.json``).
+
+In ``/run``, a tmpfs: an apply lasts until the next boot, and so does its record.  The snapshot
+whose ``/usr`` runs is read from the mount itself (:meth:`ManagedRoot.live`); this file adds what
+the mount cannot tell: when, from which snapshot, and whether a kernel still waits for the reboot.
+A record that no longer matches the live snapshot (a hand-made mount, a stale file) is ignored.
+
+Light on purpose (json imported only when the file exists): ``status`` reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transactional_update.files import write_atomic
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+STATE_FILE = "run/transactional-update/applied.json"
+
+
+def load(root: Path, live: int | None) -> dict[str, Any] | None:
+    """The record of the apply that made *live* the running userspace, or None."""
+    path = root / STATE_FILE
+    if live is None or not path.exists():
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("snapshot") != live:
+        return None
+    return data
+
+
+def save(root: Path, data: dict[str, Any]) -> None:
+    import json
+
+    write_atomic(root / STATE_FILE, json.dumps(data, indent=1) + "\n", mode=0o600)

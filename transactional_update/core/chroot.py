@@ -38,6 +38,7 @@ from typing import Any
 from transactional_update.errors import SystemError_, TUError
 from transactional_update.paths import resolve_under
 from transactional_update.snapshots import btrfs
+from transactional_update.snapshots.system import USERSPACE
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -82,6 +83,9 @@ SHARED_VAR = (
 VAR_LINKS = ("/var/lib/dpkg", "/var/lib/rpm")
 ALWAYS_BIND = ("/root",)
 NEVER_SHADOW = ("/proc", "/sys", "/dev", "/run", "/tmp", "/.snapshots")
+# Mounted exactly there, these are apply's binds of the live snapshot's own directories (the fork
+# has its own); what is mounted below them (/usr/local) is shadowed as anywhere else.
+APPLIED = frozenset(f"/{name}" for name in USERSPACE)
 
 
 class Kind(StrEnum):
@@ -157,7 +161,8 @@ def plan_mounts(
         p = PurePosixPath(point)
         if p != root and root in p.parents:
             rel = "/" + str(p.relative_to(root))
-            if not any(rel == n or rel.startswith(n + "/") for n in NEVER_SHADOW):
+            never = any(rel == n or rel.startswith(n + "/") for n in NEVER_SHADOW)
+            if not never and rel not in APPLIED:
                 below.append(rel)
     exist = set(existing)
     binds = {d for d in [*ALWAYS_BIND, *bind_dirs] if d in exist}

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transactional_update.errors import SystemError_
-from transactional_update.live.plan import USERSPACE
 from transactional_update.proc import run
+from transactional_update.snapshots.system import USERSPACE
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-# Top-level directories that apply makes live: /usr, /etc, and on a system whose /bin, /sbin and
-# /lib are not yet links into /usr, those directories as well (see binds.targets).
-USERSPACE = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+from transactional_update.snapshots.system import USERSPACE
 
 _BOOKKEEPING_PREFIXES = (
     "/etc/",

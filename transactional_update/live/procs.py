@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from transactional_update.live.plan import USERSPACE
+from transactional_update.snapshots.system import USERSPACE
 
 log = logging.getLogger(__name__)
 

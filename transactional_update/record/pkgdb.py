@@ -59,7 +59,9 @@ def check_database(root: Path, manager: Manager) -> Path:
         real = resolve_under(root, candidate)
         if not real.is_dir():
             continue
-        if os.stat(real).st_dev != os.stat(root).st_dev:
+        # The root's own subvolume, or the one apply bound over /usr (the live snapshot's).
+        snapshot_devices = {os.stat(root).st_dev, os.stat(root / "usr").st_dev}
+        if os.stat(real).st_dev not in snapshot_devices:
             raise NotManagedError(
                 f"the {manager} package database {candidate} ({real}) is outside the root "
                 "snapshot, on another subvolume; a rollback would leave it describing other files",

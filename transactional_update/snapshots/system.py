@@ -22,10 +22,15 @@ __all__ = [
     "CONTINUE_DEFAULT",
     "FAILED",
     "IN_PROGRESS",
+    "USERSPACE",
     "ManagedRoot",
     "open_root",
     "snapshot_number",
 ]
+
+# A root snapshot's own top-level directories that hold userspace: what ``apply`` binds over the
+# running system (/bin, /sbin, /lib* only where they are not links into /usr).
+USERSPACE = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 CONTINUE_DEFAULT = -1  # --continue without a number: build on the pending default
 

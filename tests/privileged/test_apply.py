@@ -1,0 +1,280 @@
+"""``apply`` on real btrfs images: the default snapshot's /usr and /etc made live, no reboot.
+
+Each test's running system is the managed test system in a private mount namespace
+(:mod:`testkit.running`), so the binds never reach the host and go with the namespace; what
+the namespace saw comes back as JSON, and the disk is checked afterwards.  Real apt installs the
+packages, a real process maps the library that an upgrade replaces, and real ``systemctl`` (with
+no systemd to talk to) is the failure that must be undone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from testkit.running import run_steps
+from testkit.systems import System, local_repo, make_deb
+
+LIB = "usr/lib/tu-lib/libtu.so"
+ZLIB = Path("/usr/lib/x86_64-linux-gnu/libz.so.1")
+
+
+def hello(tmp: Path, version: str, extra: dict[str, str | bytes] | None = None) -> Path:
+    script = f"#!/bin/sh\necho hello from tu-hello {version}\n"
+    return make_deb(
+        tmp / version, "tu-hello", version, files={"/usr/bin/tu-hello": script, **(extra or {})}
+    )
+
+
+def lib(tmp: Path, version: str) -> Path:
+    """A package with a real shared library (zlib's bytes; each version a different file)."""
+    data = ZLIB.read_bytes() + version.encode()
+    return make_deb(tmp / f"lib-{version}", "tu-lib", version, files={f"/{LIB}": data})
+
+
+def tu_ok(system: System, *args: str) -> str:
+    r = system.tu(*args)
+    assert r.returncode == 0, f"{args}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def applied(seen: dict[str, Any]) -> dict[str, Any]:
+    assert seen["rc"] == 0, seen
+    result: dict[str, Any] = seen["result"]
+    return result
+
+
+def status(seen: dict[str, Any]) -> dict[str, Any]:
+    assert seen["rc"] == 0, seen
+    data: dict[str, Any] = json.loads(seen["stdout"])
+    return data
+
+
+def changelog(system: System, number: int) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(tu_ok(system, "--json", "changelog", str(number)))
+    return data
+
+
+def test_additions_are_live_at_once_and_the_booted_snapshot_stays(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    (s.root / "usr/local/tu-local").write_text("kept\n")  # /usr/local is a subvolume of its own
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    seen = run_steps(
+        s.root,
+        [
+            ["write", "etc/edited-before", "before the apply\n"],  # after the commit: live only
+            ["apply", {}],
+            ["read", "usr/bin/tu-hello"],
+            ["read", "usr/local/tu-local"],
+            ["read", "etc/edited-before"],
+            ["write", "etc/edited-after", "after the apply\n"],
+            ["tu", ["--json", "status"]],
+            ["tu", ["status"]],
+            ["mounts"],
+        ],
+    )
+    result = applied(seen[1])
+    assert result["snapshot"] == 2 and result["from"] == 1
+    assert result["class"] == "additions" and result["kernel_pending"] is False
+    assert result["packages"] == [{"name": "tu-hello", "kind": "added", "old": None, "new": "1.0"}]
+    assert seen[1]["said"][0].startswith("applying snapshot 2 over snapshot 1: additions")
+    assert seen[2] == "#!/bin/sh\necho hello from tu-hello 1.0\n"
+    assert seen[3] == "kept\n", "/usr/local is still there over the new /usr"
+    assert seen[4] == "before the apply\n", "the live edit was merged before /etc changed hands"
+    st = status(seen[6])
+    assert (st["booted"]["number"], st["live"], st["pending"]) == (1, 2, 2)
+    assert st["applied"]["snapshot"] == 2 and st["applied"]["from"] == 1
+    assert st["reboot_needed"] is False
+    assert "live:     2 (applied live at " in seen[7]["stdout"]
+    assert "it is live already (applied)" in seen[7]["stdout"]
+    assert {"usr", "usr/local", "etc"} <= set(seen[8])
+    # On disk: the booted snapshot is unchanged; the edit after the apply is in 2's own /etc.
+    assert not (s.snapshot(1) / "usr/bin/tu-hello").exists()
+    assert (s.snapshot(2) / "etc/edited-after").read_text() == "after the apply\n"
+    assert (s.snapshot(2) / "etc/edited-before").read_text() == "before the apply\n"
+    assert not (s.snapshot(1) / "etc/edited-after").exists()
+    entry = changelog(s, 2)
+    (event,) = entry["applied"]
+    assert event["from"] == 1 and event["class"] == "additions" and event["who"]["user"] == "root"
+    assert any(
+        m["when"] == "apply" and "/etc/edited-before" in m["taken"] for m in entry["live_etc"]
+    )
+    text = tu_ok(s, "changelog", "2")
+    assert "applied live at " in text and "(over snapshot 1, additions)" in text
+    # The reboot: the same snapshot comes up, as apply showed it.
+    s.boot_default()
+    tu_ok(s, "sync-etc")
+    assert s.booted_number() == 2
+    assert (s.root / "usr/bin/tu-hello").read_text() == seen[2]
+    assert (s.root / "etc/edited-after").read_text() == "after the apply\n"
+    st = s.status_json()
+    assert st["live"] == 2 and st["applied"] is None and st["pending"] is None
+
+
+def test_a_replacement_needs_allow_and_names_the_process_that_maps_the_old_library(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    local_repo(s, [lib(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-lib")
+    s.boot_default()
+    tu_ok(s, "sync-etc")
+    local_repo(s, [lib(tmp_path, "2.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-lib")  # 3: the upgrade, from 2
+    seen = run_steps(
+        s.root,
+        [
+            ["hold", LIB],
+            ["apply", {}],
+            ["mounts"],
+            ["apply", {"allow_replacement": True, "restart_services": True}],
+            ["tu", ["--json", "status"]],
+        ],
+    )
+    holder = seen[0]
+    assert holder["ready"] == "held"
+    refused = seen[1]
+    assert refused["rc"] == 2
+    assert refused["error"] == (
+        "snapshot 3 replaces or deletes 2 file(s) that running programs may use "
+        f"(e.g. /{LIB}); not applied"
+    )
+    assert "--allow-replacement" in refused["hint"]
+    assert "usr" not in seen[2], "nothing was bound"
+    result = applied(seen[3])
+    assert result["class"] == "replacement" and result["files"]["replaced"] == [
+        f"/{LIB}",
+        "/usr/share/tu-lib/version",
+    ]
+    assert result["packages"] == [
+        {"name": "tu-lib", "kind": "upgraded", "old": "1.0", "new": "2.0"}
+    ]
+    (process,) = [p for p in result["processes"] if p["pid"] == holder["pid"]]
+    assert process["files"] == [f"/{LIB}"] and process["unit"] is None
+    assert result["restarted"] == []
+    assert {
+        "unit": f"{process['command']} (PID {holder['pid']})",
+        "why": "not started by systemd",
+    } in (result["not_restarted"])
+    assert any(f"PID {holder['pid']}" in line for line in seen[3]["report"])
+    assert status(seen[4])["live"] == 3
+    (event,) = changelog(s, 3)["applied"]
+    assert event["class"] == "replacement" and event["processes"][0]["pid"] == holder["pid"]
+
+
+def test_a_new_kernel_waits_for_the_reboot(managed_system: System, tmp_path: Path) -> None:
+    s = managed_system
+    kernel = "/boot/vmlinuz-9.9.9-tu"
+    tu_ok(s, "run", "--", "sh", "-c", f"echo kernel > {kernel} && echo new > /usr/bin/tu-new")
+    seen = run_steps(
+        s.root,
+        [
+            ["apply", {}],
+            ["read", "usr/bin/tu-new"],
+            ["read", kernel[1:]],
+            ["tu", ["--json", "status"]],
+        ],
+    )
+    result = applied(seen[0])
+    assert result["class"] == "additions" and result["kernel_pending"] is True
+    assert result["not_live_until_reboot"] == [kernel]
+    assert any("kernel starts only with the next reboot" in line for line in seen[0]["said"])
+    assert seen[1] == "new\n" and seen[2] is None, "userspace is live, /boot is the running one's"
+    st = status(seen[3])
+    assert st["live"] == 2 and st["applied"]["kernel_pending"] is True
+    assert st["reboot_needed"] is True
+
+
+def test_refusals_name_why_and_change_nothing(managed_system: System, tmp_path: Path) -> None:
+    s = managed_system
+    r = s.tu("apply")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == (
+        f"error: apply changes the running system; --root {s.root} names one that is not running"
+    )
+    tu_ok(s, "run", "--", "touch", "/usr/bin/tu-a")  # 2
+    seen = run_steps(
+        s.root,
+        [
+            ["lock"],
+            ["apply", {}],
+        ],
+    )
+    assert seen[1]["rc"] == 4 and seen[1]["error"].startswith("another transaction is running")
+    s.boot_default()  # 2 booted
+    tu_ok(s, "rollback", "1")  # a rollback pending: 1 is no descendant of 2
+    seen = run_steps(s.root, [["apply", {}], ["mounts"], ["tu", ["rollback", "2"]], ["apply", {}]])
+    assert seen[0]["rc"] == 2
+    assert seen[0]["error"] == (
+        "snapshot 1 is not a descendant of the running snapshot 2 "
+        "(snapshot 1 records no base it was made from)"
+    )
+    assert "usr" not in seen[1]
+    assert seen[3]["rc"] == 0 and seen[3]["said"] == [
+        "snapshot 2 is live already; nothing to apply"
+    ]
+
+
+def test_a_failure_half_way_takes_the_binds_off_again(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    seen = run_steps(
+        s.root,
+        [
+            ["systemd"],  # systemd seems to run; systemctl finds none and fails
+            ["apply", {}],
+            ["mounts"],
+            ["read", "usr/bin/tu-hello"],
+            ["tu", ["--json", "status"]],
+        ],
+    )
+    failed = seen[1]
+    assert failed["rc"] == 2
+    assert failed["error"].startswith("systemctl daemon-reload failed")
+    assert failed["error"].endswith("the new /usr and /etc were taken off again")
+    assert "usr" not in seen[2] and "etc" not in seen[2]
+    assert not any(m.startswith("run/transactional-update") for m in seen[2]), "no staging left"
+    assert seen[3] is None
+    st = status(seen[4])
+    assert st["live"] == 1 and st["applied"] is None and st["reboot_needed"] is True
+    assert "applied" not in changelog(s, 2) or changelog(s, 2)["applied"] == []
+
+
+def test_a_transaction_after_an_apply_builds_on_it_and_applies_again(
+    managed_system: System, tmp_path: Path
+) -> None:
+    s = managed_system
+    world = make_deb(
+        tmp_path, "tu-world", "1.0", files={"/usr/bin/tu-world": "#!/bin/sh\necho world\n"}
+    )
+    local_repo(s, [hello(tmp_path, "1.0"), world])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    seen = run_steps(
+        s.root,
+        [
+            ["apply", {}],
+            ["write", "etc/between", "made on the live 2\n"],
+            ["tu", ["-n", "pkg", "install", "tu-world"]],
+            ["apply", {}],
+            ["read", "usr/bin/tu-hello"],
+            ["read", "usr/bin/tu-world"],
+            ["read", "etc/between"],
+            ["tu", ["--json", "status"]],
+        ],
+    )
+    assert applied(seen[0])["snapshot"] == 2
+    assert seen[2]["rc"] == 0, seen[2]
+    second = applied(seen[3])
+    assert (second["snapshot"], second["from"], second["class"]) == (3, 2, "additions")
+    assert seen[4] is not None and seen[5] == "#!/bin/sh\necho world\n"
+    assert seen[6] == "made on the live 2\n"
+    st = status(seen[7])
+    assert (st["booted"]["number"], st["live"], st["default"]["number"]) == (1, 3, 3)
+    assert changelog(s, 3)["base"] == 2

@@ -14,7 +14,8 @@ Steps: ``["apply", {"allow_replacement": bool, "restart_services": bool}]``, ``[
 (the CLI with ``--root``), ``["read", REL]``, ``["write", REL, TEXT]``, ``["hold", REL]`` (a
 process that maps the shared library REL), ``["mounts"]`` (mount points below the root),
 ``["systemd"]`` (``ROOT/run/systemd/system``: systemd seems to run), ``["lock"]`` (another
-process holds the transaction lock).
+process holds the transaction lock), ``["cut", NAME]`` (an apply killed the moment ``ROOT/NAME``
+is bound).
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ HOLD = (
     "ctypes.CDLL(sys.argv[1])\n"
     "print('held', flush=True)\n"
     "time.sleep(3600)\n"
+)
+# An apply in a process of its own, killed (SIGKILL) the moment its first bind is in place.
+APPLY = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from transactional_update.core.context import open_context\n"
+    "from transactional_update.live import flow\n"
+    "flow.apply(open_context(Path(sys.argv[1])))\n"
 )
 LOCK = (
     "import fcntl, os, sys, time\n"
@@ -90,6 +99,25 @@ def _mounts(root: Path) -> list[str]:
     return points
 
 
+def _cut(root: Path, first: str) -> dict[str, Any]:
+    """Run an apply and kill it with its children once ROOT/*first* is a mount point."""
+    import signal
+
+    child = subprocess.Popen([sys.executable, "-c", APPLY, str(root)], start_new_session=True)
+    target = f"{root}/{first}"
+    cut = False
+    while child.poll() is None:
+        points = [
+            line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        ]
+        if target in points:
+            os.killpg(child.pid, signal.SIGKILL)
+            cut = True
+            break
+    child.wait()
+    return {"cut": cut, "rc": child.returncode, "mounts": _mounts(root)}
+
+
 def main(root: Path, steps: list[list[Any]]) -> None:
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", str(root / "run")], check=True
@@ -126,6 +154,8 @@ def main(root: Path, steps: list[list[Any]]) -> None:
                 children.append(child)
                 assert child.stdout is not None
                 seen.append({"pid": child.pid, "ready": child.stdout.readline().strip()})
+            elif what == "cut":
+                seen.append(_cut(root, args[0]))
             elif what == "mounts":
                 seen.append(_mounts(root))
             elif what == "systemd":

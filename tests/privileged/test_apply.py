@@ -278,3 +278,50 @@ def test_a_transaction_after_an_apply_builds_on_it_and_applies_again(
     st = status(seen[7])
     assert (st["booted"]["number"], st["live"], st["default"]["number"]) == (1, 3, 3)
     assert changelog(s, 3)["base"] == 2
+
+
+def test_an_apply_killed_between_its_binds_is_visible_refused_around_and_completed(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """kill -9 after /usr is bound and before /etc: the running system mixes two snapshots
+    until apply completes it; nothing merges /etc meanwhile, and no live edit is lost."""
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    seen = run_steps(
+        s.root,
+        [
+            ["write", "etc/before-cut", "edited before\n"],
+            ["cut", "usr"],
+            ["write", "etc/during-cut", "edited while cut\n"],  # lands in 1's /etc, still live
+            ["tu", ["--json", "status"]],
+            ["tu", ["status"]],
+            ["tu", ["run", "--", "true"]],
+            ["tu", ["sync-etc"]],
+            ["apply", {}],
+            ["read", "usr/bin/tu-hello"],
+            ["read", "etc/before-cut"],
+            ["read", "etc/during-cut"],
+            ["mounts"],
+            ["tu", ["--json", "status"]],
+        ],
+    )
+    cut = seen[1]
+    assert cut["cut"] and cut["rc"] == -9, cut
+    assert "usr" in cut["mounts"] and "etc" not in cut["mounts"], "the cut missed its window"
+    st = status(seen[3])
+    assert st["live"] == 2 and st["applied"]["interrupted"]["target"] == 2
+    assert "apply:    interrupted while making snapshot 2 live" in seen[4]["stdout"]
+    for refused in (seen[5], seen[6]):
+        assert refused["rc"] == 7
+        assert "an apply of snapshot 2 was interrupted" in refused["stderr"]
+        assert "complete it with: transactional-update apply" in refused["stderr"]
+    completed = applied(seen[7])
+    assert completed["snapshot"] == 2 and completed["from"] == 1
+    assert seen[7]["said"][0].startswith("completing the interrupted apply: applying snapshot 2")
+    assert seen[8] is not None
+    assert seen[9] == "edited before\n" and seen[10] == "edited while cut\n"
+    assert seen[11].count("usr") == 1 and seen[11].count("etc") == 1, "nothing bound twice"
+    st = status(seen[12])
+    assert st["applied"]["snapshot"] == 2 and "interrupted" not in st["applied"]
+    assert s.numbers() == [1, 2], "the refused transaction made no snapshot"

@@ -124,6 +124,9 @@ def get_status(managed: ManagedRoot) -> Status:
     record = None
     if running_live is not None and running_live != booted:
         record = applied.load(managed.root, running_live) or {"snapshot": running_live}
+    cut = applied.interrupted(managed.root)
+    if cut is not None:
+        record = {**(record or {}), "interrupted": cut}
     stale = found.stale[-1] if found.stale else None
     infos = {
         n: i for n in (booted, default, stale) if n is not None and (i := _info(managed.root, n))
@@ -270,7 +273,13 @@ def status_text(st: Status) -> str:
         _line("booted:", st.booted, st.snapshots),
         _line("default:", st.default, st.snapshots),
     ]
-    if st.applied is not None:
+    cut = (st.applied or {}).get("interrupted")
+    if cut is not None:
+        lines.append(
+            f"apply:    interrupted while making snapshot {cut.get('target')} live: /usr and /etc "
+            "may belong to different snapshots; complete it: transactional-update apply (or reboot)"
+        )
+    elif st.applied is not None:
         a = st.applied
         when = f" at {_clock(a['at'])}" if a.get("at") else ""
         lines.append(

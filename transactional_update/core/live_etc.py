@@ -22,7 +22,7 @@ from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
 from transactional_update.errors import SystemError_, TUError
 from transactional_update.etc import carry
-from transactional_update.record import changelog, conflicts
+from transactional_update.record import applied, changelog, conflicts
 from transactional_update.snapshots import etcvol
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def sync(ctx: Context) -> tuple[list[carry.Carried], TUError | None]:
             failed.append(err)
 
     with Lock(managed.snapshots_dir, ctx.config.lock_wait):
+        applied.refuse_interrupted(ctx.root)
         # The snapshot whose /etc is live: the booted one, or the one apply bound over it.
         booted = managed.live()
         assert booted is not None  # open_root refuses a root that is not a snapshot

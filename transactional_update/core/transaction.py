@@ -25,7 +25,7 @@ from transactional_update.core.context import Context
 from transactional_update.core.lock import Lock
 from transactional_update.errors import Interrupted, SnapshotError, TUError, UsageError
 from transactional_update.log import step
-from transactional_update.record import changelog, state
+from transactional_update.record import applied, changelog, state
 from transactional_update.snapshots import btrfs, etcvol, leftovers
 from transactional_update.snapshots.system import (
     CONTINUE_DEFAULT,
@@ -198,6 +198,7 @@ class Transaction:
 
     def _choose_base(self) -> int:
         managed = self.ctx.managed
+        applied.refuse_interrupted(self.ctx.root)  # whose /etc is live would be unclear
         # The running snapshot: the booted one, or the one apply made live over it.
         booted, default = managed.live(), managed.default()
         assert booted is not None  # open_root refuses a root that is not a snapshot

@@ -73,6 +73,15 @@ def _mountinfo() -> str:
     return Path("/proc/self/mountinfo").read_text(encoding="utf-8")
 
 
+def is_bound(root: Path, snapshot_dir: Path, name: str) -> bool:
+    """Whether *root*'s directory *name* is already *snapshot_dir*'s (an earlier, cut apply)."""
+    try:
+        here, there = os.stat(root / name), os.stat(snapshot_dir / name)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def attach(root: Path, snapshot_dir: Path, names: Sequence[str]) -> list[str]:
     """Bind *snapshot_dir*'s directories *names* over *root*'s; those attached, in order.
 

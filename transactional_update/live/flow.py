@@ -100,25 +100,33 @@ def apply(
 ) -> Applied:
     """Make the default snapshot live (the module's steps); a refusal is an :class:`ApplyError`."""
     with Lock(ctx.managed.snapshots_dir):
-        plan = decide(ctx)
-        if plan.change_class is ChangeClass.NONE and plan.live == plan.target:
-            say(f"snapshot {plan.target} is live already; nothing to apply")
-            return Applied(plan)
-        gate(plan, allow_replacement)
-        say(describe(plan))
-        merged = [m for m in [carry_etc(ctx, plan)] if m is not None]
-        names = binds.attach(
-            ctx.root, ctx.managed.snapshot_dir(plan.target), bind_targets(ctx, plan)
-        )
+        cut = applied.interrupted(ctx.root)
+        merged: list[carry.Carried] = []
+        if cut is None:
+            plan = decide(ctx)
+            if plan.change_class is ChangeClass.NONE and plan.live == plan.target:
+                say(f"snapshot {plan.target} is live already; nothing to apply")
+                return Applied(plan)
+            gate(plan, allow_replacement)
+            say(describe(plan))
+            merged += [m for m in [carry_etc(ctx, plan)] if m is not None]
+        else:
+            # Cut short after its checks and its first /etc merge: finish what it started.
+            plan = complete(ctx, cut)
+            say(f"completing the interrupted apply: {describe(plan)}")
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        applied.begin(ctx.root, {"target": plan.target, "from": plan.live, "at": at})
+        names = bind(ctx, plan)
         try:
             stale = procs.scan(ctx.root, plan.replaced)
             how = reload_systemd(ctx.root, reexec=any(s.pid == 1 for s in stale))
         except BaseException:
             binds.detach(ctx.root, names)
             reload_systemd(ctx.root, reexec=False, check=False)
+            if cut is None:
+                applied.abandon(ctx.root)
             raise
         merged += [m for m in [settle_etc(ctx, plan)] if m is not None]
-        at = datetime.now(UTC).isoformat(timespec="seconds")
         remember(ctx, plan, at)
         result = Applied(plan, at, how, tuple(stale), etc=tuple(merged))
         result = restart(ctx, result, say) if restart_services else not_restarting(ctx, result)
@@ -150,10 +158,31 @@ def report(result: Applied) -> list[str]:
     return lines
 
 
-def decide(ctx: Context) -> Plan:
+def complete(ctx: Context, cut: dict[str, Any]) -> Plan:
+    """The plan of an apply that was cut short, from what it recorded before its first bind."""
+    target, live = cut.get("target"), cut.get("from")
+    if not isinstance(target, int) or not isinstance(live, int):
+        raise ApplyError(
+            f"the record of an interrupted apply ({applied.INTENT_FILE}) is unreadable",
+            "reboot: the running system then comes up as one snapshot again",
+        )
+    return decide(ctx, live, target)
+
+
+def bind(ctx: Context, plan: Plan) -> list[str]:
+    """The target's directories over the running ones, but those an interrupted apply bound."""
+    snapshot_dir = ctx.managed.snapshot_dir(plan.target)
+    names = binds.targets(snapshot_dir)
+    return binds.attach(
+        ctx.root, snapshot_dir, [n for n in names if not binds.is_bound(ctx.root, snapshot_dir, n)]
+    )
+
+
+def decide(ctx: Context, live: int | None = None, target: int | None = None) -> Plan:
     """The live and default snapshots, the chain between them, and the change, sorted."""
     managed = ctx.managed
-    live, default = managed.live(), managed.default()
+    live = managed.live() if live is None else live
+    default = managed.default() if target is None else target
     if live is None:
         raise ApplyError(
             "the running /usr is not a snapshot's", "apply works on a booted managed system"
@@ -246,10 +275,6 @@ def describe(plan: Plan) -> str:
     return text
 
 
-def bind_targets(ctx: Context, plan: Plan) -> list[str]:
-    return binds.targets(ctx.managed.snapshot_dir(plan.target))
-
-
 def carry_etc(ctx: Context, plan: Plan) -> carry.Carried | None:
     """The live edits into the snapshot before its ``/etc`` takes over."""
     try:
@@ -319,7 +344,7 @@ def remember(ctx: Context, plan: Plan, at: str) -> None:
         "kernel_pending": plan.kernel_pending,
     }
     try:
-        applied.save(ctx.root, data)
+        applied.finish(ctx.root, data)
     except OSError as exc:
         log.warning("cannot record the apply in /run: %s", exc)
     if plan.kernel_pending or _reboot_asked(ctx.root, plan):

@@ -15,7 +15,7 @@ Steps: ``["apply", {"allow_replacement": bool, "restart_services": bool}]``, ``[
 process that maps the shared library REL), ``["mounts"]`` (mount points below the root),
 ``["systemd"]`` (``ROOT/run/systemd/system``: systemd seems to run), ``["lock"]`` (another
 process holds the transaction lock), ``["cut", NAME]`` (an apply killed the moment ``ROOT/NAME``
-is bound).
+is bound), ``["tmpfs", REL]`` (a mount in the running system).
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ def main(root: Path, steps: list[list[Any]]) -> None:
                 seen.append(_cut(root, args[0]))
             elif what == "mounts":
                 seen.append(_mounts(root))
+            elif what == "tmpfs":
+                subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / args[0])], check=True)
+                seen.append(None)
             elif what == "systemd":
                 (root / "run/systemd/system").mkdir(parents=True)
                 seen.append(None)

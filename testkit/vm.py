@@ -1823,6 +1823,270 @@ def scenario_unhealthy(m: Machine, debs: Path) -> None:
     check(events == ["known-good"], "the changelog of 3 says known-good", b, events)
 
 
+# --- apply: a committed change made live without a reboot ---------------------------------------
+
+HELLO_DAEMON = "/usr/lib/tu-hello/tu-hello-daemon"
+HELLO_UNIT = "tu-hello.service"
+HELLO_SERVED = "/run/tu-hello.served"
+# The service serves what `tu-hello` said when it started; its daemon is an ELF binary (a copy of
+# sleep), so that the process maps the package's file (a script maps only its interpreter).
+HELLO_SERVICE = f"""[Unit]
+Description=tu-hello, a service of the VM tests (testkit/vm.py)
+
+[Service]
+ExecStartPre=/bin/sh -c 'tu-hello > {HELLO_SERVED}'
+ExecStart={HELLO_DAEMON} infinity
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def hello_service_deb(workdir: Path, version: str) -> Path:
+    """tu-hello *version* with a service: the ``tu-hello`` script, a unit, and the unit's daemon,
+    the host's ``sleep`` (Debian 12, as the guest) with trailing bytes that differ per version
+    (an ELF runs with them): an upgrade replaces a file the running service maps."""
+    tree = workdir / f"tu-hello-service-{version}"
+    daemon = Path("/bin/sleep").read_bytes() + f"\ntu-hello-daemon {version}\n".encode()
+    files = {
+        "usr/bin/tu-hello": (f"#!/bin/sh\necho hello from tu-hello {version}\n".encode(), 0o755),
+        HELLO_DAEMON.lstrip("/"): (daemon, 0o755),
+        f"usr/lib/systemd/system/{HELLO_UNIT}": (HELLO_SERVICE.encode(), 0o644),
+        "usr/share/tu-hello/version": (f"{version}\n".encode(), 0o644),
+    }
+    for path, (data, mode) in files.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
+        (tree / path).chmod(mode)
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN/control").write_text(
+        f"Package: tu-hello\nVersion: {version}\nArchitecture: amd64\n"
+        "Maintainer: tests <tests@example.invalid>\nDescription: test package with a service\n"
+    )
+    deb = workdir / f"tu-hello_{version}_amd64.deb"
+    sh("dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb))
+    return deb
+
+
+# Boot 1, on snapshot 1 all along: 1.0 installed and applied at once, its service started; the
+# 2.0 upgrade committed, refused as it is (it replaces files), applied with the service restarted.
+APPLY_STEP = f"""
+fact t_start date +%s.%N
+fact install transactional-update --non-interactive pkg install tu-hello=1.0 apply
+fact hello tu-hello
+fact t_hello date +%s.%N
+fact applied_root findmnt -n -o SOURCE,OPTIONS /
+fact snap1_hello test -e /.snapshots/1/snapshot/usr/bin/tu-hello
+fact applied_status transactional-update --json status
+fact changelog2 transactional-update --json changelog 2
+fact enable systemctl enable --now {HELLO_UNIT}
+fact served1 cat {HELLO_SERVED}
+fact pid1 systemctl show -p MainPID --value {HELLO_UNIT}
+fact t_upgrade date +%s.%N
+fact upgrade transactional-update --non-interactive pkg install tu-hello
+fact t_upgraded date +%s.%N
+fact refused transactional-update apply
+fact refused_hello tu-hello
+fact refused_status transactional-update --json status
+fact refused_pid systemctl show -p MainPID --value {HELLO_UNIT}
+fact t_apply2 date +%s.%N
+fact apply2 transactional-update --json apply --allow-replacement --restart-services
+fact t_applied2 date +%s.%N
+fact served2 cat {HELLO_SERVED}
+fact active2 systemctl is-active {HELLO_UNIT}
+fact pid2 systemctl show -p MainPID --value {HELLO_UNIT}
+fact hello2 tu-hello
+fact applied2_status transactional-update --json status
+fact applied2_root findmnt -n -o SOURCE,OPTIONS /
+"""
+
+# Boot 2: the reboot; the default snapshot 3 boots as it was committed, its service enabled.
+APPLY_REBOOT_STEP = f"""
+fact hello tu-hello
+fact dpkg dpkg-query -W -f '${{Status}} ${{Version}}' tu-hello
+fact enabled systemctl is-enabled {HELLO_UNIT}
+fact active systemctl is-active {HELLO_UNIT}
+fact served cat {HELLO_SERVED}
+fact changelog2 transactional-update --json changelog 2
+fact changelog3 transactional-update --json changelog 3
+"""
+POWERING_OFF = "TU-VM done: powering off"  # agent.sh's last line before systemctl poweroff
+
+
+def seconds_between(b: Boot, start: str, end: str) -> float:
+    """Seconds between two ``date +%s.%N`` facts of the guest."""
+    return float(b.text(end)) - float(b.text(start))
+
+
+def check_live(b: Boot, fact: str, live: int, came_from: int) -> None:
+    """``status --json`` (the result *fact*): 1 booted, *live*'s userspace applied over it."""
+    st = b.json(fact)
+    applied = st.get("applied") or {}
+    check(
+        st["booted"]["number"] == 1
+        and st.get("live") == live
+        and applied.get("snapshot") == live
+        and applied.get("from") == came_from
+        and applied.get("kernel_pending") is False,
+        f"status: snapshot 1 booted, {live} live (applied from {came_from}, no kernel pending)",
+        b,
+        {k: st.get(k) for k in ("booted", "default", "pending", "live", "applied")},
+    )
+
+
+def check_hello(b: Boot, fact: str, version: str, what: str) -> None:
+    check(
+        b.rc(fact) == 0 and b.text(fact) == f"hello from tu-hello {version}\n",
+        what,
+        b,
+        b.text(fact) + b.text(f"{fact}.err"),
+    )
+
+
+def applied_records(b: Boot, fact: str) -> list[dict[str, Any]]:
+    records = b.json(fact).get("applied")
+    check(isinstance(records, list) and records != [], f"{fact} has applied records", b, records)
+    return list(records)
+
+
+def scenario_apply(m: Machine, debs: Path) -> None:
+    """`pkg install tu-hello apply`: tu-hello runs at once, without a reboot; the upgrade of
+    tu-hello under its running service is refused as it is, and applied with
+    --allow-replacement --restart-services the service restarts and serves the new version; the
+    reboot then boots the same snapshot, unchanged.  The apply path is timed against the reboot
+    it replaces (boot 1's shutdown and boot 2's power-on to the agent)."""
+    repo = make_repo(
+        debs, "repo-apply", [hello_service_deb(debs, "1.0"), hello_service_deb(debs, "2.0")]
+    )
+    b = m.boot(APPLY_STEP, repo, watch=(POWERING_OFF,))
+    check_booted(b, 1)
+    check(b.rc("install") == 0, "pkg install tu-hello=1.0 apply succeeds", b, b.text("install.err"))
+    check_hello(b, "hello", "1.0", "tu-hello runs at once, without a reboot")
+    check(b.text("applied_root") == b.text("root"), "snapshot 1 is still /", b)
+    check(b.rc("snap1_hello") != 0, "the booted snapshot on disk is untouched (no tu-hello)", b)
+    check_live(b, "applied_status", 2, 1)
+    first = applied_records(b, "changelog2")[-1]
+    check(
+        first.get("class") == "additions" and first.get("from") == 1,
+        "changelog 2 records the apply: additions, from 1",
+        b,
+        first,
+    )
+    check(b.rc("enable") == 0, f"{HELLO_UNIT} starts", b, b.text("enable.err"))
+    check(
+        b.text("served1") == "hello from tu-hello 1.0\n",
+        "the service serves 1.0",
+        b,
+        b.text("served1") + b.text("served1.err"),
+    )
+    pid = int(b.text("pid1").strip() or 0)
+    check(pid > 0, "the service's daemon runs", b, b.text("pid1"))
+    check(b.rc("upgrade") == 0, "pkg install tu-hello (2.0) commits", b, b.text("upgrade.err"))
+    # Refused as it is: the upgrade replaces files (the running daemon's among them).
+    check(
+        b.rc("refused") == 2,
+        "apply of a replacing change without --allow-replacement exits 2",
+        b,
+        f"exit {b.rc('refused')}: {b.text('refused')}{b.text('refused.err')}",
+    )
+    check_hello(b, "refused_hello", "1.0", "after the refusal the running system still has 1.0")
+    check_live(b, "refused_status", 2, 1)
+    check(b.text("refused_pid").strip() == str(pid), "the service was left running", b)
+    # Applied with --allow-replacement --restart-services: the service restarts on 2.0.
+    check(b.rc("apply2") == 0, "apply --allow-replacement succeeds", b, b.text("apply2.err"))
+    out = b.json("apply2")
+    check(
+        (out.get("snapshot"), out.get("from"), out.get("class"), out.get("kernel_pending"))
+        == (3, 2, "replacement", False),
+        "apply --json: snapshot 3 from 2, a replacement, no kernel pending",
+        b,
+        out,
+    )
+    daemon = [p for p in out.get("processes", []) if p.get("pid") == pid]
+    check(
+        len(daemon) == 1
+        and daemon[0].get("unit") == HELLO_UNIT
+        and any(f.endswith(HELLO_DAEMON) for f in daemon[0].get("files", [])),
+        f"apply lists the daemon (pid {pid}) of {HELLO_UNIT} mapping the replaced {HELLO_DAEMON}",
+        b,
+        out.get("processes"),
+    )
+    check(
+        HELLO_UNIT in out.get("restarted", []) and "tu-vm-agent.service" not in out["restarted"],
+        f"apply restarted {HELLO_UNIT} (and not the agent's unit)",
+        b,
+        {k: out.get(k) for k in ("restarted", "not_restarted")},
+    )
+    check(b.text("active2").strip() == "active", f"{HELLO_UNIT} is active", b, b.text("active2"))
+    check(b.text("pid2").strip() not in ("", "0", str(pid)), "it is a new process", b)
+    check(
+        b.text("served2") == "hello from tu-hello 2.0\n",
+        "the restarted service serves 2.0",
+        b,
+        b.text("served2") + b.text("served2.err"),
+    )
+    check_hello(b, "hello2", "2.0", "tu-hello is 2.0 on the running system")
+    check_live(b, "applied2_status", 3, 2)
+    check(b.text("applied2_root") == b.text("root"), "snapshot 1 is still / after both", b)
+    b.notes["apply path"] = (
+        f"{seconds_between(b, 't_start', 't_hello'):.1f} s from `pkg install tu-hello apply` "
+        "to tu-hello run, no reboot"
+    )
+    b.notes["install alone"] = (
+        f"{seconds_between(b, 't_upgrade', 't_upgraded'):.1f} s for `pkg install tu-hello` "
+        "(the 2.0 upgrade, not applied)"
+    )
+    b.notes["apply --allow-replacement --restart-services"] = (
+        f"{seconds_between(b, 't_apply2', 't_applied2'):.1f} s"
+    )
+    check(POWERING_OFF in b.marks, "the agent powered off", b)
+    shutdown = b.seconds - b.marks[POWERING_OFF]
+
+    b = m.boot(APPLY_REBOOT_STEP, repo, watch=(AGENT_UP,))
+    check_booted(b, 3)
+    status = b.json("status")
+    check(
+        status.get("live") == 3 and status.get("applied", "missing") is None,
+        "status: snapshot 3 booted and live, nothing applied",
+        b,
+        {k: status.get(k, "missing") for k in ("booted", "live", "applied")},
+    )
+    check_hello(b, "hello", "2.0", "tu-hello is 2.0 after the reboot")
+    check(b.text("dpkg") == "install ok installed 2.0", "dpkg has tu-hello 2.0", b, b.text("dpkg"))
+    check(
+        b.text("enabled").strip() == "enabled" and b.text("active").strip() == "active",
+        f"{HELLO_UNIT}, enabled live on the applied system, started at boot",
+        b,
+        b.text("enabled") + b.text("active"),
+    )
+    check(
+        b.text("served") == "hello from tu-hello 2.0\n",
+        "the service serves 2.0",
+        b,
+        b.text("served") + b.text("served.err"),
+    )
+    first = applied_records(b, "changelog2")[-1]
+    check(first.get("class") == "additions", "changelog 2 still has its apply", b, first)
+    last = applied_records(b, "changelog3")[-1]
+    check(
+        last.get("class") == "replacement"
+        and last.get("from") == 2
+        and HELLO_UNIT in last.get("restarted", [])
+        and last.get("kernel_pending") is False
+        and bool(last.get("at"))
+        and bool(last.get("who")),
+        f"changelog 3 records the apply: a replacement from 2, {HELLO_UNIT} restarted",
+        b,
+        last,
+    )
+    check(AGENT_UP in b.marks, "the agent came up", b)
+    up = b.marks[AGENT_UP]
+    b.notes["reboot"] = (
+        f"{shutdown + up:.0f} s: boot 1's shutdown {shutdown:.0f} s, then {up:.0f} s from "
+        "power-on to the agent up (after the boot check)"
+    )
+
+
 SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "update": scenario_update,
     "rollback": scenario_rollback,
@@ -1835,6 +2099,7 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "etc": scenario_etc,
     "unbootable": scenario_unbootable,
     "unhealthy": scenario_unhealthy,
+    "apply": scenario_apply,
 }
 
 

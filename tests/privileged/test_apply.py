@@ -325,3 +325,49 @@ def test_an_apply_killed_between_its_binds_is_visible_refused_around_and_complet
     st = status(seen[12])
     assert st["applied"]["snapshot"] == 2 and "interrupted" not in st["applied"]
     assert s.numbers() == [1, 2], "the refused transaction made no snapshot"
+
+
+def test_a_bind_that_cannot_be_made_is_undone(managed_system: System, tmp_path: Path) -> None:
+    """The running /usr has a mount where the new snapshot has no directory: the new /usr is
+    already on its staging point when that shows, and must go again."""
+    s = managed_system
+    tu_ok(s, "run", "--", "rm", "-r", "/usr/share/doc")
+    seen = run_steps(
+        s.root,
+        [
+            ["tmpfs", "usr/share/doc"],
+            ["apply", {"allow_replacement": True}],
+            ["mounts"],
+            ["tu", ["--json", "status"]],
+            ["tu", ["run", "--", "true"]],
+        ],
+    )
+    failed = seen[1]
+    assert failed["rc"] == 2
+    assert failed["error"] == (
+        "/usr/share/doc is a mount point of the running system, but the snapshot has no "
+        f"directory {s.snapshot(2)}/usr/share/doc to mount it on; nothing was applied, the "
+        "running system is as it was"
+    )
+    assert failed["hint"] == "create the directory in a transaction: run -- mkdir -p /usr/share/doc"
+    assert "usr" not in seen[2] and "etc" not in seen[2]
+    assert not any(m.startswith("run/transactional-update") for m in seen[2]), "no staging left"
+    st = status(seen[3])
+    assert st["live"] == 1 and st["applied"] is None
+    assert seen[4]["rc"] == 0, "no interrupted apply is left to refuse transactions"
+
+
+def test_pkg_install_then_apply_in_one_invocation_refuses_only_the_apply_under_root(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """The chain runs in order: the snapshot is made and committed, then apply refuses --root."""
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    r = s.tu("-n", "pkg", "install", "tu-hello", "apply", "--restart-services")
+    assert r.returncode == 2, r.stderr
+    assert "snapshot 2 is the new default" in r.stdout
+    assert r.stderr.splitlines()[-2].startswith("error: apply changes the running system;")
+    assert s.default_number() == 2 and (s.snapshot(2) / "usr/bin/tu-hello").exists()
+    r = s.tu("-n", "pkg", "install", "tu-hello", "apply", "--yes")
+    assert r.returncode == 2 and s.numbers() == [1, 2], "a bad apply flag stops the chain first"
+    assert "error: apply after pkg takes no '--yes'" in r.stderr

@@ -281,3 +281,21 @@ def test_status_shows_the_live_snapshot_and_needs_no_reboot_for_it() -> None:
     plain = Status(1, 3, 3, None, None, {})
     assert status_json(plain)["live"] == 1 and status_json(plain)["reboot_needed"] is True
     assert "live:" not in status_text(plain)
+
+
+def test_apply_after_pkg_names_is_the_next_command_with_its_own_flags() -> None:
+    from transactional_update.cli.commands import Change, pkg_steps
+    from transactional_update.errors import UsageError
+
+    steps = pkg_steps("install", ["htop", "apply"])
+    assert [type(s) is Change for s in steps] == [True, False]
+    steps = pkg_steps("install", ["htop", "apply", "--allow-replacement", "run", "htop", "-v"])
+    assert [s.name if isinstance(s, Change) else "apply" for s in steps] == ["pkg", "run", "apply"]
+    with pytest.raises(UsageError, match="apply after pkg takes no '--yes'"):
+        pkg_steps("install", ["htop", "apply", "--yes"])
+    # A run before it takes the rest (apply is run's argument); alone, apply is a package name.
+    assert [type(s) is Change for s in pkg_steps("install", ["htop", "run", "apply"])] == [
+        True,
+        True,
+    ]
+    assert len(pkg_steps("install", ["apply"])) == 1

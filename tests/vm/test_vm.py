@@ -1,6 +1,6 @@
-"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3 and 7-11, the ones CI runs.
+"""Real boots in qemu (testkit/vm.py, vm-tests/run): scenarios 1-3 and 7-12, the ones CI runs.
 
-About 28 minutes for the eight under TCG (powercut alone boots eight times, about 8-10), part of
+About 32 minutes for the nine under TCG (powercut alone boots eight times, about 8-10), part of
 every ``./tu-dev test`` (and so of CI); ``TU_VM_TESTS=0`` skips them, ``TU_VM_TESTS=all`` adds
 scenarios 4-6 (also run with ``vm-tests/run nightly broken uefi``).  The golden image
 is cached in /var/cache/transactional-update-tests/vm.
@@ -28,6 +28,7 @@ MORE = ["nightly", "broken", "uefi"]
 # stack: two transactions before one reboot boot with both changes (changes stack on the default)
 # etc: the writable /etc, live edits carried at commit, shutdown and boot, a conflict, rollback
 # unbootable, unhealthy: boot counting in GRUB and the boot check roll a bad update back
+# apply: a change used without a reboot, a service restarted onto an upgrade, then the reboot
 SCENARIOS = [
     "update",
     "rollback",
@@ -37,6 +38,7 @@ SCENARIOS = [
     "etc",
     "unbootable",
     "unhealthy",
+    "apply",
 ] + (MORE if SELECTED == "all" else [])
 
 

@@ -120,7 +120,7 @@ def cli(ctx: click.Context, /, **opts: Any) -> None:
 
 @cli.result_callback()
 @click.pass_obj
-def run_steps(state: State, /, steps: list[Command | list[Change]], **_: Any) -> None:
+def run_steps(state: State, /, steps: list[Command | list[Change | Step]], **_: Any) -> None:
     flat = [c for s in steps for c in (s if isinstance(s, list) else [s])]
     code = execute(flat, state)
     if code != 0:
@@ -183,9 +183,9 @@ def patch_cmd() -> Change:
 @cli.command("pkg", context_settings={"ignore_unknown_options": True})
 @click.argument("action", type=click.Choice(sorted(PKG_ACTIONS)), metavar="install|remove|update")
 @click.argument("names", nargs=-1, type=click.UNPROCESSED)
-def pkg_cmd(action: str, names: tuple[str, ...]) -> list[Change]:
+def pkg_cmd(action: str, names: tuple[str, ...]) -> list[Change | Step]:
     """Install, remove or update the named packages in a new snapshot (also: package); then
-    `run CMD…` in it, if given.
+    `run CMD…` in it, if given; then `apply` it live, if given.
 
     Options of the package manager among the names are forwarded where it has them
     (--auto-agree-with-licenses, --no-recommends, -y, ...) and refused otherwise.
@@ -702,41 +702,9 @@ def apply_cmd(allow_replacement: bool, restart_services: bool) -> Step:
     """Make the default snapshot's /usr and /etc live on the running system, without a reboot
     (additions; replacements with --allow-replacement; the kernel waits for the reboot)."""
 
-    def step(state: State) -> int:
-        from transactional_update.errors import ApplyError
-        from transactional_update.live import flow
+    from transactional_update.cli.commands import apply_step
 
-        if state.root != Path("/"):
-            raise ApplyError(
-                f"apply changes the running system; --root {state.root} names one that is not "
-                "running",
-                "run apply on the system itself, without --root",
-            )
-        quiet = state.json or state.opts.get("quiet", False)
-
-        def say(line: str) -> None:
-            if not quiet:
-                click.echo(line)
-
-        result = flow.apply(
-            state.ctx,
-            allow_replacement=allow_replacement,
-            restart_services=restart_services,
-            say=say,
-        )
-        if state.json:
-            click.echo(json.dumps(result.as_json()))
-        else:
-            for line in flow.report(result):
-                say(line)
-        if result.restart_failed:
-            units = ", ".join(u for u, _ in result.restart_failed)
-            click.echo(f"error: applied, but restarting failed: {units}", err=True)
-            click.echo("hint: see: systemctl status " + units.replace(",", ""), err=True)
-            return 1
-        return 0
-
-    return step
+    return apply_step(allow_replacement, restart_services)
 
 
 def _reload_systemd(root: Path) -> None:

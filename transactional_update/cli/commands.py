@@ -243,12 +243,81 @@ def package_step(action: str | None, names: Sequence[str] = ()) -> Change:
     )
 
 
-def pkg_steps(action: str, args: Sequence[str]) -> list[Change]:
-    """``pkg ACTION NAME… [run COMMAND…]``: a ``run`` after the names is the next command."""
-    if "run" in args[1:-1]:  # after at least one name, before the command
-        at = list(args).index("run", 1)
-        return [package_step(PKG_ACTIONS[action], args[:at]), run_step(args[at + 1 :])]
-    return [package_step(PKG_ACTIONS[action], args)]
+# apply's own options, where it follows ``pkg ACTION NAME…`` (cli.options has them for click).
+APPLY_FLAGS = {"--allow-replacement": "allow_replacement", "--restart-services": "restart_services"}
+
+
+def pkg_steps(action: str, args: Sequence[str]) -> list[Change | Step]:
+    """``pkg ACTION NAME… [run COMMAND…]``: a ``run`` after the names is the next command;
+    so is ``apply [--allow-replacement] [--restart-services]`` (before a ``run``, if any)."""
+    words = list(args)
+    ends = [i for i, w in enumerate(words) if i >= 1 and w in ("run", "apply")]
+    if ends and words[ends[0]] == "apply":
+        at = ends[0]
+        after = words[at + 1 :]
+        run_at = after.index("run") if "run" in after else len(after)
+        flags = after[:run_at]
+        unknown = [f for f in flags if f not in APPLY_FLAGS]
+        if unknown:
+            from transactional_update.errors import UsageError
+
+            raise UsageError(
+                f"apply after pkg takes no {unknown[0]!r}",
+                "apply takes --allow-replacement and --restart-services",
+            )
+        steps: list[Change | Step] = [package_step(PKG_ACTIONS[action], words[:at])]
+        if run_at < len(after):
+            steps.append(run_step(after[run_at + 1 :]))
+        opts = {dest: flag in flags for flag, dest in APPLY_FLAGS.items()}
+        return [*steps, apply_step(**opts)]
+    if "run" in words[1:-1]:  # after at least one name, before the command
+        at = words.index("run", 1)
+        return [package_step(PKG_ACTIONS[action], words[:at]), run_step(words[at + 1 :])]
+    return [package_step(PKG_ACTIONS[action], words)]
+
+
+def apply_step(allow_replacement: bool, restart_services: bool) -> Step:
+    """``apply``: the default snapshot's /usr and /etc live on the running system (live.flow)."""
+
+    def step(state: State) -> int:
+        from pathlib import Path
+
+        from transactional_update.errors import ApplyError
+        from transactional_update.live import flow
+
+        if state.root != Path("/"):
+            raise ApplyError(
+                f"apply changes the running system; --root {state.root} names one that is not "
+                "running",
+                "run apply on the system itself, without --root",
+            )
+        quiet = state.json or state.opts.get("quiet", False)
+
+        def say(line: str) -> None:
+            if not quiet:
+                print(line, flush=True)
+
+        result = flow.apply(
+            state.ctx,
+            allow_replacement=allow_replacement,
+            restart_services=restart_services,
+            say=say,
+        )
+        if state.json:
+            import json
+
+            print(json.dumps(result.as_json()), flush=True)
+        else:
+            for line in flow.report(result):
+                say(line)
+        if result.restart_failed:
+            units = [u for u, _ in result.restart_failed]
+            print(f"error: applied, but restarting failed: {', '.join(units)}", file=sys.stderr)
+            print(f"hint: see: systemctl status {' '.join(units)}", file=sys.stderr)
+            return 1
+        return 0
+
+    return step
 
 
 def prints_result(quiet: bool, json_out: bool) -> bool:

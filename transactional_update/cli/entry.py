@@ -131,6 +131,7 @@ def quick_transaction(opts: dict[str, Any], command: str, args: list[str]) -> in
     debug = bool(opts["debug"])
     try:
         state = commands.begin(opts)
+        steps: list[commands.Change | commands.Step]
         if command == "run":
             steps = [commands.run_step(args)]
         elif command == "pkg":

@@ -111,8 +111,8 @@ def _attach_one(root: Path, snapshot_dir: Path, name: str, stage: Path) -> None:
         for rel in inner:
             if not (stage / rel).is_dir():
                 raise SystemError_(
-                    f"/{name}/{rel} is a mount point of the running system, but snapshot's "
-                    f"{new / rel} is no directory to mount it on",
+                    f"/{name}/{rel} is a mount point of the running system, but the snapshot "
+                    f"has no directory {new / rel} to mount it on",
                     f"create the directory in a transaction: run -- mkdir -p /{name}/{rel}",
                 )
             run(

@@ -116,15 +116,22 @@ def apply(
             say(f"completing the interrupted apply: {describe(plan)}")
         at = datetime.now(UTC).isoformat(timespec="seconds")
         applied.begin(ctx.root, {"target": plan.target, "from": plan.live, "at": at})
-        names = bind(ctx, plan)
+        names: list[str] = []
         try:
+            names = bind(ctx, plan)  # a failed bind takes its own mounts off again
             stale = procs.scan(ctx.root, plan.replaced)
             how = reload_systemd(ctx.root, reexec=any(s.pid == 1 for s in stale))
-        except BaseException:
+        except BaseException as exc:
             binds.detach(ctx.root, names)
-            reload_systemd(ctx.root, reexec=False, check=False)
+            if names:
+                reload_systemd(ctx.root, reexec=False, check=False)
             if cut is None:
                 applied.abandon(ctx.root)
+            if isinstance(exc, TUError) and not isinstance(exc, ApplyError):
+                raise ApplyError(
+                    f"{exc.message}; nothing was applied, the running system is as it was",
+                    exc.hint,
+                ) from exc
             raise
         merged += [m for m in [settle_etc(ctx, plan)] if m is not None]
         remember(ctx, plan, at)

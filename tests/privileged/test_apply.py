@@ -67,6 +67,7 @@ def test_additions_are_live_at_once_and_the_booted_snapshot_stays(
         s.root,
         [
             ["write", "etc/edited-before", "before the apply\n"],  # after the commit: live only
+            ["write", "run/reboot-needed", "reboot"],  # as the commit writes it on a running system
             ["apply", {}],
             ["read", "usr/bin/tu-hello"],
             ["read", "usr/local/tu-local"],
@@ -75,8 +76,10 @@ def test_additions_are_live_at_once_and_the_booted_snapshot_stays(
             ["tu", ["--json", "status"]],
             ["tu", ["status"]],
             ["mounts"],
+            ["read", "run/reboot-needed"],
         ],
     )
+    seen.pop(1)
     result = applied(seen[1])
     assert result["snapshot"] == 2 and result["from"] == 1
     assert result["class"] == "additions" and result["kernel_pending"] is False
@@ -92,6 +95,7 @@ def test_additions_are_live_at_once_and_the_booted_snapshot_stays(
     assert "live:     2 (applied live at " in seen[7]["stdout"]
     assert "it is live already (applied)" in seen[7]["stdout"]
     assert {"usr", "usr/local", "etc"} <= set(seen[8])
+    assert seen[9] is None, "nothing needs a reboot any more: /run/reboot-needed is gone"
     # On disk: the booted snapshot is unchanged; the edit after the apply is in 2's own /etc.
     assert not (s.snapshot(1) / "usr/bin/tu-hello").exists()
     assert (s.snapshot(2) / "etc/edited-after").read_text() == "after the apply\n"
@@ -173,12 +177,15 @@ def test_a_new_kernel_waits_for_the_reboot(managed_system: System, tmp_path: Pat
     seen = run_steps(
         s.root,
         [
+            ["write", "run/reboot-needed", "reboot"],
             ["apply", {}],
             ["read", "usr/bin/tu-new"],
             ["read", kernel[1:]],
             ["tu", ["--json", "status"]],
+            ["read", "run/reboot-needed"],
         ],
     )
+    assert seen.pop(0) is None and seen.pop() == "reboot", "the kernel still needs the reboot"
     result = applied(seen[0])
     assert result["class"] == "additions" and result["kernel_pending"] is True
     assert result["not_live_until_reboot"] == [kernel]

@@ -299,3 +299,36 @@ def test_apply_after_pkg_names_is_the_next_command_with_its_own_flags() -> None:
         True,
     ]
     assert len(pkg_steps("install", ["apply"])) == 1
+
+
+class _Managed:
+    """What pending_snapshot asks of a managed root (pure logic: the numbers and /run's record)."""
+
+    def __init__(self, root: Path, booted: int, default: int, live: int) -> None:
+        self.root, self._b, self._d, self._l = root, booted, default, live
+
+    def booted(self) -> int:
+        return self._b
+
+    def default(self) -> int:
+        return self._d
+
+    def live(self) -> int:
+        return self._l
+
+
+def test_a_default_made_live_by_apply_needs_no_reboot_unless_for_its_kernel(tmp_path: Path) -> None:
+    from transactional_update.reboot.methods import pending_snapshot
+    from transactional_update.record import applied
+
+    def pending(booted: int, default: int, live: int) -> int | None:
+        return pending_snapshot(_Managed(tmp_path, booted, default, live))  # type: ignore[arg-type]
+
+    assert pending(1, 2, 1) == 2
+    assert pending(1, 2, 2) == 2, "live without /run's record of an apply: reboot"
+    applied.save(tmp_path, {"snapshot": 2, "from": 1, "kernel_pending": False})
+    assert pending(1, 2, 2) is None
+    assert pending(1, 3, 2) == 3, "a newer default still boots by a reboot"
+    applied.save(tmp_path, {"snapshot": 2, "from": 1, "kernel_pending": True})
+    assert pending(1, 2, 2) == 2
+    assert pending(2, 2, 2) is None

@@ -246,7 +246,16 @@ def at_boot(
     point = etcvol.sync_point(booted_dir)
     if point is not None:
         source = snapshots_dir / str(point.live) / "snapshot" / ETC
-        if point.live != booted and btrfs.is_subvolume(source):
+        if (
+            point.live != booted
+            and btrfs.is_subvolume(source)
+            and _unchanged_since(source, point.path)
+        ):
+            # Nothing changed there since the last merge (the shutdown's, or apply's a moment
+            # ago): nothing to carry, and no need to read three trees to find that out.
+            carried = Carried(booted, point.live, when, now(), merge.Report())
+            etcvol.drop(booted_dir, etcvol.SYNC)
+        elif point.live != booted and btrfs.is_subvolume(source):
             fresh = etcvol.info_dir(booted_dir) / etcvol.SYNC_NEW
             btrfs.snapshot(source, fresh, read_only=True)
             at = now()

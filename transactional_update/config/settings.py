@@ -196,30 +196,33 @@ def _timeout(key: str, value: str) -> float:
     return seconds
 
 
-def _units(key: str, value: str) -> tuple[str, ...]:
+def _unit_words(key: str, value: str, *, patterns: bool) -> tuple[str, ...]:
     import re
 
-    units = tuple(value.split())
-    for unit in units:
-        if not re.fullmatch(r"[A-Za-z0-9:_.\\@-]+", unit) or unit.startswith("-"):
+    allowed = r"[A-Za-z0-9:_.\\@*?\[\]-]+" if patterns else r"[A-Za-z0-9:_.\\@-]+"
+    what, example = (
+        ("unit name or pattern", "postgresql* nginx")
+        if patterns
+        else ("unit name", "sshd.service nginx.service")
+    )
+    words = tuple(value.split())
+    for word in words:
+        if not re.fullmatch(allowed, word) or word.startswith("-"):
             raise _Bad(
-                f"{key}: {unit!r} is not a unit name",
-                f'list unit names separated by spaces, e.g. {key}="sshd.service nginx.service"',
+                f"{key}: {word!r} is not a {what}",
+                f"list {what.replace('name', 'names').replace('pattern', 'patterns')} separated "
+                f'by spaces, e.g. {key}="{example}"',
             )
+    return words
+
+
+def _units(key: str, value: str) -> tuple[str, ...]:
+    units = _unit_words(key, value, patterns=False)
     return tuple(u if "." in u else f"{u}.service" for u in units)
 
 
 def _unit_patterns(key: str, value: str) -> tuple[str, ...]:
-    import re
-
-    patterns = tuple(value.split())
-    for pattern in patterns:
-        if not re.fullmatch(r"[A-Za-z0-9:_.\\@*?\[\]-]+", pattern) or pattern.startswith("-"):
-            raise _Bad(
-                f"{key}: {pattern!r} is not a unit name or pattern",
-                f'list unit names or patterns separated by spaces, e.g. {key}="postgresql* nginx"',
-            )
-    return patterns
+    return _unit_words(key, value, patterns=True)
 
 
 MAX_BOOT_TRIES = 9  # GRUB counts down with one branch per value (it has no arithmetic)

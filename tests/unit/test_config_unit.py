@@ -123,8 +123,9 @@ def test_a_bad_value_names_file_line_and_allowed_values(tmp_path: Path) -> None:
         (
             "REBOOT_METHOD=later",
             "REBOOT_METHOD='later' is not one of: auto, systemd, kexec, notify, kured, rebootmgr, "
-            "none",
-            "set REBOOT_METHOD to one of: auto, systemd, kexec, notify, kured, rebootmgr, none",
+            "fleetlock, etcd-lock, none",
+            "set REBOOT_METHOD to one of: auto, systemd, kexec, notify, kured, rebootmgr, "
+            "fleetlock, etcd-lock, none",
         ),
         (
             "MAINTENANCE_WINDOW_START=3am",

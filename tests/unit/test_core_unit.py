@@ -137,7 +137,7 @@ def test_config_parses_layers_and_rejects_bad_values(tmp_path: Path) -> None:
         config.load(tmp_path)
     assert err.value.message == (
         "/etc/transactional-update.conf:1: REBOOT_METHOD='sometimes' is not one of: "
-        "auto, systemd, kexec, notify, kured, rebootmgr, none"
+        "auto, systemd, kexec, notify, kured, rebootmgr, fleetlock, etcd-lock, none"
     )
     assert err.value.exit_code == 6
 

@@ -337,11 +337,17 @@ def install_units_cmd(
 
 @cli.command("reboot-manager")
 @click.argument(
-    "action", type=click.Choice(["run", "status", "cancel"]), default="run", required=False
+    "action",
+    type=click.Choice(["run", "status", "cancel", "release"]),
+    default="run",
+    required=False,
 )
 @with_options("reboot-manager")
-def reboot_manager_cmd(action: str, poll: float) -> Step:
-    """Reboot inside the maintenance window (run), or show (status) or drop (cancel) the plan."""
+def reboot_manager_cmd(action: str, poll: float, node: str | None) -> Step:
+    """Reboot inside the maintenance window (run), or show (status) or drop (cancel) the plan;
+    release: give a fleet reboot slot back (this machine's, or --id ID's: a dead machine's)."""
+    if node is not None and action != "release":
+        raise click.BadParameter("only release takes --id", param_hint="--id")
 
     def step(state: State) -> int:
         from datetime import UTC, datetime
@@ -350,6 +356,22 @@ def reboot_manager_cmd(action: str, poll: float) -> Step:
         from transactional_update.reboot.methods import pending_snapshot
 
         ctx = state.ctx
+        if action == "release":
+            from transactional_update.errors import SystemError_
+            from transactional_update.reboot import slots
+
+            answer = slots.release(state.root, ctx.config, datetime.now(UTC), node)
+            who = f"machine {node}" if node else "this machine"
+            if state.json:
+                click.echo(json.dumps({"node": node, "released": answer.ok, "why": answer.why}))
+            elif answer.ok:
+                click.echo(f"the reboot slot of {who} is free ({answer.why})")
+            if not answer.ok:
+                raise SystemError_(
+                    f"the reboot slot of {who} was not released: {answer.why}",
+                    "check the lock server or etcd, then run this again",
+                )
+            return 0
         if action == "run":
             from transactional_update.boot.menu import ensure_current
             from transactional_update.reboot.daemon import daemon
@@ -376,9 +398,6 @@ def reboot_manager_cmd(action: str, poll: float) -> Step:
         return 0
 
     return step
-
-
-# --- end of the issue 5 block ---
 
 
 @cli.command("status")

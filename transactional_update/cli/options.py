@@ -233,6 +233,14 @@ OPTIONS: tuple[Option, ...] = (
         commands=("reboot-manager",),
     ),
     Option(
+        ("--id",),
+        "node",
+        V,
+        "release: the machine whose reboot slot to free (its fleet ID, as status shows it).",
+        metavar="ID",
+        commands=("reboot-manager",),
+    ),
+    Option(
         ("--prune-only",),
         "prune_only",
         F,

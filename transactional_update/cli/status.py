@@ -11,6 +11,7 @@ from __future__ import annotations
 from transactional_update.boot import grubenv, menustate
 from transactional_update.core.lock import Lock, noted_forks
 from transactional_update.errors import TUError
+from transactional_update.reboot import slotstate
 from transactional_update.record import applied, bootstate, conflicts
 from transactional_update.record.summary import read_facts
 from transactional_update.snapshots import btrfs, leftovers
@@ -178,6 +179,7 @@ def boot_state(root: Path) -> dict[str, Any]:
         "trial": trial or None,
         "failed": {str(n): f for n, f in sorted(bootstate.failures(data).items())},
         "notice": bootstate.notice(data),
+        "reboot_slot": slotstate.read(root),
         "last_check": (
             {k: last.get(k) for k in ("snapshot", "at", "healthy", "failed")}
             if isinstance(last, dict)
@@ -307,6 +309,9 @@ def status_text(st: Status) -> str:
     lines += leftover_lines(st.leftovers)
     lines += etc_lines(st)
     lines += boot_lines(st.boot, st.default)
+    slot = slotstate.describe(st.boot.get("reboot_slot"))
+    if slot is not None:
+        lines.append(f"fleet:    {slot}")
     menu = st.boot_menu
     if menu is not None and menu["stale"]:
         since = f" since {menu['since']}" if menu["since"] else ""

@@ -47,6 +47,10 @@ class RebootMethod(StrEnum):
     NOTIFY = "notify"
     KURED = "kured"
     REBOOTMGR = "rebootmgr"
+    # The reboot manager reboots only with a slot of the fleet's: a FleetLock server (Zincati's
+    # protocol, e.g. airlock) or a semaphore in etcd.
+    FLEETLOCK = "fleetlock"
+    ETCD_LOCK = "etcd-lock"
     NONE = "none"
 
 
@@ -104,6 +108,11 @@ class Config:
     # (0: no boot counting).
     boot_tries: int = 3
     window: Window = Window()
+    # Fleet reboots (REBOOT_METHOD=fleetlock, etcd-lock): where the slots are, and whose.
+    fleetlock_url: str = ""
+    fleetlock_group: str = "default"  # the group of machines that share the slots (etcd too)
+    etcd_endpoints: tuple[str, ...] = ()
+    reboot_slots: int = 1  # etcd-lock: machines of a group rebooting at once (FleetLock: server's)
     # The commands that act on the machine, configurable so that a system managed from elsewhere
     # (--root) can name how it is rebooted, and so that tests record instead of rebooting.
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
@@ -342,6 +351,44 @@ def _boot_menu_limit(key: str, value: str) -> int:
     return int(value)
 
 
+def _url(key: str, value: str) -> str:
+    from urllib.parse import urlsplit
+
+    if value == "":
+        return ""  # unset, as `config` prints a default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise _Bad(
+            f"{key}={value!r} is not an http or https URL",
+            f"set {key}=http://HOST:PORT (the lock server's base URL, without /v1)",
+        )
+    return value.rstrip("/")
+
+
+def _urls(key: str, value: str) -> tuple[str, ...]:
+    return tuple(_url(key, v) for v in value.replace(",", " ").split())
+
+
+def _group(key: str, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise _Bad(
+            f"{key}={value!r} is not a group name",
+            f"use letters, digits, '.', '_' and '-', e.g. {key}=workers",
+        )
+    return value
+
+
+def _slots(key: str, value: str) -> int:
+    if not value.isdigit() or not value.isascii() or not 1 <= int(value) <= 10000:
+        raise _Bad(
+            f"{key}={value!r} is not a number of slots",
+            f"set {key} to how many machines of a group may reboot at once, e.g. {key}=2",
+        )
+    return int(value)
+
+
 # A day or more would let the nightly update run on the previous night's metadata.
 MAX_REFRESH_DELAY = timedelta(hours=24)
 
@@ -426,6 +473,10 @@ KEYS: tuple[Key, ...] = (
         lambda days: " ".join(WEEKDAYS[d] for d in days),
     ),
     Key("MAINTENANCE_WINDOW_TIMEZONE", "window.timezone", _timezone, "IANA name; empty: local"),
+    Key("FLEETLOCK_URL", "fleetlock_url", _url, "http(s) URL of a FleetLock server"),
+    Key("FLEETLOCK_GROUP", "fleetlock_group", _group, "a group name (fleetlock, etcd-lock)"),
+    Key("ETCD_ENDPOINTS", "etcd_endpoints", _urls, "http(s) URLs of etcd, space-separated"),
+    Key("REBOOT_SLOTS", "reboot_slots", _slots, "1 or more (etcd-lock)"),
     Key("BINDDIRS", "bind_dirs", _bind_dirs, "absolute directories"),
     Key(
         "PACKAGE_MANAGER",

@@ -77,6 +77,7 @@ class Result:
     why: str = ""  # why an unhealthy boot was not rolled back
     reason: str = ""  # why the snapshot failed
     reboot: str | None = None  # what the reboot method did
+    slot: str | None = None  # what became of the fleet reboot slot this machine rebooted with
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -91,6 +92,7 @@ class Result:
             "rolled_back_to": self.rolled_back_to,
             "not_rolled_back": self.why or None,
             "reboot": self.reboot,
+            "reboot_slot": self.slot,
             "checks": [o.as_json() for o in self.report.outcomes],
         }
 
@@ -117,9 +119,23 @@ def boot_check(ctx: Context, *, reboot: bool = True) -> Result:
     else:
         reject(ctx, facts, report, result)
     tell(ctx, result)
+    if report.healthy:
+        result.slot = give_back_slot(ctx)
     if result.verdict is Verdict.ROLLED_BACK and reboot:
         result.reboot = reboot_now(ctx)
     return result
+
+
+def give_back_slot(ctx: Context) -> str | None:
+    """Up and healthy: the fleet's reboot slot this machine rebooted with goes back (an
+    unhealthy machine keeps it, so that a bad update stops rolling through the fleet)."""
+    from transactional_update.reboot import slots
+
+    try:
+        return slots.after_boot(ctx.root, ctx.config, datetime.now(UTC))
+    except TUError as exc:
+        log.error("the reboot slot was not given back: %s", exc.message)
+        return f"reboot slot not given back: {exc.message}"
 
 
 def catch_up(ctx: Context) -> None:
@@ -372,6 +388,8 @@ def verdict_text(result: Result) -> str:
         )
     else:
         lines.append(summary(result))
+    if result.slot is not None:
+        lines.append(result.slot)
     if result.reboot is not None:
         lines.append(result.reboot)
     return "\n".join(lines)

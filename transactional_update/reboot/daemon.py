@@ -11,14 +11,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transactional_update.config.settings import RebootMethod
 from transactional_update.core.lock import Lock
-from transactional_update.errors import SystemError_
+from transactional_update.errors import SystemError_, TUError
 from transactional_update.proc import run
-from transactional_update.reboot import maintenance
+from transactional_update.reboot import maintenance, slots
 from transactional_update.reboot import methods as reboot
 from transactional_update.reboot.manager import Manager, running, serve
 
@@ -45,10 +46,27 @@ def daemon(
     reboot.check_target(cfg, RebootMethod.SYSTEMD, root)
     transaction_lock = Lock(managed.snapshots_dir)
 
+    coordinated = cfg.reboot_method in slots.COORDINATED
+    if coordinated:
+        slots.slots_for(cfg, cfg.reboot_method)  # a missing server setting stops it here
+
     def do_reboot() -> None:
-        if prepare is not None:
-            prepare()
-        run(cfg.reboot_command, what="reboot")
+        if coordinated:
+            now = datetime.now(UTC)
+            held = slots.take(root, cfg, cfg.reboot_method, reboot.pending_snapshot(managed), now)
+            if held.state != "holding":
+                assert held.next_try is not None
+                raise slots.Postponed(
+                    f"no reboot slot: {held.last_error}", datetime.fromisoformat(held.next_try)
+                )
+        try:
+            if prepare is not None:
+                prepare()
+            run(cfg.reboot_command, what="reboot")
+        except TUError:
+            if coordinated:  # not rebooting after all: the slot is for machines that do
+                slots.release(root, cfg, datetime.now(UTC))
+            raise
 
     manager = Manager(
         root,
@@ -56,6 +74,7 @@ def daemon(
         pending=lambda: reboot.pending_snapshot(managed),
         locked=transaction_lock.is_held,
         reboot=do_reboot,
+        housekeeping=(lambda now: slots.retry_release(root, cfg, now)) if coordinated else None,
     )
     stop = threading.Event()
     # The handler only records the signal: setting the event from it could deadlock, when the

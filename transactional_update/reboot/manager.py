@@ -32,7 +32,8 @@ from transactional_update.config.settings import Window
 from transactional_update.core.lock import is_locked
 from transactional_update.errors import LockedError, SystemError_, TUError
 from transactional_update.files import write_atomic
-from transactional_update.reboot import maintenance
+from transactional_update.reboot import maintenance, slotstate
+from transactional_update.reboot.slots import Postponed
 
 if TYPE_CHECKING:
     pass
@@ -164,10 +165,17 @@ class Manager:
     window: Window
     pending: Callable[[], int | None]  # the default snapshot when it is not the booted one
     locked: Callable[[], bool]  # whether a transaction runs
-    reboot: Callable[[], None]  # reboots (raises TUError when refused)
+    reboot: Callable[[], None]  # reboots (raises TUError when refused, Postponed: not yet)
     retry: timedelta = RETRY
+    # Runs first at every tick (a fleet reboot slot that is still to be given back).
+    housekeeping: Callable[[datetime], None] | None = None
 
     def tick(self, now: datetime) -> tuple[Decision, Plan]:
+        if self.housekeeping is not None:
+            try:
+                self.housekeeping(now)
+            except TUError as exc:
+                log.error("%s", exc.message)
         old = load(self.root)
         decision, plan = decide(old, now, self.window, self.pending(), self.locked(), self.retry)
         if decision is Decision.REBOOT:
@@ -177,6 +185,12 @@ class Manager:
             error = None
             try:
                 self.reboot()
+            except Postponed as exc:
+                # No slot from the fleet yet: ask again after the back-off (decide keeps it
+                # inside the window).
+                plan = replace(plan, planned=exc.until, last_error=exc.message)
+                save(self.root, plan)
+                return Decision.WAIT, plan
             except TUError as exc:
                 error = exc.message
                 log.error("reboot refused: %s; retrying in the next window", error)
@@ -279,6 +293,7 @@ def status(root: Path, window: Window, pending: int | None, now: datetime) -> di
         },
         "pending_snapshot": pending,
         "plan": plan.to_json() if plan.snapshot is not None else None,
+        "reboot_slot": slotstate.read(root),
     }
 
 
@@ -297,4 +312,7 @@ def status_text(st: dict[str, Any], window: Window) -> str:
         lines.append(f"planned:  reboot into snapshot {plan['snapshot']} at {plan['planned']}")
         if plan["attempts"] or plan["last_error"]:
             lines.append(f"attempts: {plan['attempts']}; last: {plan['last_error'] or 'ok'}")
+    slot = slotstate.describe(st.get("reboot_slot"))
+    if slot is not None:
+        lines.append(f"slot:     {slot}")
     return "\n".join(lines)

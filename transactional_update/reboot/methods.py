@@ -172,6 +172,14 @@ def plan(
         )
     if method is RebootMethod.REBOOTMGR:
         return Action(method, snapshot, schedule=True, message=f"reboot into snapshot {snapshot}")
+    if method in (RebootMethod.FLEETLOCK, RebootMethod.ETCD_LOCK):
+        # The reboot manager takes a slot of the fleet at the planned moment, then reboots.
+        return Action(
+            method,
+            snapshot,
+            schedule=True,
+            message=f"reboot into snapshot {snapshot} (with a {method} reboot slot)",
+        )
     return Action(
         RebootMethod.NONE, snapshot, message=f"not rebooting (REBOOT_METHOD=none): {text}"
     )
@@ -244,6 +252,10 @@ def request_reboot(
 
     method = resolve(cfg.reboot_method, reboot_manager.is_running(root))
     check_target(cfg, method, root)
+    if method in (RebootMethod.FLEETLOCK, RebootMethod.ETCD_LOCK):
+        from transactional_update.reboot import slots
+
+        slots.slots_for(cfg, method)  # refuses a method without its server before any plan
     booted, default = managed.booted(), managed.default()
     pending = pending_snapshot(managed)
     if pending is None:

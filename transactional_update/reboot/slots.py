@@ -1,0 +1,230 @@
+"""Fleet reboots: a machine reboots only while it holds one of its group's reboot slots.
+
+``REBOOT_METHOD=fleetlock`` asks a FleetLock server (:mod:`.fleetlock`), ``etcd-lock`` takes a
+slot of a semaphore in etcd (:mod:`.etcdlock`).  The reboot manager takes the slot at the
+planned moment, inside its maintenance window, and reboots only when it got one; refused or
+unanswered, it does not reboot and asks again after a back-off that doubles up to
+:data:`MAX_BACKOFF`.  After the reboot the boot check gives the slot back once the machine is up
+and healthy (an unhealthy machine keeps it: a bad update should not roll on through the fleet);
+a failed release is retried by the reboot manager until it succeeds.
+
+What the machine holds or waits for is kept in ``/var/lib/transactional-update/reboot-slot.json``
+(shared ``/var``: the boot after the reboot reads it), shown by ``status`` and ``reboot-manager
+status``.  The machine's ID is derived from ``/etc/machine-id`` with an application-specific
+key, as Zincati's is (systemd's ``sd_id128_get_machine_app_specific``): stable, and not the
+machine ID itself, which must not leave the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from transactional_update.config.settings import Config, RebootMethod
+from transactional_update.errors import TUError, UsageError
+from transactional_update.files import write_atomic
+from transactional_update.reboot.fleetlock import Answer, FleetLock
+from transactional_update.reboot.slotstate import STATE_FILE
+
+log = logging.getLogger(__name__)
+
+# This tool's application ID for sd_id128_get_machine_app_specific (Zincati has its own).
+APP_ID = "b4c7e1d2a9f04e3c8d6b5a4f3e2d1c0b"
+FIRST_BACKOFF = timedelta(seconds=30)
+MAX_BACKOFF = timedelta(minutes=15)
+COORDINATED = (RebootMethod.FLEETLOCK, RebootMethod.ETCD_LOCK)
+
+
+class Slots(Protocol):
+    def describe(self) -> str: ...
+    def acquire(self, node_id: str) -> Answer: ...
+    def release(self, node_id: str) -> Answer: ...
+
+
+class Postponed(TUError):
+    """No slot now: the reboot waits until *until* (the reboot manager asks again then)."""
+
+    def __init__(self, message: str, until: datetime) -> None:
+        super().__init__(message, "the reboot manager asks again; see: reboot-manager status")
+        self.until = until
+
+
+@dataclass(frozen=True)
+class SlotState:
+    state: str  # "waiting" (asked, refused), "holding" (rebooting), "releasing" (giving back)
+    method: str
+    group: str
+    node: str
+    snapshot: int | None = None
+    since: str = ""
+    attempts: int = 0  # refusals in a row while waiting, failed releases while releasing
+    next_try: str | None = None
+    last_error: str | None = None
+
+
+def app_specific_id(machine_id: str, app_id: str = APP_ID) -> str:
+    """systemd's ``sd_id128_get_machine_app_specific``: HMAC-SHA256 of the app ID keyed by the
+    machine ID, its first 16 bytes made a version-4 UUID, as 32 hex digits (pure)."""
+    key = bytes.fromhex(machine_id.strip())
+    digest = bytearray(hmac.new(key, bytes.fromhex(app_id), hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x40
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return digest.hex()
+
+
+def node_id(root: Path) -> str:
+    path = root / "etc/machine-id"
+    try:
+        raw = path.read_text(encoding="ascii").strip()
+        return app_specific_id(raw)
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot derive this machine's fleet ID from {path}: {exc}",
+            "systemd-machine-id-setup writes one (32 hex digits)",
+        ) from exc
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait after *attempts* refusals in a row: 30 s, 1 min, 2 min, … at most 15 min."""
+    step: timedelta = FIRST_BACKOFF * (2 ** min(max(attempts - 1, 0), 16))
+    return min(step, MAX_BACKOFF)
+
+
+def slots_for(cfg: Config, method: RebootMethod) -> Slots:
+    if method is RebootMethod.FLEETLOCK:
+        if not cfg.fleetlock_url:
+            raise UsageError(
+                "REBOOT_METHOD=fleetlock needs the lock server: FLEETLOCK_URL is not set",
+                "set FLEETLOCK_URL=http://HOST:PORT in /etc/transactional-update.conf",
+            )
+        return FleetLock(cfg.fleetlock_url, cfg.fleetlock_group)
+    if method is RebootMethod.ETCD_LOCK:
+        if not cfg.etcd_endpoints:
+            raise UsageError(
+                "REBOOT_METHOD=etcd-lock needs etcd: ETCD_ENDPOINTS is not set",
+                "set ETCD_ENDPOINTS=http://HOST:2379 in /etc/transactional-update.conf",
+            )
+        from transactional_update.reboot.etcdlock import EtcdSemaphore
+
+        return EtcdSemaphore(cfg.etcd_endpoints, cfg.fleetlock_group, cfg.reboot_slots)
+    raise UsageError(f"REBOOT_METHOD={method} takes no reboot slots", "")
+
+
+def load(root: Path) -> SlotState | None:
+    try:
+        data = json.loads((root / STATE_FILE).read_text(encoding="utf-8"))
+        return SlotState(**data) if isinstance(data, dict) else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable /%s: %s", STATE_FILE, exc)
+        return None
+
+
+def save(root: Path, state: SlotState | None) -> None:
+    path = root / STATE_FILE
+    if state is None:
+        path.unlink(missing_ok=True)
+        return
+    write_atomic(path, json.dumps(asdict(state), indent=1) + "\n", mode=0o600)
+
+
+def take(
+    root: Path, cfg: Config, method: RebootMethod, snapshot: int | None, now: datetime
+) -> SlotState:
+    """Ask for a slot; the state afterwards (holding, or waiting with the next try).
+
+    Recorded before the answer is acted on: a machine that reboots holding a slot finds that
+    out at its next boot, and gives it back.
+    """
+    slots = slots_for(cfg, method)
+    me = node_id(root)
+    old = load(root)
+    answer = slots.acquire(me)
+    stamp = now.isoformat(timespec="seconds")
+    if answer.ok:
+        state = SlotState("holding", str(method), cfg.fleetlock_group, me, snapshot, stamp)
+        log.warning("reboot slot granted by %s", slots.describe())
+    else:
+        attempts = (old.attempts if old is not None and old.state == "waiting" else 0) + 1
+        state = SlotState(
+            "waiting",
+            str(method),
+            cfg.fleetlock_group,
+            me,
+            snapshot,
+            old.since if old is not None and old.state == "waiting" else stamp,
+            attempts,
+            (now + backoff(attempts)).isoformat(timespec="seconds"),
+            answer.why,
+        )
+        log.warning(
+            "no reboot slot from %s: %s; asking again at %s",
+            slots.describe(),
+            answer.why,
+            state.next_try,
+        )
+    save(root, state)
+    return state
+
+
+def release(root: Path, cfg: Config, now: datetime, node: str | None = None) -> Answer:
+    """Give a slot back: this machine's (its state follows), or another's by ID (an admin's
+    way to free the slot of a machine that will not come back)."""
+    state = load(root)
+    method = RebootMethod(state.method) if state is not None else cfg.reboot_method
+    if method not in COORDINATED:
+        method = cfg.reboot_method
+    slots = slots_for(cfg, method)
+    me = node_id(root)
+    answer = slots.release(node or me)
+    if (node is None or node == me) and state is not None:
+        if answer.ok:
+            save(root, None)
+        else:
+            attempts = state.attempts + 1 if state.state == "releasing" else 1
+            save(
+                root,
+                replace(
+                    state,
+                    state="releasing",
+                    attempts=attempts,
+                    next_try=(now + backoff(attempts)).isoformat(timespec="seconds"),
+                    last_error=answer.why,
+                ),
+            )
+    return answer
+
+
+def after_boot(root: Path, cfg: Config, now: datetime) -> str | None:
+    """Up and healthy: give back the slot this machine rebooted with; what happened, or None."""
+    state = load(root)
+    if state is None or state.state == "waiting":
+        return None
+    answer = release(root, cfg, now)
+    if answer.ok:
+        return f"reboot slot of group {state.group} given back"
+    log.warning("the reboot slot was not given back (%s); the reboot manager retries", answer.why)
+    return f"reboot slot not given back yet: {answer.why}"
+
+
+def retry_release(root: Path, cfg: Config, now: datetime) -> None:
+    """The reboot manager's part: a release that failed is tried again when its time comes."""
+    state = load(root)
+    if state is None or state.state != "releasing":
+        return
+    if state.next_try is not None and now < datetime.fromisoformat(state.next_try):
+        return
+    answer = release(root, cfg, now)
+    if answer.ok:
+        log.warning("reboot slot of group %s given back", state.group)
+
+
+def as_json(state: SlotState | None) -> dict[str, Any] | None:
+    return None if state is None else asdict(state)

@@ -1,0 +1,47 @@
+"""The record of this machine's reboot slot (``/var/lib/transactional-update/reboot-slot.json``),
+read without the rest of :mod:`.slots`: ``status`` shows it and stays light (no dataclasses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+STATE_FILE = "var/lib/transactional-update/reboot-slot.json"
+
+
+def read(root: Path) -> dict[str, Any] | None:
+    path = root / STATE_FILE
+    if not path.exists():
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe(state: dict[str, Any] | None) -> str | None:
+    """One line for ``status`` and ``reboot-manager status``."""
+    if state is None:
+        return None
+    where = f"{state.get('method')}, group {state.get('group')}"
+    if state.get("state") == "holding":
+        return (
+            f"holding a reboot slot ({where}) since {state.get('since')}; given back once up "
+            "and healthy"
+        )
+    if state.get("state") == "releasing":
+        return (
+            f"giving the reboot slot back ({where}) failed {state.get('attempts')} time(s): "
+            f"{state.get('last_error')}; next try {state.get('next_try')}"
+        )
+    return (
+        f"waiting for a reboot slot ({where}) since {state.get('since')}: "
+        f"{state.get('last_error')}; asked {state.get('attempts')} time(s), next at "
+        f"{state.get('next_try')}"
+    )

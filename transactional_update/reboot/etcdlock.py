@@ -129,7 +129,8 @@ class EtcdSemaphore:
                         return Answer(True, why)
                 return Answer(False, f"the slots of group {self.group} changed too often; later")
             except (exceptions.Etcd3Exception, OSError, ValueError, KeyError) as exc:
-                last = f"etcd at {client.base_url} is unreachable: {exc}"
+                detail = str(exc).strip() or type(exc).__name__
+                last = f"etcd at {client.base_url} is unreachable: {detail}"
                 log.info("%s", last)
         return Answer(False, last, reachable=False)
 

@@ -108,7 +108,7 @@ def test_the_fleet_id_is_systemds_app_specific_id_of_the_machine_id(tmp_path: Pa
 
 def test_the_back_off_doubles_and_is_bounded() -> None:
     waits = [slots.backoff(n).total_seconds() for n in range(1, 9)]
-    assert waits == [30, 60, 120, 240, 480, 900, 900, 900]
+    assert waits == [15, 30, 60, 60, 60, 60, 60, 60]
     assert slots.backoff(10**6) == slots.MAX_BACKOFF
 
 
@@ -122,11 +122,11 @@ def test_a_slot_is_waited_for_taken_and_given_back_after_the_boot(
     assert (held.state, held.snapshot, held.since) == ("holding", 5, NOW.isoformat())
     first = slots.take(b, c, RebootMethod.FLEETLOCK, 7, NOW)
     assert (first.state, first.attempts) == ("waiting", 1)
-    assert first.next_try == (NOW + timedelta(seconds=30)).isoformat()
+    assert first.next_try == (NOW + timedelta(seconds=15)).isoformat()
     assert first.last_error == "failed_lock: all reboot slots of default are taken"
-    second = slots.take(b, c, RebootMethod.FLEETLOCK, 7, NOW + timedelta(seconds=30))
+    second = slots.take(b, c, RebootMethod.FLEETLOCK, 7, NOW + timedelta(seconds=15))
     assert (second.attempts, second.since) == (2, NOW.isoformat())
-    assert second.next_try == (NOW + timedelta(seconds=90)).isoformat()
+    assert second.next_try == (NOW + timedelta(seconds=45)).isoformat()
     assert "waiting for a reboot slot (fleetlock, group default)" in (
         slotstate.describe(slotstate.read(b)) or ""
     )
@@ -143,7 +143,7 @@ def test_a_slot_is_waited_for_taken_and_given_back_after_the_boot(
     server.mode = "normal"
     slots.retry_release(b, c, NOW + timedelta(seconds=10))  # not yet: the back-off
     assert server.holders() == [slots.node_id(b)]
-    slots.retry_release(b, c, NOW + timedelta(seconds=30))
+    slots.retry_release(b, c, NOW + timedelta(seconds=15))
     assert server.holders() == [] and slots.load(b) is None
 
 
@@ -189,10 +189,10 @@ def test_the_reboot_manager_asks_again_after_the_back_off_and_reboots_only_with_
     m = manager.Manager(root, window, pending=lambda: 4, locked=lambda: False, reboot=reboot)
     decision, plan = m.tick(NOW)
     assert decision is manager.Decision.WAIT and rebooted == []
-    assert plan.planned == NOW + timedelta(seconds=30) and plan.attempts == 0
+    assert plan.planned == NOW + timedelta(seconds=15) and plan.attempts == 0
     assert plan.last_error == "no reboot slot: failed_lock: all reboot slots of default are taken"
     slots.release(other, c, NOW)
-    decision, _ = m.tick(NOW + timedelta(seconds=30))
+    decision, _ = m.tick(NOW + timedelta(seconds=15))
     assert decision is manager.Decision.REBOOT and rebooted == ["yes"]
     st = manager.status(root, window, 4, NOW)
     assert st["reboot_slot"]["state"] == "holding"

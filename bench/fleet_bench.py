@@ -78,17 +78,9 @@ def main() -> None:
     print(f"{'backend':<12}{'seconds':>9}{'ideal':>8}{'ratio':>8}{'real time':>12}{'max held':>10}")
     server = FleetLockServer(slots=args.slots)
     try:
-        runs = {
-            "fleetlock": lambda: fleet(
-                "fleetlock", server.url, args.machines, args.slots, reboot_s, args.scale
-            )
-        }
         with etcd_server() as url:
-            runs["etcd-lock"] = lambda: fleet(
-                "etcd-lock", url, args.machines, args.slots, reboot_s, args.scale
-            )
-            for name, go in runs.items():
-                r = go()
+            for name, where in (("fleetlock", server.url), ("etcd-lock", url)):
+                r = fleet(name, where, args.machines, args.slots, reboot_s, args.scale)
                 print(
                     f"{name:<12}{r['seconds']:>9.1f}{ideal:>8.1f}{r['seconds'] / ideal:>7.2f}x"
                     f"{r['seconds'] * args.scale / 60:>9.1f} min{r['most_holders']:>10.0f}"

@@ -122,6 +122,9 @@ def main(root: Path, steps: list[list[Any]]) -> None:
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", str(root / "run")], check=True
     )
+    # As systemd sets a running system up: every mount shared (new peer groups of this private
+    # namespace, so nothing reaches the host), where a careless bind would leak its unmounts.
+    subprocess.run(["mount", "--make-rshared", str(root)], check=True)
     children: list[subprocess.Popen[str]] = []
     seen: list[Any] = []
     try:

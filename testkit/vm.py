@@ -1379,6 +1379,10 @@ def check_after_commit_cut(f: Findings, b: Boot, prev: Boot) -> None:
             f.check(
                 menu_current(status), "status: the boot menu is current", b, status.get("boot_menu")
             )
+        elif menu_current(status):
+            # The boot check (transactional-update-health.service, before the agent) found the
+            # menu stale and rewrote it for the default: the next boot brings up the commit.
+            check_menu(f, b, "grubcfg", fork, "after the cut (menu caught up by the boot check)")
         else:
             menu = status.get("boot_menu") or {}
             reason = str(menu.get("reason"))
@@ -2087,6 +2091,302 @@ def scenario_apply(m: Machine, debs: Path) -> None:
     )
 
 
+# --- fleetlock: a reboot that waits for a slot of the fleet -------------------------------------
+
+FLEET_DIR = "/var/lib/tu-fleet"  # /var: shared by every snapshot, the server's state survives
+FLEET_STATE = f"{FLEET_DIR}/state.json"
+FLEET_PORT = 3333
+FLEET_UNIT = "tu-fleetlock.service"
+OTHER_MACHINE = "other-machine"  # the fleet's other member, holding the only slot at first
+APP_ID = "b4c7e1d2a9f04e3c8d6b5a4f3e2d1c0b"  # transactional-update's key for the fleet ID
+SLOT_FILE = "/var/lib/transactional-update/reboot-slot.json"
+MANAGER_LOCK = "/var/lib/transactional-update/reboot-manager.lock"
+RELEASING = "TU-VM fleetlock: releasing the slot of other-machine"  # on the serial console
+# The FleetLock server as the guest runs it (testkit/fleetlock_server.py's __main__), before the
+# boot check (which gives the slot back) and, Type=notify, only once it listens.
+FLEET_SERVICE = f"""[Unit]
+Description=FleetLock server of the VM tests (testkit/fleetlock_server.py)
+Before=transactional-update-health.service
+RequiresMountsFor={FLEET_DIR}
+
+[Service]
+Type=notify
+ExecStart=/usr/bin/python3 -I {FLEET_DIR}/server.py {FLEET_PORT} 1 {FLEET_STATE}
+
+[Install]
+WantedBy=multi-user.target
+"""
+# The step's helper (stdlib only): the other machine's requests, and waits on this machine's
+# slot record.  post ENDPOINT ID; manager TIMEOUT: until the reboot manager runs (holds its
+# lock, seen in /proc/locks: probing the lock could make a starting manager fail);
+# waiting N TIMEOUT: until it was refused N times in a row; gap SECONDS TIMEOUT: until its next
+# ask is at least SECONDS away (a release just after a refusal lets the step store its results
+# before the reboot the release brings).
+FLEET_HELPER = f"""import json, os, sys, time, urllib.error, urllib.request
+from datetime import datetime, timezone
+
+
+def post(endpoint, node):
+    body = json.dumps({{"client_params": {{"id": node, "group": "default"}}}}).encode()
+    request = urllib.request.Request(
+        "http://127.0.0.1:{FLEET_PORT}/v1/" + endpoint, data=body, method="POST",
+        headers={{"fleet-lock-protocol": "true", "content-type": "application/json"}})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            print(answer.status, answer.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.code, exc.read().decode())
+        return 1
+
+
+def slot():
+    try:
+        with open("{SLOT_FILE}") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def wait(until, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if until(slot()):
+            print(json.dumps(slot()))
+            return 0
+        time.sleep(0.5)
+    print("timed out; the slot record:", json.dumps(slot()))
+    return 1
+
+
+def manager_runs(_):
+    try:
+        inode = os.stat("{MANAGER_LOCK}").st_ino
+        with open("/proc/locks") as f:
+            locks = [line.split() for line in f]
+    except OSError:
+        return False
+    return any(w[1] == "FLOCK" and w[3] == "WRITE" and w[5].endswith(f":{{inode}}")
+               for w in locks if len(w) > 5)
+
+
+def next_try(s):
+    return datetime.fromisoformat(s["next_try"]) - datetime.now(timezone.utc)
+
+
+def gap(seconds, timeout):
+    s = slot()
+    if s is None or s.get("state") != "waiting" or next_try(s).total_seconds() >= seconds:
+        print(json.dumps(s))
+        return 0
+    asked = s.get("attempts")
+    return wait(lambda t: t is not None and t.get("attempts") != asked, timeout)
+
+
+if sys.argv[1] == "post":
+    sys.exit(post(sys.argv[2], sys.argv[3]))
+if sys.argv[1] == "manager":
+    sys.exit(wait(manager_runs, float(sys.argv[2])))
+if sys.argv[1] == "waiting":
+    n = int(sys.argv[2])
+    sys.exit(wait(lambda s: s is not None and s.get("state") == "waiting"
+                  and s.get("attempts", 0) >= n, float(sys.argv[3])))
+sys.exit(gap(float(sys.argv[2]), float(sys.argv[3])))
+"""
+FLEET_CONF = f"""REBOOT_METHOD=fleetlock
+FLEETLOCK_URL=http://127.0.0.1:{FLEET_PORT}
+MAINTENANCE_WINDOW_START=00:00
+MAINTENANCE_WINDOW_DURATION=23h59m
+"""
+
+
+def fleet_step() -> str:
+    """Boot 1 (snapshot 1): the server (this checkout's source) with the other machine holding
+    the only slot, fleetlock configured, snapshot 2 committed, the reboot planned; refused, the
+    machine keeps running and asks again; the other machine's release lets it reboot."""
+    server = (REPO / "testkit/fleetlock_server.py").read_text()
+    helper = f"python3 -I {FLEET_DIR}/fleet.py"
+    return f"""
+passed() {{ [ "$(cat "$OUT/$1.rc")" = 0 ]; }}  # the fact succeeded: without it, stop here
+mkdir -p {FLEET_DIR}
+cat > {FLEET_DIR}/server.py <<'TU_FLEET_SERVER_EOF'
+{server}TU_FLEET_SERVER_EOF
+cat > {FLEET_DIR}/fleet.py <<'TU_FLEET_HELPER_EOF'
+{FLEET_HELPER}TU_FLEET_HELPER_EOF
+cat > /etc/systemd/system/{FLEET_UNIT} <<'TU_FLEET_UNIT_EOF'
+{FLEET_SERVICE}TU_FLEET_UNIT_EOF
+fact fleet_start systemctl enable --now {FLEET_UNIT}
+fact seed {helper} post pre-reboot {OTHER_MACHINE}
+cat >> /etc/transactional-update.conf <<'TU_FLEET_CONF_EOF'
+{FLEET_CONF}TU_FLEET_CONF_EOF
+fact conf cat /etc/transactional-update.conf
+fact install transactional-update --non-interactive pkg install tu-hello
+passed install || return 0
+fact manager_start systemctl start transactional-update-reboot-manager.service
+fact manager_up {helper} manager 120
+passed manager_up || return 0
+fact reboot transactional-update reboot
+passed reboot || return 0
+fact t_planned date +%s.%N
+# The manager looks for new plans once a minute, asks at once, and again 15 s after a refusal.
+fact refused {helper} waiting 2 180
+fact t_refused date +%s.%N
+fact still_root findmnt -n -o SOURCE,OPTIONS /
+fact jobs systemctl list-jobs --no-legend
+fact waiting_status transactional-update --json status
+fact manager_status transactional-update reboot-manager --json status
+fact manager_journal journalctl -b -u transactional-update-reboot-manager.service -o cat \\
+    --no-pager
+fact held_before cat {FLEET_STATE}
+fact app_id systemd-id128 --app-specific={APP_ID} machine-id
+passed refused || return 0  # the host fails the boot with the facts above
+fact gap {helper} gap 12 120
+save
+fact t_release date +%s.%N
+say "{RELEASING.removeprefix("TU-VM ")}"
+fact release {helper} post steady-state {OTHER_MACHINE}
+save
+# The reboot the release brings ends this boot (qemu -no-reboot); should it not come, the
+# agent stores what the manager says and powers off, and the host fails the boot.
+sleep 150
+fact late_manager_status transactional-update reboot-manager --json status
+fact late_journal journalctl -b -u transactional-update-reboot-manager.service -o cat --no-pager
+"""
+
+
+# Boot 2 (snapshot 2): the boot check gave the slot back; the server and this machine agree.
+FLEET_AFTER_STEP = f"""
+fact hello tu-hello
+fact fleet_active systemctl is-active {FLEET_UNIT}
+fact server_state cat {FLEET_STATE}
+fact slot_file test -e {SLOT_FILE}
+fact app_id systemd-id128 --app-specific={APP_ID} machine-id
+fact manager_status transactional-update reboot-manager --json status
+fact fleet_journal journalctl -u {FLEET_UNIT} -o short-unix --no-pager
+"""
+
+
+def scenario_fleetlock(m: Machine, debs: Path) -> None:
+    """REBOOT_METHOD=fleetlock on a real boot: a FleetLock server in the guest (the testkit's,
+    persistent, 127.0.0.1) whose only slot another machine holds; the reboot into snapshot 2 is
+    planned, refused (no reboot, asked again), and happens once the other machine gives its
+    slot back; the boot of snapshot 2 gives the slot back after its boot check."""
+    repo = make_repo(debs, "repo-fleet", [hello_deb(debs, "1.0")])
+    b = m.boot(fleet_step(), repo, timeout=max(BOOT_TIMEOUT, 720), watch=(AGENT_UP, RELEASING))
+    check_booted(b, 1)
+    check(b.rc("fleet_start") == 0, f"{FLEET_UNIT} starts", b, b.text("fleet_start.err"))
+    check(b.rc("seed") == 0, f"{OTHER_MACHINE} takes the only slot", b, b.text("seed"))
+    check(b.rc("install") == 0, "pkg install tu-hello commits", b, b.text("install.err"))
+    check(
+        b.rc("manager_start") == 0 and b.rc("manager_up") == 0,
+        "the reboot manager starts and runs",
+        b,
+        b.text("manager_start.err") + b.text("manager_up"),
+    )
+    said = b.text("reboot") + b.text("reboot.err")
+    check(
+        b.rc("reboot") == 0
+        and "reboot into snapshot 2 (with a fleetlock reboot slot)" in said
+        and "the reboot manager is not running" not in said,
+        "transactional-update reboot plans the reboot for the running reboot manager",
+        b,
+        said,
+    )
+    check(
+        b.rc("refused") == 0,
+        "the manager was refused twice (asked again after 15 s)",
+        b,
+        b.text("refused") + b.text("manager_journal"),
+    )
+    check(b.text("still_root") == b.text("root"), "refused, the machine did not reboot", b)
+    check("reboot.target" not in b.text("jobs"), "no reboot is under way", b, b.text("jobs"))
+    me = b.text("app_id").strip()
+    check(b.rc("app_id") == 0 and len(me) == 32, "systemd-id128 gives the fleet ID", b, me)
+    slot = (b.json("waiting_status").get("boot") or {}).get("reboot_slot") or {}
+    check(
+        slot.get("state") == "waiting"
+        and slot.get("method") == "fleetlock"
+        and slot.get("group") == "default"
+        and slot.get("node") == me
+        and slot.get("snapshot") == 2
+        and slot.get("attempts", 0) >= 2
+        and "failed_lock: all reboot slots of default are taken" in (slot.get("last_error") or ""),
+        "status --json: boot.reboot_slot waits, refused with failed_lock, for this machine's ID",
+        b,
+        slot,
+    )
+    st = b.json("manager_status")
+    check(
+        st.get("running") is True
+        and (st.get("plan") or {}).get("snapshot") == 2
+        and (st.get("reboot_slot") or {}).get("state") == "waiting",
+        "reboot-manager --json status: running, reboot into 2 planned, waiting for a slot",
+        b,
+        st,
+    )
+    check(
+        "no reboot slot from FleetLock server" in b.text("manager_journal"),
+        "the manager's journal says why it does not reboot",
+        b,
+        b.text("manager_journal"),
+    )
+    held = json.loads(b.text("held_before"))
+    check(held["holders"]["default"] == [OTHER_MACHINE], "the server: the slot is taken", b, held)
+    check(b.rc("release") == 0, f"{OTHER_MACHINE} gives its slot back", b, b.text("release"))
+    check(
+        b.rebooted and "late_manager_status" not in b.results,
+        "the machine rebooted within 150 s of the release",
+        b,
+        b.results.get("late_manager_status", "") + b.results.get("late_journal", ""),
+    )
+    check(RELEASING in b.marks, "the release was seen on the console", b)
+    b.notes["refused"] = (
+        f"{seconds_between(b, 't_planned', 't_refused'):.0f} s from the plan to the second "
+        "refusal (the manager polls for plans once a minute)"
+    )
+    release_to_reboot = b.seconds - b.marks[RELEASING]
+    b.notes["release to reboot"] = (
+        f"{release_to_reboot:.0f} s from the other machine's release to the reset (host clock)"
+    )
+
+    b = m.boot(FLEET_AFTER_STEP, repo, watch=(AGENT_UP,))
+    check_booted(b, 2)
+    check_known_good(b, 2)
+    check_hello(b, "hello", "1.0", "tu-hello runs on snapshot 2")
+    check(
+        "reboot slot of group default given back" in b.text("boot_check"),
+        "the boot check gave the slot back",
+        b,
+        b.text("boot_check"),
+    )
+    check(b.text("fleet_active").strip() == "active", f"{FLEET_UNIT} runs", b)
+    check(b.rc("slot_file") != 0, f"{SLOT_FILE} is gone", b)
+    boot = b.json("status")["boot"]
+    check(boot.get("reboot_slot", "missing") is None, "status: no reboot slot", b, boot)
+    check(b.text("app_id").strip() == me, "the fleet ID is stable across the reboot", b)
+    server = json.loads(b.text("server_state"))
+    check(server["holders"].get("default") == [], "the server: no holders", b, server)
+    events = [(e["event"], e["id"]) for e in server["history"]]
+    check(
+        events
+        == [
+            ("granted", OTHER_MACHINE),
+            ("released", OTHER_MACHINE),
+            ("granted", me),
+            ("released", me),
+        ],
+        "the server granted the slot to this machine's fleet ID after the release, and got it back",
+        b,
+        events,
+    )
+    at = {(e["event"], e["id"]): float(e["at"]) for e in server["history"]}
+    grant = at[("granted", me)] - at[("released", OTHER_MACHINE)]
+    b.notes["release to grant"] = f"{grant:.0f} s (the server's clock)"
+    held_for = at[("released", me)] - at[("granted", me)]
+    b.notes["slot held"] = f"{held_for:.0f} s from the grant to the give-back after the reboot"
+    b.notes["power-on to agent up"] = f"{b.marks.get(AGENT_UP, -1):.0f} s (after the boot check)"
+
+
 SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "update": scenario_update,
     "rollback": scenario_rollback,
@@ -2100,6 +2400,7 @@ SCENARIOS: dict[str, Callable[[Machine, Path], None]] = {
     "unbootable": scenario_unbootable,
     "unhealthy": scenario_unhealthy,
     "apply": scenario_apply,
+    "fleetlock": scenario_fleetlock,
 }
 
 

@@ -95,7 +95,8 @@ class Status:
         if self.pending is None:
             return False
         a = self.applied
-        return not (a and a.get("snapshot") == self.pending and not a.get("kernel_pending", True))
+        pending = a.get("reboot_pending", a.get("kernel_pending", True)) if a else True
+        return not (a and a.get("snapshot") == self.pending and not pending)
 
 
 def _info(root: Path, number: int | None) -> Snapshot | None:

@@ -108,6 +108,10 @@ def _attach_one(root: Path, snapshot_dir: Path, name: str, stage: Path) -> None:
     stage.mkdir(parents=True, exist_ok=True)
     run(["mount", "--bind", str(new), str(stage)], what=f"bind the new /{name}")
     try:
+        # The bind joined /.snapshots' shared peer group (systemd makes / shared): unmounting the
+        # stage's submounts afterwards would propagate to the copy over the live /usr and take
+        # /usr/local off it.  A private stage keeps the copy to itself.
+        run(["mount", "--make-rprivate", str(stage)], what="make the staging mount private")
         for rel in inner:
             if not (stage / rel).is_dir():
                 raise SystemError_(

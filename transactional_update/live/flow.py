@@ -349,12 +349,17 @@ def remember(ctx: Context, plan: Plan, at: str) -> None:
         "booted": ctx.managed.booted(),
         "at": at,
         "kernel_pending": plan.kernel_pending,
+        # What a reboot still brings: the kernel, what a package manager asked a reboot for,
+        # and changes outside /usr and /etc.
+        "reboot_pending": plan.kernel_pending
+        or _reboot_asked(ctx.root, plan)
+        or bool(plan.elsewhere),
     }
     try:
         applied.finish(ctx.root, data)
     except OSError as exc:
         log.warning("cannot record the apply in /run: %s", exc)
-    if plan.kernel_pending or _reboot_asked(ctx.root, plan):
+    if data["reboot_pending"]:
         return
     marker = ctx.root / MARKER.lstrip("/")
     try:

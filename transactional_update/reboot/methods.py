@@ -239,7 +239,9 @@ def pending_snapshot(managed: ManagedRoot) -> int | None:
         return None
     if default == managed.live():
         record = applied.load(managed.root, default)
-        if record is not None and not record.get("kernel_pending", True):
+        if record is not None and not record.get(
+            "reboot_pending", record.get("kernel_pending", True)
+        ):
             return None
     return default
 

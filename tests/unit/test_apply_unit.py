@@ -196,6 +196,13 @@ def test_restarts_skip_systemd_the_bus_sessions_the_own_unit_and_the_configured_
     assert why["transactional-update.service"] == "this command runs in it"
     assert why["orphan (PID 370)"] == "not started by systemd"
     assert procs.restart_plan([stale(5, "nginx.service")], ("nginx",), None)[0] == []
+    kept = procs.restart_plan(
+        [stale(6, "systemd-logind.service"), stale(7, "NetworkManager.service")], (), None
+    )
+    assert kept[0] == [] and [u for u, _ in kept[1]] == [
+        "systemd-logind.service",
+        "NetworkManager.service",
+    ]
 
 
 def test_apply_no_restart_takes_unit_names_and_patterns(tmp_path: Path) -> None:

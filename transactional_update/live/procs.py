@@ -37,6 +37,15 @@ NEVER_RESTART = (
     ("sddm.service", "a display manager: the graphical sessions would end"),
     ("lightdm.service", "a display manager: the graphical sessions would end"),
     ("display-manager.service", "a display manager: the graphical sessions would end"),
+    ("xdm.service", "a display manager: the graphical sessions would end"),
+    ("lxdm.service", "a display manager: the graphical sessions would end"),
+    ("nodm.service", "a display manager: the graphical sessions would end"),
+    # As needrestart: their restart can end the sessions or cut the connection apply runs over.
+    ("systemd-logind.service", "the login manager: sessions may end (needrestart skips it too)"),
+    ("NetworkManager.service", "the network: the connection apply runs over may drop"),
+    ("wpa_supplicant*.service", "the network: the connection apply runs over may drop"),
+    ("openvpn*.service", "a VPN: the connection apply runs over may drop"),
+    ("wg-quick@*.service", "a VPN: the connection apply runs over may drop"),
 )
 
 

@@ -15,6 +15,10 @@ import os
 import struct
 from pathlib import Path
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 log = logging.getLogger(__name__)
 
 # _IOW('f', 43, __u32) of linux/ext4.h (Linux 5.13 and later).
@@ -83,3 +87,20 @@ def checkpoint(directory: Path) -> None:
         log.debug("no journal checkpoint of %s: %s", directory, exc)
     finally:
         os.close(fd)
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in *path*; None when it is missing, unreadable, garbled or not an object.
+
+    json is imported only when the file exists: ``status`` reads several such state files, and
+    on most systems most of them are absent.
+    """
+    if not path.exists():
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

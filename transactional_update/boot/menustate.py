@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transactional_update.files import unlink_durable, write_atomic
+from transactional_update.files import read_json_object, unlink_durable, write_atomic
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs status ~3 ms
 if TYPE_CHECKING:
@@ -71,16 +71,8 @@ def clear_stale(root: Path) -> None:
 
 def read_stale(root: Path) -> dict[str, str] | None:
     """``{"since": ..., "reason": ...}`` while the boot menu is recorded as stale."""
-    path = root / STALE_FILE
-    if not path.exists():
-        return None
-    import json  # here: a current menu, the usual case, costs status no json import
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
+    data = read_json_object(root / STALE_FILE)
+    if data is None:
         return None
     return {"since": str(data.get("since") or ""), "reason": str(data.get("reason") or "")}
 

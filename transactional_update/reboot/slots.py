@@ -182,9 +182,8 @@ def release(root: Path, cfg: Config, now: datetime, node: str | None = None) -> 
     """Give a slot back: this machine's (its state follows), or another's by ID (an admin's
     way to free the slot of a machine that will not come back)."""
     state = load(root)
+    # The method the slot was taken with (the configuration may have changed since).
     method = RebootMethod(state.method) if state is not None else cfg.reboot_method
-    if method not in COORDINATED:
-        method = cfg.reboot_method
     slots = slots_for(cfg, method)
     me = node_id(root)
     answer = slots.release(node or me)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transactional_update.files import read_json_object
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -13,16 +15,7 @@ STATE_FILE = "var/lib/transactional-update/reboot-slot.json"
 
 
 def read(root: Path) -> dict[str, Any] | None:
-    path = root / STATE_FILE
-    if not path.exists():
-        return None
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(root / STATE_FILE)
 
 
 def describe(state: dict[str, Any] | None) -> str | None:

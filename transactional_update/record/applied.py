@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transactional_update.files import write_atomic
+from transactional_update.files import read_json_object, write_atomic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,18 +23,8 @@ STATE_FILE = "run/transactional-update/applied.json"
 
 def load(root: Path, live: int | None) -> dict[str, Any] | None:
     """The record of the apply that made *live* the running userspace, or None."""
-    path = root / STATE_FILE
-    if live is None or not path.exists():
-        return None
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("snapshot") != live:
-        return None
-    return data
+    data = read_json_object(root / STATE_FILE) if live is not None else None
+    return data if data is not None and data.get("snapshot") == live else None
 
 
 def save(root: Path, data: dict[str, Any]) -> None:
@@ -56,13 +46,8 @@ def interrupted(root: Path) -> dict[str, Any] | None:
     path = root / INTENT_FILE
     if not path.exists():
         return None
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("target"), int):
+    data = read_json_object(path)
+    if data is None or not isinstance(data.get("target"), int):
         return {"target": None, "from": None, "at": None}
     return data
 

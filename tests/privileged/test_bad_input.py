@@ -20,7 +20,7 @@ from transactional_update.snapshots import btrfs
 
 CONF = "etc/transactional-update.conf"
 LAYOUT_HINT = "hint: create the snapper layout first (snapper create-config, or create-system)"
-REBOOT_CHOICES = "auto, systemd, kexec, notify, kured, rebootmgr, none"
+REBOOT_CHOICES = "auto, systemd, kexec, notify, kured, rebootmgr, fleetlock, etcd-lock, none"
 
 
 def _write(system: System, rel: str, text: str) -> None:

@@ -14,8 +14,9 @@ Steps: ``["apply", {"allow_replacement": bool, "restart_services": bool}]``, ``[
 (the CLI with ``--root``), ``["read", REL]``, ``["write", REL, TEXT]``, ``["hold", REL]`` (a
 process that maps the shared library REL), ``["mounts"]`` (mount points below the root),
 ``["systemd"]`` (``ROOT/run/systemd/system``: systemd seems to run), ``["lock"]`` (another
-process holds the transaction lock), ``["cut", NAME]`` (an apply killed the moment ``ROOT/NAME``
-is bound), ``["tmpfs", REL]`` (a mount in the running system).
+process holds the transaction lock), ``["cut", NAME, {OPTS}]`` (an apply killed the moment
+``ROOT/NAME`` is bound; OPTS as apply's, optional), ``["tmpfs", REL]`` (a mount in the running
+system).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ HOLD = (
 )
 # An apply in a process of its own, killed (SIGKILL) the moment its first bind is in place.
 APPLY = (
-    "import sys\n"
+    "import json, sys\n"
     "from pathlib import Path\n"
     "from transactional_update.core.context import open_context\n"
     "from transactional_update.live import flow\n"
-    "flow.apply(open_context(Path(sys.argv[1])))\n"
+    "flow.apply(open_context(Path(sys.argv[1])), **json.loads(sys.argv[2]))\n"
 )
 LOCK = (
     "import fcntl, os, sys, time\n"
@@ -99,11 +100,13 @@ def _mounts(root: Path) -> list[str]:
     return points
 
 
-def _cut(root: Path, first: str) -> dict[str, Any]:
+def _cut(root: Path, first: str, opts: dict[str, bool]) -> dict[str, Any]:
     """Run an apply and kill it with its children once ROOT/*first* is a mount point."""
     import signal
 
-    child = subprocess.Popen([sys.executable, "-c", APPLY, str(root)], start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", APPLY, str(root), json.dumps(opts)], start_new_session=True
+    )
     target = f"{root}/{first}"
     cut = False
     while child.poll() is None:
@@ -144,6 +147,7 @@ def main(root: Path, steps: list[list[Any]]) -> None:
                 path = root / args[0]
                 seen.append(path.read_text() if path.exists() else None)
             elif what == "write":
+                (root / args[0]).parent.mkdir(parents=True, exist_ok=True)
                 (root / args[0]).write_text(args[1])
                 seen.append(None)
             elif what in ("hold", "lock"):
@@ -158,7 +162,7 @@ def main(root: Path, steps: list[list[Any]]) -> None:
                 assert child.stdout is not None
                 seen.append({"pid": child.pid, "ready": child.stdout.readline().strip()})
             elif what == "cut":
-                seen.append(_cut(root, args[0]))
+                seen.append(_cut(root, args[0], args[1] if len(args) > 1 else {}))
             elif what == "mounts":
                 seen.append(_mounts(root))
             elif what == "tmpfs":

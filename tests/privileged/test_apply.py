@@ -170,6 +170,37 @@ def test_a_replacement_needs_allow_and_names_the_process_that_maps_the_old_libra
     assert event["class"] == "replacement" and event["processes"][0]["pid"] == holder["pid"]
 
 
+def test_a_library_rewritten_in_place_names_only_the_process_still_on_the_old_one(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """Same inode number in both snapshots, so only the subvolume tells old from new: the
+    process started before the apply maps the old file, the one started from the half-applied
+    /usr (an apply cut after its /usr bind) maps the new one and must not be listed."""
+    s = managed_system
+    local_repo(s, [lib(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-lib")
+    s.boot_default()
+    tu_ok(s, "sync-etc")
+    tu_ok(s, "run", "--", "sh", "-c", f"printf 2 >> /{LIB}")  # 3: rewritten in place
+    assert (s.snapshot(2) / LIB).stat().st_ino == (s.snapshot(3) / LIB).stat().st_ino
+    seen = run_steps(
+        s.root,
+        [
+            ["hold", LIB],
+            ["cut", "usr", {"allow_replacement": True}],
+            ["hold", LIB],
+            ["apply", {"allow_replacement": True}],
+        ],
+    )
+    old, cut, new = seen[0], seen[1], seen[2]
+    assert cut["cut"] and "etc" not in cut["mounts"], cut
+    result = applied(seen[3])
+    assert result["files"]["replaced"] == [f"/{LIB}"]
+    listed = {p["pid"]: p["files"] for p in result["processes"]}
+    assert listed.get(old["pid"]) == [f"/{LIB}"], result["processes"]
+    assert new["pid"] not in listed, "a process on the new library is not stale"
+
+
 def test_a_new_kernel_waits_for_the_reboot(managed_system: System, tmp_path: Path) -> None:
     s = managed_system
     kernel = "/boot/vmlinuz-9.9.9-tu"
@@ -274,8 +305,15 @@ def test_a_transaction_after_an_apply_builds_on_it_and_applies_again(
             ["read", "usr/bin/tu-world"],
             ["read", "etc/between"],
             ["tu", ["--json", "status"]],
+            ["tu", ["--json", "diff"]],
         ],
     )
+    # What ran when snapshot 3 was made was 2 (applied), not the booted 1.
+    state = (s.root / "var/lib/misc/transactional-update.state").read_text()
+    assert "LAST_WORKING_SNAPSHOTS='2 1'" in state, state
+    assert seen[8]["rc"] == 0, seen[8]
+    d = json.loads(seen[8]["stdout"])
+    assert (d["from"], d["to"]) == (3, 3), "diff starts from what runs"
     assert applied(seen[0])["snapshot"] == 2
     assert seen[2]["rc"] == 0, seen[2]
     second = applied(seen[3])
@@ -364,17 +402,37 @@ def test_a_bind_that_cannot_be_made_is_undone(managed_system: System, tmp_path: 
     assert seen[4]["rc"] == 0, "no interrupted apply is left to refuse transactions"
 
 
-def test_pkg_install_then_apply_in_one_invocation_refuses_only_the_apply_under_root(
+def test_an_error_of_the_system_while_binding_is_an_apply_failure_undone(
     managed_system: System, tmp_path: Path
 ) -> None:
-    """The chain runs in order: the snapshot is made and committed, then apply refuses --root."""
+    """Not only the mount commands fail: the staging point cannot be made (a file is in its
+    way); that is exit 2 with the reason, as every failure of apply, and nothing bound."""
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    stage = "run/transactional-update/apply-stage"
+    seen = run_steps(s.root, [["write", stage, "in the way\n"], ["apply", {}], ["mounts"]])
+    failed = seen[1]
+    assert failed["rc"] == 2
+    assert failed["error"] == (
+        f"[Errno 17] File exists: '{s.root / stage}'; nothing was applied, the running system "
+        "is as it was"
+    )
+    assert "usr" not in seen[2] and "etc" not in seen[2]
+
+
+def test_pkg_install_then_apply_under_root_is_refused_before_the_transaction(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """apply's refusal of --root is known before anything runs: no snapshot is made for an
+    invocation that cannot finish, as a bad apply flag makes none."""
     s = managed_system
     local_repo(s, [hello(tmp_path, "1.0")])
     r = s.tu("-n", "pkg", "install", "tu-hello", "apply", "--restart-services")
     assert r.returncode == 2, r.stderr
-    assert "snapshot 2 is the new default" in r.stdout
+    assert r.stdout == ""
     assert r.stderr.splitlines()[-2].startswith("error: apply changes the running system;")
-    assert s.default_number() == 2 and (s.snapshot(2) / "usr/bin/tu-hello").exists()
+    assert s.numbers() == [1] and s.default_number() == 1
     r = s.tu("-n", "pkg", "install", "tu-hello", "apply", "--yes")
-    assert r.returncode == 2 and s.numbers() == [1, 2], "a bad apply flag stops the chain first"
+    assert r.returncode == 2 and s.numbers() == [1], "a bad apply flag stops the chain first"
     assert "error: apply after pkg takes no '--yes'" in r.stderr

@@ -62,8 +62,12 @@ def test_diff_across_three_generations_and_log(managed_system: System) -> None:
         {"path": "/etc/gen", "kind": "modified"},
         {"path": "/etc/two", "kind": "added"},
     ]
-    # Without numbers: booted -> default.
+    # Without numbers: running (here the booted one) -> default.
     assert json.loads(s.tu("--json", "diff").stdout)["to"] == 4
+    # One snapshot against itself: its writable /etc is viewed read-only twice, each view its own.
+    r = s.tu("--json", "diff", "1", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"] == []
     lines = s.tu("log").stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["1", "2", "3", "4"]
     assert lines[0].split()[1] == "-"  # the first root filesystem has no changelog

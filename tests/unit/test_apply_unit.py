@@ -131,6 +131,7 @@ MAPS = """\
 7f1e2a400000-7f1e2a401000 r--p 00000000 00:2b 77 /etc/my data (deleted)
 7f1e2a500000-7f1e2a501000 rw-s 00000000 00:01 5 /memfd:x (deleted)
 7ffd1d3fe000-7ffd1d400000 r-xp 00000000 00:00 0 [vdso]
+00400000-00452000 r-xp 00000000 00:2a 300 /usr/bin/old-style
 """
 
 
@@ -141,7 +142,10 @@ def test_maps_give_each_mapped_file_once_with_its_device_and_inode() -> None:
         ("/usr/lib/x86_64-linux-gnu/libc.so.6", (0, 0x2A), 1201, False),
         ("/etc/my data", (0, 0x2B), 77, True),
         ("/memfd:x", (0, 1), 5, True),
+        ("/usr/bin/old-style", (0, 0x2A), 300, False),
     ]
+    # The first range of each file, named as /proc/PID/map_files names it (unpadded).
+    assert [m.span for m in found][::4] == ["55d0c8a00000-55d0c8a02000", "400000-452000"]
 
 
 @pytest.mark.parametrize(

@@ -453,7 +453,7 @@ def changelog_cmd(number: int) -> Step:
 @cli.command("diff")
 @click.argument("numbers", nargs=-1, type=int, metavar="[N [M]]")
 def diff_cmd(numbers: tuple[int, ...]) -> Step:
-    """Packages and files between two snapshots (default: booted -> default)."""
+    """Packages and files between two snapshots (default: the running one -> the default)."""
     if len(numbers) > 2:
         raise click.UsageError("diff takes at most two snapshot numbers")
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from transactional_update.core.transaction import Options, Result, Transaction
 
     Step = Callable[["State"], int]
-    Command: TypeAlias = "Step | Change | Placed | Alone"
+    Command: TypeAlias = "Step | Checked | Change | Placed | Alone"
 
 
 class State:
@@ -149,6 +149,21 @@ class Placed:
     def __init__(self, step: Step, *, first: bool) -> None:
         self.step = step
         self.first = first
+
+
+class Checked:
+    """A general step whose refusals are known before anything runs: *check* is called for the
+    whole invocation first, so ``pkg install x apply`` under ``--root`` makes no snapshot."""
+
+    __slots__ = ("check", "step")
+
+    def __init__(self, step: Step, check: Callable[[State], None]) -> None:
+        self.step = step
+        self.check = check
+
+    def __call__(self, state: State) -> int:
+        self.check(state)
+        return self.step(state)
 
 
 class Alone:
@@ -276,14 +291,13 @@ def pkg_steps(action: str, args: Sequence[str]) -> list[Change | Step]:
     return [package_step(PKG_ACTIONS[action], words)]
 
 
-def apply_step(allow_replacement: bool, restart_services: bool) -> Step:
+def apply_step(allow_replacement: bool, restart_services: bool) -> Checked:
     """``apply``: the default snapshot's /usr and /etc live on the running system (live.flow)."""
 
-    def step(state: State) -> int:
+    def running_system(state: State) -> None:
         from pathlib import Path
 
         from transactional_update.errors import ApplyError
-        from transactional_update.live import flow
 
         if state.root != Path("/"):
             raise ApplyError(
@@ -291,6 +305,10 @@ def apply_step(allow_replacement: bool, restart_services: bool) -> Step:
                 "running",
                 "run apply on the system itself, without --root",
             )
+
+    def step(state: State) -> int:
+        from transactional_update.live import flow
+
         quiet = state.json or state.opts.get("quiet", False)
 
         def say(line: str) -> None:
@@ -317,7 +335,7 @@ def apply_step(allow_replacement: bool, restart_services: bool) -> Step:
             return 1
         return 0
 
-    return step
+    return Checked(step, running_system)
 
 
 def prints_result(quiet: bool, json_out: bool) -> bool:
@@ -367,6 +385,9 @@ def report(state: State, result: Result) -> int:
 def execute(commands: Sequence[Command], state: State) -> int:
     """Run one invocation in openSUSE's order (see the module docstring); its exit code."""
     before, changes, after = arrange(commands)
+    for command in commands:
+        if isinstance(command, Checked):
+            command.check(state)
     for step in before:
         code = step(state)
         if code != 0:

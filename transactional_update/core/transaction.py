@@ -411,9 +411,9 @@ class Transaction:
         """The commit point: one atomic btrfs operation, made durable before anything is said."""
         assert self.number is not None
         root = self.ctx.root
-        booted = self.ctx.managed.booted()
-        if booted is not None:  # before the commit point: nothing may fail after it
-            state.record_working(root, booted)
+        running = self.ctx.managed.live()  # booted, or made live by apply since
+        if running is not None:  # before the commit point: nothing may fail after it
+            state.record_working(root, running)
         btrfs.set_default(fork_dir)
         self.result.number = self.number  # from here on nothing may undo the fork (_abort)
         # In the same btrfs transaction as the new default when /var is on this filesystem (the

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from transactional_update.errors import SystemError_
+from transactional_update.errors import SystemError_, TUError
 from transactional_update.proc import run
 from transactional_update.snapshots.system import USERSPACE
 
@@ -125,7 +125,12 @@ def _attach_one(root: Path, snapshot_dir: Path, name: str, stage: Path) -> None:
             )
         run(["mount", "--rbind", str(stage), str(live)], what=f"put the new /{name} in place")
     finally:
-        _clear_stage(stage)
+        try:
+            _clear_stage(stage)
+        except TUError as exc:
+            # The new /{name} may be in place already: a leftover stage must not fail (and so
+            # undo) an apply that worked; the next apply's first step clears it, or fails then.
+            log.warning("the staging mounts at %s remain: %s", stage, exc.message)
 
 
 def _clear_stage(stage: Path) -> None:

@@ -127,12 +127,13 @@ def apply(
                 reload_systemd(ctx.root, reexec=False, check=False)
             if cut is None:
                 applied.abandon(ctx.root)
-            if isinstance(exc, TUError) and not isinstance(exc, ApplyError):
-                raise ApplyError(
-                    f"{exc.message}; nothing was applied, the running system is as it was",
-                    exc.hint,
-                ) from exc
-            raise
+            if isinstance(exc, ApplyError) or not isinstance(exc, TUError | OSError):
+                raise
+            why, hint = (exc.message, exc.hint) if isinstance(exc, TUError) else (str(exc), None)
+            raise ApplyError(
+                f"{why}; nothing was applied, the running system is as it was",
+                hint or "see the line above; the running system is unchanged",
+            ) from exc
         merged += [m for m in [settle_etc(ctx, plan)] if m is not None]
         remember(ctx, plan, at)
         result = Applied(plan, at, how, tuple(stale), etc=tuple(merged))

@@ -4,7 +4,8 @@ As needrestart does, from ``/proc/PID/maps``: every file a process maps (its exe
 libraries) is listed there with the device and inode it had when it was mapped.  A mapping is
 stale when its path now names another file: gone, another inode (package managers unpack to a new
 file and rename it over the old one), or, for a path the change replaced in place, another
-subvolume.  Files a snapshot did not change keep their inode number in it, so an unchanged
+subvolume (read from ``/proc/PID/map_files``, as ``maps`` shows btrfs's device, not the
+subvolume's).  Files a snapshot did not change keep their inode number in it, so an unchanged
 library is not stale although it now lies in the applied snapshot's subvolume.
 
 The parsers and the restart policy are pure; :func:`scan` reads ``/proc``.
@@ -55,6 +56,7 @@ class Mapping:
     inode: int
     path: str
     deleted: bool
+    span: str = ""  # its address range as /proc/PID/map_files names it ("7f00-7f80")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,10 @@ def parse_maps(text: str) -> list[Mapping]:
         if path.endswith(" (deleted)"):
             path, deleted = path[: -len(" (deleted)")], True
         device = (int(major, 16), int(minor, 16))
-        out.setdefault((device, inode, path), Mapping(device, inode, path, deleted))
+        # map_files names ranges unpadded; maps pads them to 8 digits.
+        start, _, end = fields[0].partition("-")
+        span = f"{int(start, 16):x}-{int(end, 16):x}"
+        out.setdefault((device, inode, path), Mapping(device, inode, path, deleted, span))
     return list(out.values())
 
 
@@ -188,12 +193,24 @@ def scan(root: Path, replaced: Iterable[str], proc: Path = Path("/proc")) -> lis
                 st is None
                 or m.deleted
                 or st.st_ino != m.inode
-                or (path in replaced and (os.major(st.st_dev), os.minor(st.st_dev)) != m.device)
+                or (path in replaced and not _maps_now(proc / entry.name, m, st))
             ):
                 files.append(path)
         if files:
             found.append(Stale(pid, _command(proc, pid), _unit(proc, pid), tuple(sorted(files))))
     return sorted(found, key=lambda s: s.pid)
+
+
+def _maps_now(pid_dir: Path, m: Mapping, st: os.stat_result) -> bool:
+    """Whether the mapping is the file now at its path, for a path the change rewrote in place
+    (same inode number, another subvolume).  ``maps`` names btrfs's one superblock device for
+    every subvolume, so the subvolume's device comes from the mapping itself in ``map_files``;
+    where that cannot be read, the mapping counts as the old file."""
+    try:
+        mapped = os.stat(pid_dir / "map_files" / m.span)
+    except (OSError, ValueError):
+        return False
+    return (mapped.st_dev, mapped.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _command(proc: Path, pid: int) -> str:

@@ -48,19 +48,22 @@ def show_log(managed: ManagedRoot, number: int | None, as_json: bool) -> str:
 
 
 def diff_pair(managed: ManagedRoot, numbers: Sequence[int]) -> tuple[int, int]:
-    """``diff``: booted -> default; ``diff N``: booted -> N; ``diff N M``: N -> M."""
+    """``diff``: running -> default; ``diff N``: running -> N; ``diff N M``: N -> M.
+
+    Running is the live snapshot: the booted one, or the one an ``apply`` made live since.
+    """
     if len(numbers) == 2:
         return numbers[0], numbers[1]
-    booted = managed.booted()
-    assert booted is not None  # open_root refuses roots that are not snapshots
+    running = managed.live()
+    assert running is not None  # open_root refuses roots that are not snapshots
     if numbers:
-        return booted, numbers[0]
+        return running, numbers[0]
     default = managed.default()
     if default is None:
         raise SnapshotError(
             "the default subvolume is not a snapshot", "name the snapshots: diff N M"
         )
-    return booted, default
+    return running, default
 
 
 def show_diff(

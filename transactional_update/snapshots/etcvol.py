@@ -25,6 +25,7 @@ booted, never in the GRUB menu):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -79,9 +80,14 @@ def lacks_etc(snapshot_dir: Path) -> bool:
     return is_placeholder(etc) or not os.path.lexists(etc)
 
 
+_views = itertools.count(1)
+
+
 def comparison_path(subvolume: Path) -> Path:
     """Where a read-only view of *subvolume* (an ``/etc``) is made: beside its snapshot."""
-    name = f"{COMPARISON}.{os.getpid()}"  # two comparisons at once each get their own
+    # Two comparisons at once each get their own: other processes by the PID, this one's own
+    # (``diff N N``, both sides the same /etc) by the count.
+    name = f"{COMPARISON}.{os.getpid()}.{next(_views)}"
     if subvolume.name == ETC:
         return info_dir(subvolume.parent) / name
     return subvolume.with_name(f"{subvolume.name}.{name}")

@@ -328,8 +328,10 @@ def make_deb(
     version: str,
     postinst: str | None = None,
     files: Mapping[str, str | bytes] | None = None,
+    marker: bool = True,
 ) -> Path:
-    """A tiny real .deb (/usr/share/NAME/version and *files*), optionally with a postinst."""
+    """A tiny real .deb (/usr/share/NAME/version unless not *marker*, and *files*), optionally
+    with a postinst."""
     tree = workdir / f"{name}-{version}"
     (tree / "DEBIAN").mkdir(parents=True)
     for path, content in (files or {}).items():
@@ -339,8 +341,9 @@ def make_deb(
         else:
             (tree / path.lstrip("/")).write_text(content)
         (tree / path.lstrip("/")).chmod(0o755)
-    (tree / f"usr/share/{name}").mkdir(parents=True)
-    (tree / f"usr/share/{name}/version").write_text(f"{version}\n")
+    if marker:
+        (tree / f"usr/share/{name}").mkdir(parents=True)
+        (tree / f"usr/share/{name}/version").write_text(f"{version}\n")
     (tree / "DEBIAN/control").write_text(
         f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
         "Maintainer: tests <tests@example.invalid>\nDescription: test package\n"

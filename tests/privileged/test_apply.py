@@ -10,6 +10,7 @@ no systemd to talk to) is the failure that must be undone.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,41 @@ def test_a_new_kernel_waits_for_the_reboot(managed_system: System, tmp_path: Pat
     st = status(seen[3])
     assert st["live"] == 2 and st["applied"]["kernel_pending"] is True
     assert st["reboot_needed"] is True
+
+
+def test_the_running_kernel_keeps_its_module_tree_when_a_rebuild_replaces_it(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """A kernel package rebuilt under the running release (Debian's revisions) replaces that
+    tree's modules: apply goes ahead, the running kernel keeps loading its own build's modules
+    until the reboot, and the snapshot on disk has the new ones."""
+    s = managed_system
+    tree = f"usr/lib/modules/{os.uname().release}"
+
+    def kernel(version: str) -> Path:
+        files = {f"/{tree}/kernel/tu.ko": f"module {version}\n"}
+        return make_deb(
+            tmp_path / f"k-{version}", "linux-image-tu", version, files=files, marker=False
+        )
+
+    local_repo(s, [kernel("1.0")])
+    tu_ok(s, "-n", "pkg", "install", "linux-image-tu")
+    s.boot_default()
+    tu_ok(s, "sync-etc")
+    local_repo(s, [kernel("2.0")])
+    tu_ok(s, "-n", "pkg", "install", "linux-image-tu")  # 3
+    seen = run_steps(
+        s.root,
+        [["apply", {}], ["read", f"{tree}/kernel/tu.ko"], ["mounts"], ["apply", {}]],
+    )
+    result = applied(seen[0])
+    assert result["class"] == "additions" and result["kernel_pending"] is True
+    assert result["kept_running"] == [f"/{tree}"]
+    assert any(f"keeps its modules (/{tree}) until then" in line for line in seen[0]["said"])
+    assert seen[1] == "module 1.0\n", "the running kernel's modules are its own build's"
+    assert tree in seen[2]
+    assert seen[3]["rc"] == 0, "applied already: nothing to do"
+    assert (s.snapshot(3) / tree / "kernel/tu.ko").read_text() == "module 2.0\n"
 
 
 def test_refusals_name_why_and_change_nothing(managed_system: System, tmp_path: Path) -> None:

@@ -78,14 +78,19 @@ def test_additions_stay_additions_despite_the_bookkeeping_of_an_install() -> Non
     [
         ([f("/usr/lib/x/libssl.so.3", "modified")], [], ChangeClass.REPLACEMENT),
         ([f("/usr/bin/tool", "deleted")], [], ChangeClass.REPLACEMENT),
-        ([f("/usr/share/doc/x", "deleted", is_dir=True)], [], ChangeClass.REPLACEMENT),
+        ([f("/usr/share/doc/x", "deleted", is_dir=True)], [], ChangeClass.ADDITIONS),
+        ([f("/usr/share/man/man1/x.1.gz", "modified")], [], ChangeClass.ADDITIONS),
+        ([f("/usr/share/locale/de/LC_MESSAGES/x.mo", "modified")], [], ChangeClass.REPLACEMENT),
         ([], [p("zlib", "upgraded", "1", "2")], ChangeClass.REPLACEMENT),
         ([], [p("zlib", "removed", "1", None)], ChangeClass.REPLACEMENT),
         (
             [f("/usr/lib/modules/6.1.0-28-amd64/kernel/x.ko", "modified")],
             [],
-            ChangeClass.REPLACEMENT,
+            ChangeClass.NONE,
         ),
+        ([f("/usr/lib/modules/6.1.0-28-amd64", "deleted")], [], ChangeClass.REPLACEMENT),
+        ([], [p("linux-image-amd64", "upgraded", "1", "2")], ChangeClass.ADDITIONS),
+        ([], [p("linux-image-amd64", "removed", "1", None)], ChangeClass.ADDITIONS),
         ([f("/usr/lib/modules/6.1.0-29-amd64/kernel/x.ko", "added")], [], ChangeClass.NONE),
         ([f("/etc/motd", "modified")], [], ChangeClass.ADDITIONS),
         ([], [], ChangeClass.NONE),
@@ -119,6 +124,7 @@ def test_the_kernel_and_paths_outside_usr_and_etc_wait_for_the_reboot() -> None:
         "1 file(s) added, 0 replaced or deleted; the new kernel starts only with the next "
         "reboot (kexec or full); 1 path(s) outside /usr and /etc wait for the reboot"
     )
+    assert plan.keep == ()
     headers = [p("linux-headers-6.1.0-29-amd64", "added", None, "1")]
     assert not classify(3, 5, (5,), "changelog", headers, [], RELEASE).kernel_pending
 
@@ -343,3 +349,24 @@ def test_a_default_made_live_by_apply_needs_no_reboot_unless_for_its_kernel(tmp_
     applied.save(tmp_path, {"snapshot": 2, "from": 1, "kernel_pending": True})
     assert pending(1, 2, 2) == 2
     assert pending(2, 2, 2) is None
+
+
+def test_the_running_kernels_own_module_tree_is_kept_until_the_reboot() -> None:
+    """Debian rebuilds a kernel under the same release: the running kernel keeps its modules
+    (they must match its build); only a tree removed from the target cannot be kept."""
+    running = f"/usr/lib/modules/{RELEASE}"
+    files = [
+        f(f"{running}/kernel/x.ko", "modified"),
+        f(f"{running}/modules.dep", "modified"),
+        f(f"/lib/modules/{RELEASE}/extra/y.ko", "added"),
+    ]
+    upgrade = [p("linux-image-6.1.0-28-amd64", "upgraded", "6.1.119-1", "6.1.123-1")]
+    plan = classify(1, 2, (2,), "changelog", upgrade, files, RELEASE)
+    assert plan.kernel_pending and plan.replaced == ()
+    assert plan.keep == (("usr", f"lib/modules/{RELEASE}"), ("lib", f"modules/{RELEASE}"))
+    assert describe(plan).endswith(
+        f"the running kernel keeps its modules ({running}) until then; the running kernel "
+        f"keeps its modules (/lib/modules/{RELEASE}) until then"
+    )
+    gone = classify(1, 2, (2,), "changelog", [], [*files[:1], f(running, "deleted")], RELEASE)
+    assert gone.replaced == (running,) and gone.keep == ()

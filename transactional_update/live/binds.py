@@ -82,16 +82,24 @@ def is_bound(root: Path, snapshot_dir: Path, name: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def attach(root: Path, snapshot_dir: Path, names: Sequence[str]) -> list[str]:
+def attach(
+    root: Path,
+    snapshot_dir: Path,
+    names: Sequence[str],
+    keep: Sequence[tuple[str, str]] = (),
+) -> list[str]:
     """Bind *snapshot_dir*'s directories *names* over *root*'s; those attached, in order.
 
-    A failure takes away what this call attached (so the running system is as it was) and raises.
+    *keep* lists (name, path in it) that stay the running system's, as its mounts do (the
+    running kernel's module tree).  A failure takes away what this call attached (so the
+    running system is as it was) and raises.
     """
     stage = root / STAGE
     attached: list[str] = []
     try:
         for name in names:
-            _attach_one(root, snapshot_dir, name, stage)
+            kept = [rel for top, rel in keep if top == name and (root / name / rel).is_dir()]
+            _attach_one(root, snapshot_dir, name, stage, kept)
             attached.append(name)
     except BaseException:
         detach(root, attached)
@@ -99,11 +107,15 @@ def attach(root: Path, snapshot_dir: Path, names: Sequence[str]) -> list[str]:
     return attached
 
 
-def _attach_one(root: Path, snapshot_dir: Path, name: str, stage: Path) -> None:
+def _attach_one(
+    root: Path, snapshot_dir: Path, name: str, stage: Path, kept: Sequence[str]
+) -> None:
     live, new = root / name, snapshot_dir / name
     if not new.is_dir() or new.is_symlink():
         raise SystemError_(f"{new} is not a directory", "inspect the snapshot")
     inner = submounts(_mountinfo(), str(live))
+    # A kept path inside a mount is carried with it; one that is a mount already, once.
+    inner += [k for k in kept if not any(k == i or k.startswith(i + "/") for i in inner)]
     _clear_stage(stage)
     stage.mkdir(parents=True, exist_ok=True)
     run(["mount", "--bind", str(new), str(stage)], what=f"bind the new /{name}")

@@ -83,6 +83,7 @@ class Applied:
             "packages": [dict(x) for x in p.packages],
             "files": {"added": len(p.added), "replaced": [*p.replaced]},
             "not_live_until_reboot": [*p.kernel, *p.elsewhere],
+            "kept_running": [f"/{top}/{tree}" for top, tree in p.keep],
             "systemd": self.systemd or None,
             "processes": [s.as_json() for s in self.stale],
             "restarted": [*self.restarted],
@@ -182,7 +183,10 @@ def bind(ctx: Context, plan: Plan) -> list[str]:
     snapshot_dir = ctx.managed.snapshot_dir(plan.target)
     names = binds.targets(snapshot_dir)
     return binds.attach(
-        ctx.root, snapshot_dir, [n for n in names if not binds.is_bound(ctx.root, snapshot_dir, n)]
+        ctx.root,
+        snapshot_dir,
+        [n for n in names if not binds.is_bound(ctx.root, snapshot_dir, n)],
+        plan.keep,
     )
 
 
@@ -278,6 +282,8 @@ def describe(plan: Plan) -> str:
     )
     if plan.kernel_pending:
         text += "; the new kernel starts only with the next reboot (kexec or full)"
+    for top, tree in plan.keep:
+        text += f"; the running kernel keeps its modules (/{top}/{tree}) until then"
     if plan.elsewhere:
         text += f"; {len(plan.elsewhere)} path(s) outside /usr and /etc wait for the reboot"
     return text

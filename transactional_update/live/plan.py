@@ -9,11 +9,16 @@ metadata-only ``btrfs send``: its cost follows the size of the change).  Then it
 * **replacement** (a file replaced or deleted, a package upgraded, downgraded or removed): the
   running programs may still use the old files, so only with ``--allow-replacement``;
 * **kernel**: a new kernel, initrd or module tree only starts with the next reboot (``/boot`` and
-  the running kernel's modules are not swapped under it).
+  the running kernel's modules are not swapped under it).  A change to the running kernel's own
+  module tree (Debian rebuilds a kernel under the same release name) is kept from the running
+  system until then: modules of another build refuse to load into the running kernel, or worse.
+  Only a removed tree cannot be kept, and counts as a replacement.
 
 Files that every package operation rewrites (the package databases, ``ld.so.cache``, the caches
-that triggers regenerate) and ``/etc`` (merged by the live ``/etc`` rules, never mapped as code)
-are bookkeeping, not replacements: an ``apt install`` of a new package stays an addition.
+that triggers regenerate), documentation and manual pages, and ``/etc`` (merged by the live
+``/etc`` rules, never mapped as code) are bookkeeping, not replacements: an ``apt install`` of a
+new package stays an addition.  A kernel package's upgrade (the ``linux-image-amd64``
+metapackage) is judged by its files: it adds a kernel, it does not replace running code.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ _BOOKKEEPING_PREFIXES = (
     "/var/lib/rpm/",
     "/usr/share/mime/",
 )
+_DOCS = ("/usr/share/doc/", "/usr/share/man/")  # read by people, never mapped by programs
 _BOOKKEEPING_FILES = frozenset(
     {
         "/usr/share/info/dir",
@@ -64,10 +70,15 @@ class Plan:
     bookkeeping: int  # changed files that count as neither (databases, caches, /etc)
     kernel: tuple[str, ...]  # kernel, initrd and module paths that wait for the reboot
     elsewhere: tuple[str, ...]  # changes outside /usr and /etc, live only after the reboot
+    # The running kernel's module tree, changed by the target: kept from the running system,
+    # as (directory apply binds, the tree's path in it): ("usr", "lib/modules/6.1.0-28-amd64").
+    keep: tuple[tuple[str, str], ...] = ()
 
     @property
     def change_class(self) -> ChangeClass:
-        if self.replaced or any(p["kind"] != "added" for p in self.packages):
+        if self.replaced or any(
+            p["kind"] != "added" and not _is_kernel_package(p["name"]) for p in self.packages
+        ):
             return ChangeClass.REPLACEMENT
         if self.added or self.packages or self.bookkeeping:
             return ChangeClass.ADDITIONS
@@ -104,16 +115,19 @@ def _bookkeeping(path: str) -> bool:
     )
 
 
-def _kernel(path: str, running_release: str) -> bool:
-    """A path the next boot's kernel brings: ``/boot``, and module trees but the running one's
-    (a module replaced there is one the running kernel may still load: a replacement)."""
-    if path == "/boot" or path.startswith("/boot/"):
-        return True
-    for prefix in ("/usr/lib/modules/", "/lib/modules/"):
-        if path.startswith(prefix):
-            release = path[len(prefix) :].split("/", 1)[0]
-            return release != running_release
-    return False
+def _kernel(path: str) -> bool:
+    """A path the next boot's kernel brings: ``/boot``, and the module trees."""
+    return path in ("/boot", "/usr/lib/modules", "/lib/modules") or path.startswith(
+        ("/boot/", "/usr/lib/modules/", "/lib/modules/")
+    )
+
+
+def _running_tree(path: str, running_release: str) -> tuple[str, str] | None:
+    """(directory apply binds, tree) where *path* lies in the running kernel's module tree."""
+    for top, prefix in (("usr", "/usr/lib/modules/"), ("lib", "/lib/modules/")):
+        if path.startswith(prefix) and path[len(prefix) :].split("/", 1)[0] == running_release:
+            return top, f"{prefix[len(top) + 2 :]}{running_release}"
+    return None
 
 
 # (what the earlier transactions did, what a later one did) -> the net change, or None: no change
@@ -184,19 +198,27 @@ def classify(
     replaced: list[str] = []
     kernel: list[str] = []
     elsewhere: list[str] = []
+    keep: list[tuple[str, str]] = []
     bookkeeping = 0
     for f in files:
         path = f["path"]
         if f.get("dir") and f["kind"] == "modified":
             continue  # a directory's own metadata (its time stamps) changed
-        if _kernel(path, running_release):
+        tree = _running_tree(path, running_release)
+        if tree is not None and f["kind"] == "deleted" and path == f"/{tree[0]}/{tree[1]}":
+            replaced.append(path)  # gone from the target: nothing to keep it on
+        elif _kernel(path):
             kernel.append(path)
+            if tree is not None and tree not in keep:
+                keep.append(tree)
         elif path.lstrip("/").split("/", 1)[0] not in USERSPACE:
             elsewhere.append(path)
         elif _bookkeeping(path):
             bookkeeping += 1
         elif f["kind"] == "added":
             added.append(path)
+        elif path.startswith(_DOCS):
+            bookkeeping += 1
         elif not f.get("dir") or f["kind"] == "deleted":
             replaced.append(path)
     return Plan(
@@ -210,4 +232,5 @@ def classify(
         bookkeeping=bookkeeping,
         kernel=tuple(kernel),
         elsewhere=tuple(elsewhere),
+        keep=tuple(t for t in keep if f"/{t[0]}/{t[1]}" not in replaced),
     )

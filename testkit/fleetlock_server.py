@@ -121,6 +121,9 @@ class FleetLockServer:
         self.semaphores = Semaphores(slots, path=state)
         self.seen: list[Seen] = []
         self.mode = "normal"
+        # When set: a grant is made (and persisted), then the answer waits until it is set, so
+        # that a test can kill the client between the server's grant and the client's record.
+        self.answer_gate: threading.Event | None = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -180,6 +183,8 @@ class FleetLockServer:
                 self.who = f"{group}/{node}"
                 if self.path == "/v1/pre-reboot":
                     if server.semaphores.take(group, node):
+                        if server.answer_gate is not None:
+                            server.answer_gate.wait(60)
                         self._answer(200)
                     else:
                         self._error(409, "failed_lock", f"all reboot slots of {group} are taken")

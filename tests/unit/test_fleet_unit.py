@@ -6,8 +6,12 @@ manager's handling of a refusal."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -147,6 +151,45 @@ def test_a_slot_is_waited_for_taken_and_given_back_after_the_boot(
     assert server.holders() == [] and slots.load(b) is None
 
 
+TAKE = (
+    "import sys\n"
+    "from datetime import UTC, datetime\n"
+    "from pathlib import Path\n"
+    "from dataclasses import replace\n"
+    "from transactional_update.config.settings import Config, RebootMethod\n"
+    "from transactional_update.reboot import slots\n"
+    "c = replace(Config(), reboot_method=RebootMethod.FLEETLOCK, fleetlock_url=sys.argv[2])\n"
+    "slots.take(Path(sys.argv[1]), c, RebootMethod.FLEETLOCK, 5, datetime.now(UTC))\n"
+)
+
+
+def test_a_machine_killed_between_the_grant_and_its_record_gives_the_slot_back_at_boot(
+    server: FleetLockServer, tmp_path: Path
+) -> None:
+    """kill -9 after the server granted the slot and before the machine wrote that down: the
+    record made before asking says a slot may be held, so the boot check gives it back."""
+    a = machine(tmp_path, "a", "11" * 16)
+    c = cfg(server.url)
+    server.answer_gate = threading.Event()
+    child = subprocess.Popen([sys.executable, "-c", TAKE, str(a), server.url])
+    try:
+        deadline = time.monotonic() + 30
+        while server.holders() != [slots.node_id(a)] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.holders() == [slots.node_id(a)], "the grant never came"
+    finally:
+        child.kill()
+        child.wait()
+        server.answer_gate.set()
+    left = slots.load(a)
+    assert left is not None and (left.state, left.node) == ("asking", slots.node_id(a))
+    assert (slotstate.describe(slotstate.read(a)) or "").startswith(
+        "asking for a reboot slot (fleetlock, group default); if this stays, the asking was cut"
+    )
+    assert slots.after_boot(a, c, NOW) == "reboot slot of group default given back"
+    assert server.holders() == [] and slots.load(a) is None
+
+
 def test_an_admin_releases_a_dead_machines_slot_by_id(
     server: FleetLockServer, tmp_path: Path
 ) -> None:
@@ -167,7 +210,7 @@ def test_a_method_without_its_server_is_refused_with_the_setting_to_fix() -> Non
 
 
 def test_the_reboot_manager_asks_again_after_the_back_off_and_reboots_only_with_a_slot(
-    server: FleetLockServer, tmp_path: Path
+    server: FleetLockServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = machine(tmp_path, "m")
     other = machine(tmp_path, "other", "55" * 16)
@@ -187,8 +230,11 @@ def test_the_reboot_manager_asks_again_after_the_back_off_and_reboots_only_with_
         rebooted.append("yes")
 
     m = manager.Manager(root, window, pending=lambda: 4, locked=lambda: False, reboot=reboot)
-    decision, plan = m.tick(NOW)
+    with caplog.at_level(logging.INFO):
+        decision, plan = m.tick(NOW)
     assert decision is manager.Decision.WAIT and rebooted == []
+    said = [r.getMessage() for r in caplog.records if r.name.endswith("manager")]
+    assert said == ["the reboot into snapshot 4 is due (maintenance window)"], said
     assert plan.planned == NOW + timedelta(seconds=15) and plan.attempts == 0
     assert plan.last_error == "no reboot slot: failed_lock: all reboot slots of default are taken"
     slots.release(other, c, NOW)

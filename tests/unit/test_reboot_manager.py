@@ -49,6 +49,13 @@ def test_window_opens_and_closes_including_over_midnight_and_weekdays() -> None:
     assert maintenance.earliest(berlin, at("2026-11-26 14:00")) == at("2026-11-27 02:00")
     assert maintenance.earliest(berlin, at("2026-07-01 14:00")) == at("2026-07-02 01:00")
     assert maintenance.describe(WINDOW) == "03:00 for 1h30m, every day (UTC)"
+    # A whole day: open at every moment, the window after this one opens as this one closes.
+    always = Window(start=time(0, 0), duration=timedelta(hours=24), timezone="UTC")
+    for moment in ("2026-11-27 00:00", "2026-11-27 13:37", "2026-11-27 23:59:59"):
+        assert maintenance.is_open(always, at(moment)), moment
+        assert maintenance.earliest(always, at(moment)) == at(moment)
+    assert maintenance.following(always, at("2026-11-27 13:37")) == at("2026-11-28 00:00")
+    assert maintenance.describe(always) == "00:00 for 24h, every day (UTC)"
 
 
 def test_decisions_are_pure_functions_of_the_clock() -> None:

@@ -283,10 +283,11 @@ def _window_duration(key: str, value: str) -> timedelta:
         if m is not None and (m.group(1) or m.group(2))
         else -1
     )
-    # A window of a whole day or more would never close: that is "reboot any time".
-    if not 0 < minutes < 24 * 60:
+    # 24h is "any time" (each day's window ends as the next opens: fleet reboots want that); more
+    # would overlap the next day's window and make "the window after this one" meaningless.
+    if not 0 < minutes <= 24 * 60:
         raise _Bad(
-            f"{key}={value!r} is not a duration between 1m and 23h59m",
+            f"{key}={value!r} is not a duration between 1m and 24h",
             f"write hours and minutes, e.g. {key}=1h30m or {key}=45m",
         )
     return timedelta(minutes=minutes)

@@ -62,6 +62,8 @@ def daemon(
         try:
             if prepare is not None:
                 prepare()
+            # Said only now: a fleet machine refused a slot does not reboot, and must not say so.
+            log.warning("rebooting into snapshot %s", reboot.pending_snapshot(managed))
             run(cfg.reboot_command, what="reboot")
         except TUError:
             if coordinated:  # not rebooting after all: the slot is for machines that do

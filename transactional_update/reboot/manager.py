@@ -179,7 +179,7 @@ class Manager:
         old = load(self.root)
         decision, plan = decide(old, now, self.window, self.pending(), self.locked(), self.retry)
         if decision is Decision.REBOOT:
-            log.warning("rebooting into snapshot %s (maintenance window)", plan.snapshot)
+            log.info("the reboot into snapshot %s is due (maintenance window)", plan.snapshot)
             # Recorded first: should the reboot end this process, the plan says it was tried.
             save(self.root, after_attempt(plan, self.window, now, "reboot did not happen"))
             error = None

@@ -61,7 +61,9 @@ class Postponed(TUError):
 
 @dataclass(frozen=True)
 class SlotState:
-    state: str  # "waiting" (asked, refused), "holding" (rebooting), "releasing" (giving back)
+    # "asking" (a request is out: a grant may come back unrecorded), "waiting" (asked, refused),
+    # "holding" (rebooting), "releasing" (giving back)
+    state: str
     method: str
     group: str
     node: str
@@ -145,25 +147,34 @@ def take(
     """Ask for a slot; the state afterwards (holding, or waiting with the next try).
 
     Recorded before the answer is acted on: a machine that reboots holding a slot finds that
-    out at its next boot, and gives it back.
+    out at its next boot, and gives it back.  And before the request: killed between the grant
+    and its record, the machine still knows it may hold a slot, and gives it back all the same
+    (a release of a slot not held is a no-op for both backends).
     """
     slots = slots_for(cfg, method)
     me = node_id(root)
     old = load(root)
-    answer = slots.acquire(me)
     stamp = now.isoformat(timespec="seconds")
+    waiting = old is not None and old.state == "waiting"
+    save(
+        root,
+        replace(old, state="asking")
+        if old is not None and waiting
+        else SlotState("asking", str(method), cfg.fleetlock_group, me, snapshot, stamp),
+    )
+    answer = slots.acquire(me)
     if answer.ok:
         state = SlotState("holding", str(method), cfg.fleetlock_group, me, snapshot, stamp)
         log.warning("reboot slot granted by %s", slots.describe())
     else:
-        attempts = (old.attempts if old is not None and old.state == "waiting" else 0) + 1
+        attempts = (old.attempts if old is not None and waiting else 0) + 1
         state = SlotState(
             "waiting",
             str(method),
             cfg.fleetlock_group,
             me,
             snapshot,
-            old.since if old is not None and old.state == "waiting" else stamp,
+            old.since if old is not None and waiting else stamp,
             attempts,
             (now + backoff(attempts)).isoformat(timespec="seconds"),
             answer.why,

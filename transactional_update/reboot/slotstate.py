@@ -28,6 +28,12 @@ def describe(state: dict[str, Any] | None) -> str | None:
             f"holding a reboot slot ({where}) since {state.get('since')}; given back once up "
             "and healthy"
         )
+    if state.get("state") == "asking":
+        return (
+            f"asking for a reboot slot ({where}); if this stays, the asking was cut short and "
+            "the slot is given back at the next healthy boot, or: transactional-update "
+            "reboot-manager release"
+        )
     if state.get("state") == "releasing":
         return (
             f"giving the reboot slot back ({where}) failed {state.get('attempts')} time(s): "

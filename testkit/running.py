@@ -12,8 +12,9 @@ with the test root, and its errors become the exit code and message the command 
 
 Steps: ``["apply", {"allow_replacement": bool, "restart_services": bool}]``, ``["tu", [ARG…]]``
 (the CLI with ``--root``), ``["read", REL]``, ``["write", REL, TEXT]``, ``["hold", REL]`` (a
-process that maps the shared library REL), ``["mounts"]`` (mount points below the root),
-``["systemd"]`` (``ROOT/run/systemd/system``: systemd seems to run), ``["lock"]`` (another
+process that maps the shared library REL), ``["cwd", REL]`` (a process working in REL),
+``["mounts"]`` (mount points below the root), ``["systemd"]`` (``ROOT/run/systemd/system``:
+systemd seems to run), ``["lock"]`` (another
 process holds the transaction lock), ``["cut", NAME, {OPTS}]`` (an apply killed the moment
 ``ROOT/NAME`` is bound; OPTS as apply's, optional), ``["tmpfs", REL]`` (a mount in the running
 system).
@@ -161,6 +162,10 @@ def main(root: Path, steps: list[list[Any]]) -> None:
                 children.append(child)
                 assert child.stdout is not None
                 seen.append({"pid": child.pid, "ready": child.stdout.readline().strip()})
+            elif what == "cwd":
+                child = subprocess.Popen(["sleep", "3600"], cwd=root / args[0], text=True)
+                children.append(child)
+                seen.append({"pid": child.pid})
             elif what == "cut":
                 seen.append(_cut(root, args[0], args[1] if len(args) > 1 else {}))
             elif what == "mounts":

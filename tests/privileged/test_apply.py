@@ -120,6 +120,43 @@ def test_additions_are_live_at_once_and_the_booted_snapshot_stays(
     assert st["live"] == 2 and st["applied"] is None and st["pending"] is None
 
 
+def test_writes_into_the_hidden_old_etc_are_named_and_merged_later(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """A shell that was in /etc during the apply still works in the old /etc, hidden under the
+    bind: apply names it, and what it writes there reaches the live /etc at the next sync-etc
+    and, after that, at the boot (the sync point moves on, it does not go)."""
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    old_etc = ".snapshots/1/snapshot/etc"
+    seen = run_steps(
+        s.root,
+        [
+            ["cwd", "etc"],
+            ["apply", {}],
+            ["write", f"{old_etc}/late-one", "written in the old /etc\n"],
+            ["read", "etc/late-one"],
+            ["tu", ["sync-etc"]],
+            ["read", "etc/late-one"],
+            ["write", f"{old_etc}/late-two", "later still\n"],
+        ],
+    )
+    shell, result = seen[0], applied(seen[1])
+    assert result["in_old_etc"] == [{"pid": shell["pid"], "command": "sleep"}]
+    assert any(
+        line.startswith(f"PID {shell['pid']} sleep works in the old /etc, now hidden")
+        for line in seen[1]["report"]
+    )
+    assert seen[3] is None, "hidden until a merge"
+    assert seen[4]["rc"] == 0, seen[4]
+    assert seen[5] == "written in the old /etc\n", "sync-etc merged it into the live /etc"
+    s.boot_default()
+    tu_ok(s, "sync-etc")
+    assert (s.root / "etc/late-two").read_text() == "later still\n", "the boot merged it"
+    assert (s.root / "etc/late-one").read_text() == "written in the old /etc\n"
+
+
 def test_a_replacement_needs_allow_and_names_the_process_that_maps_the_old_library(
     managed_system: System, tmp_path: Path
 ) -> None:

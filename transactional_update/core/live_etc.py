@@ -51,9 +51,18 @@ def sync(ctx: Context) -> tuple[list[carry.Carried], TUError | None]:
         booted = managed.live()
         assert booted is not None  # open_root refuses a root that is not a snapshot
         booted_dir = managed.snapshot_dir(booted)
+        # After an apply the booted snapshot's /etc still runs, hidden (a shell's working
+        # directory): its sync point stays for the merges after this one.
+        still_running = managed.booted() != booted
         attempt(
             "the boot's /etc merge",
-            lambda: carry.at_boot(managed.snapshots_dir, booted, booted_dir, ctx.root / etcvol.ETC),
+            lambda: carry.at_boot(
+                managed.snapshots_dir,
+                booted,
+                booted_dir,
+                ctx.root / etcvol.ETC,
+                still_running=still_running,
+            ),
         )
         default = managed.default()
         if default is not None and default != booted:

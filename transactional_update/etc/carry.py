@@ -232,16 +232,23 @@ def at_boot(
     booted_dir: Path,
     live_etc: Path,
     when: Moment = Moment.BOOT,
+    *,
+    still_running: bool = False,
 ) -> Carried | None:
     """Early at a snapshot's first boot: carry what the previous system's ``/etc`` changed since
     the last merge, then keep the booted ``/etc`` as ``etc-booted`` (what a rollback compares).
 
     The previous system no longer runs, so its ``/etc`` holds still; a path that fails stays
     in the sync point for the next run (at shutdown, or the next boot), the rest is done.
+    After an apply the previous ``/etc`` is hidden, not gone (*still_running*): a shell whose
+    working directory it is still writes there.  The sync point then moves on instead of
+    going, and each later merge (``sync-etc`` at shutdown, the real first boot) takes what
+    was written there since.
     """
     if not etcvol.has_own_etc(booted_dir):
         return None
     carried = None
+    keep = still_running
     etcvol.recover(booted_dir)
     point = etcvol.sync_point(booted_dir)
     if point is not None:
@@ -254,7 +261,8 @@ def at_boot(
             # Nothing changed there since the last merge (the shutdown's, or apply's a moment
             # ago): nothing to carry, and no need to read three trees to find that out.
             carried = Carried(booted, point.live, when, now(), merge.Report())
-            etcvol.drop(booted_dir, etcvol.SYNC)
+            if not keep:
+                etcvol.drop(booted_dir, etcvol.SYNC)
         elif point.live != booted and btrfs.is_subvolume(source):
             fresh = etcvol.info_dir(booted_dir) / etcvol.SYNC_NEW
             btrfs.snapshot(source, fresh, read_only=True)
@@ -262,7 +270,7 @@ def at_boot(
             try:
                 report = three_way(point.path, fresh, live_etc)
                 carried = Carried(booted, point.live, when, at, report)
-                if report.failed:
+                if report.failed or keep:
                     _advance(booted_dir, point.path, fresh, report, point.live, at)
                 else:
                     btrfs.sync(live_etc)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ class Applied:
     not_restarted: tuple[tuple[str, str], ...] = ()
     restart_failed: tuple[tuple[str, str], ...] = ()
     etc: tuple[carry.Carried, ...] = field(default=())
+    in_old_etc: tuple[tuple[int, str], ...] = ()  # processes working in the hidden old /etc
 
     @property
     def done(self) -> bool:
@@ -89,6 +90,7 @@ class Applied:
             "restarted": [*self.restarted],
             "not_restarted": [{"unit": u, "why": w} for u, w in self.not_restarted],
             "restart_failed": [{"unit": u, "error": e} for u, e in self.restart_failed],
+            "in_old_etc": [{"pid": pid, "command": c} for pid, c in self.in_old_etc],
         }
 
 
@@ -137,7 +139,15 @@ def apply(
             ) from exc
         merged += [m for m in [settle_etc(ctx, plan)] if m is not None]
         remember(ctx, plan, at)
-        result = Applied(plan, at, how, tuple(stale), etc=tuple(merged))
+        old_etc = ctx.managed.snapshot_dir(plan.live) / etcvol.ETC
+        result = Applied(
+            plan,
+            at,
+            how,
+            tuple(stale),
+            etc=tuple(merged),
+            in_old_etc=tuple(procs.working_in(old_etc)),
+        )
         result = restart(ctx, result, say) if restart_services else not_restarting(ctx, result)
         record(ctx, result)
         return result
@@ -162,6 +172,11 @@ def report(result: Applied) -> list[str]:
                 f"({s.unit or 'no unit'}): {files}"
             )
     lines += [f"not restarted: {unit}: {why}" for unit, why in result.not_restarted]
+    lines += [
+        f"PID {pid} {command} works in the old /etc, now hidden: what it writes there is merged "
+        "at the next sync-etc or boot; cd /etc to work in the live one"
+        for pid, command in result.in_old_etc
+    ]
     if p.kernel_pending:
         lines.append("the new kernel and initrd start with the next reboot (kexec or full)")
     return lines
@@ -321,6 +336,7 @@ def settle_etc(ctx: Context, plan: Plan) -> carry.Carried | None:
             managed.snapshot_dir(plan.target),
             ctx.root / etcvol.ETC,
             carry.Moment.APPLY,
+            still_running=True,
         )
     except (TUError, OSError) as exc:
         log.warning("the last /etc edits before the apply were not merged yet: %s", exc)
@@ -383,15 +399,9 @@ def _reboot_asked(root: Path, plan: Plan) -> bool:
 
 def not_restarting(ctx: Context, result: Applied) -> Applied:
     restart, skipped = procs.restart_plan(result.stale, ctx.config.apply_no_restart, None)
-    return Applied(
-        result.plan,
-        result.at,
-        result.systemd,
-        result.stale,
-        (),
-        (*[(u, "not asked to (--restart-services)") for u in restart], *skipped),
-        (),
-        result.etc,
+    return replace(
+        result,
+        not_restarted=(*[(u, "not asked to (--restart-services)") for u in restart], *skipped),
     )
 
 
@@ -408,15 +418,8 @@ def restart(ctx: Context, result: Applied, say: Callable[[str], None]) -> Applie
             continue
         say(f"restarted {unit}")
         done.append(unit)
-    return Applied(
-        result.plan,
-        result.at,
-        result.systemd,
-        result.stale,
-        tuple(done),
-        tuple(skipped),
-        tuple(failed),
-        result.etc,
+    return replace(
+        result, restarted=tuple(done), not_restarted=tuple(skipped), restart_failed=tuple(failed)
     )
 
 

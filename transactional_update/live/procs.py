@@ -201,6 +201,26 @@ def scan(root: Path, replaced: Iterable[str], proc: Path = Path("/proc")) -> lis
     return sorted(found, key=lambda s: s.pid)
 
 
+def working_in(directory: Path, proc: Path = Path("/proc")) -> list[tuple[int, str]]:
+    """The processes whose working directory lies in the subvolume of *directory* (PID,
+    command): after an apply, a shell that was in ``/etc`` still is in the hidden old one."""
+    try:
+        where = os.stat(directory).st_dev
+    except OSError:
+        return []
+    found = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.stat(proc / entry.name / "cwd").st_dev != where:
+                continue
+        except OSError:
+            continue
+        found.append((int(entry.name), _command(proc, int(entry.name))))
+    return sorted(found)
+
+
 def _maps_now(pid_dir: Path, m: Mapping, st: os.stat_result) -> bool:
     """Whether the mapping is the file now at its path, for a path the change rewrote in place
     (same inode number, another subvolume).  ``maps`` names btrfs's one superblock device for

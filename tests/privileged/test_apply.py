@@ -475,6 +475,38 @@ def test_a_bind_that_cannot_be_made_is_undone(managed_system: System, tmp_path: 
     assert seen[4]["rc"] == 0, "no interrupted apply is left to refuse transactions"
 
 
+def test_a_rollback_after_an_apply_is_respected_and_boots(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """rollback only sets what boots next: after an apply of 2, ``rollback 1`` makes 1 the
+    default, a second apply refuses (1 does not descend from the live 2), and the reboot
+    brings up 1 without tu-hello."""
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    seen = run_steps(
+        s.root,
+        [
+            ["apply", {}],
+            ["tu", ["rollback", "1"]],
+            ["apply", {}],
+            ["read", "usr/bin/tu-hello"],
+            ["tu", ["--json", "status"]],
+        ],
+    )
+    assert applied(seen[0])["snapshot"] == 2
+    assert seen[1]["rc"] == 0, seen[1]
+    refused = seen[2]
+    assert refused["rc"] == 2
+    assert refused["error"].startswith("snapshot 1 is not a descendant of the running snapshot 2")
+    assert seen[3] is not None, "the refused apply left the live /usr alone"
+    st = status(seen[4])
+    assert (st["live"], st["default"]["number"]) == (2, 1)
+    assert s.default_number() == 1
+    s.boot_default()
+    assert s.booted_number() == 1 and not (s.root / "usr/bin/tu-hello").exists()
+
+
 def test_an_error_of_the_system_while_binding_is_an_apply_failure_undone(
     managed_system: System, tmp_path: Path
 ) -> None:

@@ -175,9 +175,20 @@ def test_a_replacement_needs_allow_and_names_the_process_that_maps_the_old_libra
             ["mounts"],
             ["apply", {"allow_replacement": True, "restart_services": True}],
             ["tu", ["--json", "status"]],
+            ["apply", {"restart_services": True}],
         ],
     )
     holder = seen[0]
+    # Asked again once live (restarts cut short, say): the same scan, the same verdicts.
+    again = applied(seen[5])
+    assert seen[5]["said"] == [
+        "snapshot 3 is live already; nothing to apply",
+        "restarting what still uses files replaced since snapshot 2 booted",
+    ]
+    assert [p["pid"] for p in again["processes"]] == [
+        p["pid"] for p in applied(seen[3])["processes"]
+    ]
+    assert again["not_restarted"] == applied(seen[3])["not_restarted"]
     assert holder["ready"] == "held"
     refused = seen[1]
     assert refused["rc"] == 2

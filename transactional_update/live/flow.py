@@ -109,6 +109,11 @@ def apply(
             plan = decide(ctx)
             if plan.change_class is ChangeClass.NONE and plan.live == plan.target:
                 say(f"snapshot {plan.target} is live already; nothing to apply")
+                done = applied.load(ctx.root, plan.target)
+                if restart_services and done is not None:
+                    # An apply whose restarts were cut short (or not asked for): the same
+                    # scan and restarts again, over everything replaced since the boot.
+                    return restart_again(ctx, done, say)
                 return Applied(plan)
             gate(plan, allow_replacement)
             say(describe(plan))
@@ -151,6 +156,17 @@ def apply(
         result = restart(ctx, result, say) if restart_services else not_restarting(ctx, result)
         record(ctx, result)
         return result
+
+
+def restart_again(ctx: Context, done: dict[str, Any], say: Callable[[str], None]) -> Applied:
+    """``apply --restart-services`` on a live snapshot: restart what still uses replaced files."""
+    booted = ctx.managed.booted()
+    plan = decide(ctx, booted, int(done["snapshot"])) if booted is not None else None
+    if plan is None:
+        raise ApplyError("the booted snapshot is unknown", "reboot to bring the snapshot up")
+    stale = procs.scan(ctx.root, plan.replaced)
+    say(f"restarting what still uses files replaced since snapshot {plan.live} booted")
+    return restart(ctx, Applied(plan, str(done.get("at", "")), "", tuple(stale)), say)
 
 
 def report(result: Applied) -> list[str]:

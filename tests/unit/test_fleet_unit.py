@@ -188,6 +188,13 @@ def test_a_machine_killed_between_the_grant_and_its_record_gives_the_slot_back_a
     )
     assert slots.after_boot(a, c, NOW) == "reboot slot of group default given back"
     assert server.holders() == [] and slots.load(a) is None
+    # The same cut without a reboot (the reboot manager was killed and restarts): its first
+    # tick gives the slot back; a reboot that is due asks again.
+    held = slots.take(a, c, RebootMethod.FLEETLOCK, 5, NOW)
+    assert held.state == "holding"
+    slots.save(a, replace(held, state="asking"))
+    slots.retry_release(a, c, NOW)
+    assert server.holders() == [] and slots.load(a) is None
 
 
 def test_an_admin_releases_a_dead_machines_slot_by_id(

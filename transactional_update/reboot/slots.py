@@ -229,8 +229,14 @@ def after_boot(root: Path, cfg: Config, now: datetime) -> str | None:
 
 
 def retry_release(root: Path, cfg: Config, now: datetime) -> None:
-    """The reboot manager's part: a release that failed is tried again when its time comes."""
+    """The reboot manager's part: a release that failed is tried again when its time comes;
+    a request that was cut short (the manager killed while asking: the slot may be held) is
+    given back, and a reboot that is due asks again."""
     state = load(root)
+    if state is not None and state.state == "asking":
+        if release(root, cfg, now).ok:
+            log.warning("a reboot slot request was cut short; the slot is given back")
+        return
     if state is None or state.state != "releasing":
         return
     if state.next_try is not None and now < datetime.fromisoformat(state.next_try):

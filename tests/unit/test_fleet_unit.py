@@ -197,6 +197,39 @@ def test_a_machine_killed_between_the_grant_and_its_record_gives_the_slot_back_a
     assert server.holders() == [] and slots.load(a) is None
 
 
+def test_the_boot_check_leaves_this_boots_request_and_a_lost_answer_may_hold_a_slot(
+    server: FleetLockServer, tmp_path: Path
+) -> None:
+    a = machine(tmp_path, "a", "11" * 16)
+    c = cfg(server.url)
+    # The reboot manager of this boot asked (a reboot is due at once) before the boot check
+    # ran: that slot is for the coming reboot, not the one this boot came from.
+    assert slots.take(a, c, RebootMethod.FLEETLOCK, 5, NOW).state == "holding"
+    booted = NOW - timedelta(minutes=1)
+    assert slots.after_boot(a, c, NOW + timedelta(minutes=1), booted_at=booted) is None
+    assert server.holders() == [slots.node_id(a)]
+    later = NOW + timedelta(minutes=3)  # the reboot happened; this boot began after the request
+    assert slots.after_boot(a, c, later, booted_at=NOW + timedelta(minutes=2)) == (
+        "reboot slot of group default given back"
+    )
+    # Unanswered (the server or the network went down mid-request): the grant may have been
+    # made unseen.  Still due, the manager keeps asking; no longer due, it gives the slot back.
+    server.mode = "down"
+    lost = slots.take(a, c, RebootMethod.FLEETLOCK, 6, NOW)
+    assert (lost.state, lost.may_hold) == ("waiting", True)
+    slots.retry_release(a, c, NOW, reboot_due=True)
+    assert slots.load(a) == lost
+    server.mode = "normal"
+    slots.retry_release(a, c, NOW, reboot_due=False)
+    assert slots.load(a) is None and server.seen[-1].path == "/v1/steady-state"
+    # A plain refusal proves no slot is held: the boot check has nothing to give back.
+    other = machine(tmp_path, "other", "55" * 16)
+    slots.take(other, c, RebootMethod.FLEETLOCK, 9, NOW)
+    refused = slots.take(a, c, RebootMethod.FLEETLOCK, 6, NOW)
+    assert (refused.state, refused.may_hold) == ("waiting", False)
+    assert slots.after_boot(a, c, later) is None
+
+
 def test_an_admin_releases_a_dead_machines_slot_by_id(
     server: FleetLockServer, tmp_path: Path
 ) -> None:

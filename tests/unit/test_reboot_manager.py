@@ -56,6 +56,13 @@ def test_window_opens_and_closes_including_over_midnight_and_weekdays() -> None:
         assert maintenance.earliest(always, at(moment)) == at(moment)
     assert maintenance.following(always, at("2026-11-27 13:37")) == at("2026-11-28 00:00")
     assert maintenance.describe(always) == "00:00 for 24h, every day (UTC)"
+    # Spring forward in Berlin (2026-03-29): the day is 23 h, so Saturday's 24h window still
+    # runs when Sunday's opens; a retry waits for Monday's, it is not planned in the past.
+    berlin_always = Window(
+        start=time(3, 30), duration=timedelta(hours=24), timezone="Europe/Berlin"
+    )
+    retry = maintenance.following(berlin_always, at("2026-03-29 02:00"))
+    assert retry == at("2026-03-30 01:30"), retry
 
 
 def test_decisions_are_pure_functions_of_the_clock() -> None:

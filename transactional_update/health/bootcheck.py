@@ -132,7 +132,7 @@ def give_back_slot(ctx: Context) -> str | None:
     from transactional_update.reboot import slots
 
     try:
-        return slots.after_boot(ctx.root, ctx.config, datetime.now(UTC))
+        return slots.after_boot(ctx.root, ctx.config, datetime.now(UTC), slots.boot_time())
     except TUError as exc:
         log.error("the reboot slot was not given back: %s", exc.message)
         return f"reboot slot not given back: {exc.message}"

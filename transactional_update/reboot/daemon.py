@@ -76,7 +76,15 @@ def daemon(
         pending=lambda: reboot.pending_snapshot(managed),
         locked=transaction_lock.is_held,
         reboot=do_reboot,
-        housekeeping=(lambda now: slots.retry_release(root, cfg, now)) if coordinated else None,
+        housekeeping=(
+            (
+                lambda now: slots.retry_release(
+                    root, cfg, now, reboot_due=reboot.pending_snapshot(managed) is not None
+                )
+            )
+            if coordinated
+            else None
+        ),
     )
     stop = threading.Event()
     # The handler only records the signal: setting the event from it could deadlock, when the

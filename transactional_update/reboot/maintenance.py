@@ -64,7 +64,11 @@ def earliest(window: Window, now: datetime) -> datetime:
 def following(window: Window, now: datetime) -> datetime:
     """The opening of the next window that is not the one open at *now* (for retries)."""
     opens, closes = current_or_next(window, now)
-    return current_or_next(window, closes)[0] if opens <= now else opens
+    while opens <= now:
+        # A day's window of 23h or more overlaps the next one where a DST change shortens
+        # the night: the next window may have opened already; the one after it has not.
+        opens, closes = current_or_next(window, closes)
+    return opens
 
 
 def describe(window: Window) -> str:

@@ -17,12 +17,16 @@ machine ID itself, which must not leave the machine.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +37,8 @@ from transactional_update.reboot.fleetlock import Answer, FleetLock
 from transactional_update.reboot.slotstate import STATE_FILE
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "var/lib/transactional-update/reboot-slot.lock"
 
 # This tool's application ID for sd_id128_get_machine_app_specific (Zincati has its own).
 APP_ID = "b4c7e1d2a9f04e3c8d6b5a4f3e2d1c0b"
@@ -72,6 +78,9 @@ class SlotState:
     attempts: int = 0  # refusals in a row while waiting, failed releases while releasing
     next_try: str | None = None
     last_error: str | None = None
+    asked: str = ""  # when the latest request went out (this boot's, or the last one's)
+    # Waiting, but the last request went unanswered: the server may have granted it unseen.
+    may_hold: bool = False
 
 
 def app_specific_id(machine_id: str, app_id: str = APP_ID) -> str:
@@ -141,6 +150,20 @@ def save(root: Path, state: SlotState | None) -> None:
     write_atomic(path, json.dumps(asdict(state), indent=1) + "\n", mode=0o600)
 
 
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One reader-writer of the slot's record at a time: the boot check gives back while the
+    reboot manager, started at the same boot, may be asking."""
+    path = root / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def take(
     root: Path, cfg: Config, method: RebootMethod, snapshot: int | None, now: datetime
 ) -> SlotState:
@@ -149,49 +172,62 @@ def take(
     Recorded before the answer is acted on: a machine that reboots holding a slot finds that
     out at its next boot, and gives it back.  And before the request: killed between the grant
     and its record, the machine still knows it may hold a slot, and gives it back all the same
-    (a release of a slot not held is a no-op for both backends).
+    (a release of a slot not held is a no-op for both backends; a refusal proves none is held,
+    as both grant again to a holder).
     """
     slots = slots_for(cfg, method)
     me = node_id(root)
-    old = load(root)
     stamp = now.isoformat(timespec="seconds")
-    waiting = old is not None and old.state == "waiting"
-    save(
-        root,
-        replace(old, state="asking")
-        if old is not None and waiting
-        else SlotState("asking", str(method), cfg.fleetlock_group, me, snapshot, stamp),
-    )
-    answer = slots.acquire(me)
-    if answer.ok:
-        state = SlotState("holding", str(method), cfg.fleetlock_group, me, snapshot, stamp)
-        log.warning("reboot slot granted by %s", slots.describe())
-    else:
-        attempts = (old.attempts if old is not None and waiting else 0) + 1
-        state = SlotState(
-            "waiting",
-            str(method),
-            cfg.fleetlock_group,
-            me,
-            snapshot,
-            old.since if old is not None and waiting else stamp,
-            attempts,
-            (now + backoff(attempts)).isoformat(timespec="seconds"),
-            answer.why,
+    with _locked(root):
+        old = load(root)
+        waiting = old is not None and old.state == "waiting"
+        asking = (
+            replace(old, state="asking", asked=stamp)
+            if old is not None and waiting
+            else SlotState(
+                "asking", str(method), cfg.fleetlock_group, me, snapshot, stamp, asked=stamp
+            )
         )
-        log.warning(
-            "no reboot slot from %s: %s; asking again at %s",
-            slots.describe(),
-            answer.why,
-            state.next_try,
-        )
-    save(root, state)
+        save(root, asking)
+        answer = slots.acquire(me)
+        if answer.ok:
+            state = SlotState(
+                "holding", str(method), cfg.fleetlock_group, me, snapshot, stamp, asked=stamp
+            )
+            log.warning("reboot slot granted by %s", slots.describe())
+        else:
+            attempts = (old.attempts if old is not None and waiting else 0) + 1
+            state = SlotState(
+                "waiting",
+                str(method),
+                cfg.fleetlock_group,
+                me,
+                snapshot,
+                old.since if old is not None and waiting else stamp,
+                attempts,
+                (now + backoff(attempts)).isoformat(timespec="seconds"),
+                answer.why,
+                asked=stamp,
+                may_hold=not answer.reachable,
+            )
+            log.warning(
+                "no reboot slot from %s: %s; asking again at %s",
+                slots.describe(),
+                answer.why,
+                state.next_try,
+            )
+        save(root, state)
     return state
 
 
 def release(root: Path, cfg: Config, now: datetime, node: str | None = None) -> Answer:
     """Give a slot back: this machine's (its state follows), or another's by ID (an admin's
     way to free the slot of a machine that will not come back)."""
+    with _locked(root):
+        return _release(root, cfg, now, node)
+
+
+def _release(root: Path, cfg: Config, now: datetime, node: str | None = None) -> Answer:
     state = load(root)
     # The method the slot was taken with (the configuration may have changed since).
     method = RebootMethod(state.method) if state is not None else cfg.reboot_method
@@ -216,32 +252,67 @@ def release(root: Path, cfg: Config, now: datetime, node: str | None = None) -> 
     return answer
 
 
-def after_boot(root: Path, cfg: Config, now: datetime) -> str | None:
-    """Up and healthy: give back the slot this machine rebooted with; what happened, or None."""
-    state = load(root)
-    if state is None or state.state == "waiting":
-        return None
-    answer = release(root, cfg, now)
+def boot_time(stat: Path = Path("/proc/stat")) -> datetime | None:
+    """When this boot began (the kernel's ``btime``), or None."""
+    try:
+        for line in stat.read_text(encoding="ascii").splitlines():
+            if line.startswith("btime "):
+                return datetime.fromtimestamp(int(line.split()[1]), UTC)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def after_boot(
+    root: Path, cfg: Config, now: datetime, booted_at: datetime | None = None
+) -> str | None:
+    """Up and healthy: give back the slot this machine rebooted with; what happened, or None.
+
+    A request made since *booted_at* is this boot's reboot manager's, for the next reboot: it
+    is left alone.  A machine that waits holds nothing, unless its last request went
+    unanswered.
+    """
+    with _locked(root):
+        state = load(root)
+        if state is None or (state.state == "waiting" and not state.may_hold):
+            return None
+        asked = _when(state.asked or state.since)
+        if booted_at is not None and asked is not None and asked >= booted_at:
+            return None
+        answer = _release(root, cfg, now)
     if answer.ok:
         return f"reboot slot of group {state.group} given back"
     log.warning("the reboot slot was not given back (%s); the reboot manager retries", answer.why)
     return f"reboot slot not given back yet: {answer.why}"
 
 
-def retry_release(root: Path, cfg: Config, now: datetime) -> None:
-    """The reboot manager's part: a release that failed is tried again when its time comes;
-    a request that was cut short (the manager killed while asking: the slot may be held) is
-    given back, and a reboot that is due asks again."""
-    state = load(root)
-    if state is not None and state.state == "asking":
-        if release(root, cfg, now).ok:
-            log.warning("a reboot slot request was cut short; the slot is given back")
-        return
-    if state is None or state.state != "releasing":
-        return
-    if state.next_try is not None and now < datetime.fromisoformat(state.next_try):
-        return
-    answer = release(root, cfg, now)
+def _when(stamp: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+
+
+def retry_release(root: Path, cfg: Config, now: datetime, reboot_due: bool = True) -> None:
+    """The reboot manager's part, at each tick: a release that failed is tried again when its
+    time comes; a request that was cut short (the manager killed while asking), or one that
+    went unanswered when no reboot is due any more, may hold a slot: it is given back (a
+    reboot that is due asks again)."""
+    with _locked(root):
+        state = load(root)
+        if state is None:
+            return
+        if state.state == "asking" or (
+            state.state == "waiting" and state.may_hold and not reboot_due
+        ):
+            if _release(root, cfg, now).ok:
+                log.warning("a reboot slot this machine may have held is given back")
+            return
+        if state.state != "releasing":
+            return
+        if state.next_try is not None and now < datetime.fromisoformat(state.next_try):
+            return
+        answer = _release(root, cfg, now)
     if answer.ok:
         log.warning("reboot slot of group %s given back", state.group)
 

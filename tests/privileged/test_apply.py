@@ -262,10 +262,15 @@ def test_a_new_kernel_waits_for_the_reboot(managed_system: System, tmp_path: Pat
             ["read", "usr/bin/tu-new"],
             ["read", kernel[1:]],
             ["tu", ["--json", "status"]],
+            ["tu", ["run", "--", "true"]],
             ["read", "run/reboot-needed"],
         ],
     )
     assert seen.pop(0) is None and seen.pop() == "reboot", "the kernel still needs the reboot"
+    assert seen.pop()["rc"] == 0
+    # 2's kernel never ran: the snapshot known to work is still the booted 1, not 2.
+    state = (s.root / "var/lib/misc/transactional-update.state").read_text()
+    assert state == "LAST_WORKING_SNAPSHOTS=1\n", state
     result = applied(seen[0])
     assert result["class"] == "additions" and result["kernel_pending"] is True
     assert result["not_live_until_reboot"] == [kernel]

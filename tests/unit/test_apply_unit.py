@@ -150,8 +150,9 @@ def test_maps_give_each_mapped_file_once_with_its_device_and_inode() -> None:
         ("/memfd:x", (0, 1), 5, True),
         ("/usr/bin/old-style", (0, 0x2A), 300, False),
     ]
-    # The first range of each file, named as /proc/PID/map_files names it (unpadded).
-    assert [m.span for m in found][::4] == ["55d0c8a00000-55d0c8a02000", "400000-452000"]
+    # Every range of each file, named as /proc/PID/map_files names them (unpadded).
+    assert found[0].spans == ("55d0c8a00000-55d0c8a02000", "55d0c8a02000-55d0c8a06000")
+    assert found[4].spans == ("400000-452000",)
 
 
 @pytest.mark.parametrize(
@@ -358,7 +359,7 @@ def test_the_running_kernels_own_module_tree_is_kept_until_the_reboot() -> None:
     files = [
         f(f"{running}/kernel/x.ko", "modified"),
         f(f"{running}/modules.dep", "modified"),
-        f(f"/lib/modules/{RELEASE}/extra/y.ko", "added"),
+        f(f"/lib/modules/{RELEASE}/extra/y.ko", "deleted"),
     ]
     upgrade = [p("linux-image-6.1.0-28-amd64", "upgraded", "6.1.119-1", "6.1.123-1")]
     plan = classify(1, 2, (2,), "changelog", upgrade, files, RELEASE)
@@ -368,5 +369,16 @@ def test_the_running_kernels_own_module_tree_is_kept_until_the_reboot() -> None:
         f"the running kernel keeps its modules ({running}) until then; the running kernel "
         f"keeps its modules (/lib/modules/{RELEASE}) until then"
     )
-    gone = classify(1, 2, (2,), "changelog", [], [*files[:1], f(running, "deleted")], RELEASE)
+    gone = classify(
+        1, 2, (2,), "changelog", [], [*files[:1], f(running, "deleted", is_dir=True)], RELEASE
+    )
     assert gone.replaced == (running,) and gone.keep == ()
+    # DKMS builds a module for the running kernel: it loads live, depmod's indexes follow.
+    dkms = [
+        f(f"{running}/updates/dkms/zfs.ko", "added"),
+        f(f"{running}/modules.dep", "modified"),
+        f(f"{running}/modules.alias.bin", "modified"),
+    ]
+    plan = classify(1, 2, (2,), "changelog", [p("zfs-dkms", "added", None, "2")], dkms, RELEASE)
+    assert plan.change_class is ChangeClass.ADDITIONS and not plan.kernel_pending
+    assert plan.added == (f"{running}/updates/dkms/zfs.ko",) and plan.keep == ()

@@ -31,6 +31,7 @@ from transactional_update.snapshots.system import (
     CONTINUE_DEFAULT,
     FAILED,
     IN_PROGRESS,
+    ManagedRoot,
     require_finished,
 )
 
@@ -411,7 +412,7 @@ class Transaction:
         """The commit point: one atomic btrfs operation, made durable before anything is said."""
         assert self.number is not None
         root = self.ctx.root
-        running = self.ctx.managed.live()  # booted, or made live by apply since
+        running = working_snapshot(self.ctx.managed, root)
         if running is not None:  # before the commit point: nothing may fail after it
             state.record_working(root, running)
         btrfs.set_default(fork_dir)
@@ -648,3 +649,14 @@ def choose_base(
 def default_description(kind: str, argv: Sequence[str] = ()) -> str:
     text = f"{kind}: {shlex.join(argv)}" if argv else kind
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def working_snapshot(managed: ManagedRoot, root: Path) -> int | None:
+    """The snapshot known to work: the live one (booted, or applied since), but the booted one
+    while an applied snapshot's kernel has not run yet (``rollback last`` boots it whole)."""
+    live, booted = managed.live(), managed.booted()
+    if live != booted:
+        record = applied.load(root, live)
+        if record is None or record.get("kernel_pending"):
+            return booted
+    return live

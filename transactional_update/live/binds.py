@@ -98,7 +98,7 @@ def attach(
     attached: list[str] = []
     try:
         for name in names:
-            kept = [rel for top, rel in keep if top == name and (root / name / rel).is_dir()]
+            kept = [rel for top, rel in keep if top == name]
             _attach_one(root, snapshot_dir, name, stage, kept)
             attached.append(name)
     except BaseException:

@@ -262,7 +262,11 @@ def decide(ctx: Context, live: int | None = None, target: int | None = None) -> 
             for c in pkgdiff.package_changes(live_dir, new_dir, manager)
         ]
         source = "snapshots"
-    return classify(live, default, chain, source, packages, files, os.uname().release)
+    plan = classify(live, default, chain, source, packages, files, os.uname().release)
+    # Only what the running system has can be kept (a root without the running kernel's
+    # modules, a container's, keeps nothing).
+    kept = tuple(k for k in plan.keep if (ctx.root / k[0] / k[1]).is_dir())
+    return plan if kept == plan.keep else replace(plan, keep=kept)
 
 
 def descent(root: Path, live: int, target: int) -> list[int]:

@@ -198,8 +198,8 @@ def classify(
     replaced: list[str] = []
     kernel: list[str] = []
     elsewhere: list[str] = []
-    keep: list[tuple[str, str]] = []
     bookkeeping = 0
+    keep = _rebuilt_trees(files, running_release)
     for f in files:
         path = f["path"]
         if f.get("dir") and f["kind"] == "modified":
@@ -207,10 +207,17 @@ def classify(
         tree = _running_tree(path, running_release)
         if tree is not None and f["kind"] == "deleted" and path == f"/{tree[0]}/{tree[1]}":
             replaced.append(path)  # gone from the target: nothing to keep it on
+        elif tree is not None and tree in keep:
+            kernel.append(path)
+        elif tree is not None:
+            # Modules added for the running kernel (DKMS builds them for it) load live; the
+            # indexes depmod rewrote for them are bookkeeping.
+            if f["kind"] == "added":
+                added.append(path)
+            else:
+                bookkeeping += 1
         elif _kernel(path):
             kernel.append(path)
-            if tree is not None and tree not in keep:
-                keep.append(tree)
         elif path.lstrip("/").split("/", 1)[0] not in USERSPACE:
             elsewhere.append(path)
         elif _bookkeeping(path):
@@ -232,5 +239,24 @@ def classify(
         bookkeeping=bookkeeping,
         kernel=tuple(kernel),
         elsewhere=tuple(elsewhere),
-        keep=tuple(t for t in keep if f"/{t[0]}/{t[1]}" not in replaced),
+        keep=tuple(keep),
     )
+
+
+def _rebuilt_trees(
+    files: Sequence[Mapping[str, Any]], running_release: str
+) -> list[tuple[str, str]]:
+    """The running kernel's module trees whose modules the target replaced or deleted (a
+    rebuild under the same release), but not those it removed as a whole."""
+    rebuilt: list[tuple[str, str]] = []
+    gone = set()
+    for f in files:
+        tree = _running_tree(f["path"], running_release)
+        if tree is None or f.get("dir"):
+            if tree is not None and f["kind"] == "deleted" and f["path"] == f"/{tree[0]}/{tree[1]}":
+                gone.add(tree)
+            continue
+        name = f["path"].rsplit("/", 1)[-1]
+        if f["kind"] != "added" and not name.startswith("modules.") and tree not in rebuilt:
+            rebuilt.append(tree)
+    return [t for t in rebuilt if t not in gone]

@@ -17,7 +17,7 @@ import fnmatch
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transactional_update.snapshots.system import USERSPACE
@@ -56,7 +56,10 @@ class Mapping:
     inode: int
     path: str
     deleted: bool
-    span: str = ""  # its address range as /proc/PID/map_files names it ("7f00-7f80")
+    # Its address ranges as /proc/PID/map_files names them ("7f00-7f80"): maps shows btrfs's one
+    # device for every subvolume, so an old and a new file of one path and inode number (a
+    # library rewritten in place, loaded before and after) are one entry here, told apart there.
+    spans: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Stale:
 def parse_maps(text: str) -> list[Mapping]:
     """The file mappings of one ``/proc/PID/maps`` (anonymous and special ones left out)."""
     out: dict[tuple[tuple[int, int], int, str], Mapping] = {}
+    spans: dict[tuple[tuple[int, int], int, str], list[str]] = {}
     for line in text.splitlines():
         fields = line.split(None, 5)
         if len(fields) < 6 or not fields[5].startswith("/"):
@@ -89,9 +93,10 @@ def parse_maps(text: str) -> list[Mapping]:
         device = (int(major, 16), int(minor, 16))
         # map_files names ranges unpadded; maps pads them to 8 digits.
         start, _, end = fields[0].partition("-")
-        span = f"{int(start, 16):x}-{int(end, 16):x}"
-        out.setdefault((device, inode, path), Mapping(device, inode, path, deleted, span))
-    return list(out.values())
+        key = (device, inode, path)
+        out.setdefault(key, Mapping(device, inode, path, deleted))
+        spans.setdefault(key, []).append(f"{int(start, 16):x}-{int(end, 16):x}")
+    return [replace(m, spans=tuple(spans[key])) for key, m in out.items()]
 
 
 def unit_of(cgroup: str) -> str | None:
@@ -226,11 +231,14 @@ def _maps_now(pid_dir: Path, m: Mapping, st: os.stat_result) -> bool:
     (same inode number, another subvolume).  ``maps`` names btrfs's one superblock device for
     every subvolume, so the subvolume's device comes from the mapping itself in ``map_files``;
     where that cannot be read, the mapping counts as the old file."""
-    try:
-        mapped = os.stat(pid_dir / "map_files" / m.span)
-    except (OSError, ValueError):
-        return False
-    return (mapped.st_dev, mapped.st_ino) == (st.st_dev, st.st_ino)
+    for span in m.spans or ("",):
+        try:
+            mapped = os.stat(pid_dir / "map_files" / span)
+        except (OSError, ValueError):
+            return False
+        if (mapped.st_dev, mapped.st_ino) != (st.st_dev, st.st_ino):
+            return False
+    return True
 
 
 def _command(proc: Path, pid: int) -> str:

@@ -157,6 +157,31 @@ def test_writes_into_the_hidden_old_etc_are_named_and_merged_later(
     assert (s.root / "etc/late-one").read_text() == "written in the old /etc\n"
 
 
+def test_a_transaction_after_an_apply_takes_what_the_hidden_etc_took(
+    managed_system: System, tmp_path: Path
+) -> None:
+    """A transaction on an applied system starts from the live /etc with the hidden old one's
+    writes merged in: a power cut before the shutdown's sync-etc loses none of them."""
+    s = managed_system
+    local_repo(s, [hello(tmp_path, "1.0")])
+    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    seen = run_steps(
+        s.root,
+        [
+            ["apply", {}],
+            ["write", ".snapshots/1/snapshot/etc/late", "written in the old /etc\n"],
+            ["tu", ["run", "--", "true"]],  # 3, from 2
+        ],
+    )
+    assert applied(seen[0])["snapshot"] == 2 and seen[2]["rc"] == 0, seen[2]
+    assert s.default_number() == 3
+    assert (s.snapshot(3) / "etc/late").read_text() == "written in the old /etc\n"
+    s.boot_default()  # a power cut: no sync-etc at shutdown
+    tu_ok(s, "sync-etc")
+    assert s.booted_number() == 3
+    assert (s.root / "etc/late").read_text() == "written in the old /etc\n"
+
+
 def test_a_replacement_needs_allow_and_names_the_process_that_maps_the_old_library(
     managed_system: System, tmp_path: Path
 ) -> None:

@@ -61,6 +61,7 @@ def sync(ctx: Context) -> tuple[list[carry.Carried], TUError | None]:
                 booted,
                 booted_dir,
                 ctx.root / etcvol.ETC,
+                carry.Moment.SYNC if still_running else carry.Moment.BOOT,
                 still_running=still_running,
             ),
         )
@@ -76,6 +77,30 @@ def sync(ctx: Context) -> tuple[list[carry.Carried], TUError | None]:
     for m in merged:
         record(ctx, m)
     return merged, failed[0] if failed else None
+
+
+def catch_up_hidden(ctx: Context) -> None:
+    """After an apply: what the booted snapshot's hidden /etc took since the last merge, into
+    the live /etc, before a transaction or another apply takes the live /etc as it is (a
+    power cut before the shutdown's sync-etc then loses nothing they took)."""
+    managed = ctx.managed
+    live = managed.live()
+    if live is None or live == managed.booted():
+        return
+    try:
+        merged = carry.at_boot(
+            managed.snapshots_dir,
+            live,
+            managed.snapshot_dir(live),
+            ctx.root / etcvol.ETC,
+            carry.Moment.SYNC,
+            still_running=True,
+        )
+    except (TUError, OSError) as exc:
+        log.warning("the hidden old /etc was not merged yet (the next sync-etc tries): %s", exc)
+        return
+    if merged is not None and not merged.empty:
+        record(ctx, merged)
 
 
 def record(ctx: Context, merged: carry.Carried) -> None:

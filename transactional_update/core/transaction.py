@@ -236,10 +236,12 @@ class Transaction:
         managed = self.ctx.managed
         if not etcvol.has_own_etc(managed.snapshot_dir(base)):
             return  # a system made before the writable /etc: snapper copied /etc with the rest
+        from transactional_update.core import live_etc
         from transactional_update.etc import carry
 
         booted = managed.live()  # whose /etc is the live one (apply binds the applied one's)
         assert booted is not None
+        live_etc.catch_up_hidden(self.ctx)
         carried = carry.begin(
             self.ctx.root,
             booted,

@@ -325,7 +325,9 @@ def describe(plan: Plan) -> str:
 
 
 def carry_etc(ctx: Context, plan: Plan) -> carry.Carried | None:
-    """The live edits into the snapshot before its ``/etc`` takes over."""
+    """The live edits into the snapshot before its ``/etc`` takes over (and, on an applied
+    system, what the hidden old /etc took, first into the live one)."""
+    live_etc.catch_up_hidden(ctx)
     try:
         merged = carry.merge_live(
             ctx.root,

@@ -40,6 +40,12 @@ def tu_ok(system: System, *args: str) -> str:
     return r.stdout
 
 
+def install_hello(system: System, tmp: Path) -> None:
+    """tu-hello 1.0 from a local repository, in a new default snapshot (not booted)."""
+    local_repo(system, [hello(tmp, "1.0")])
+    tu_ok(system, "-n", "pkg", "install", "tu-hello")
+
+
 def applied(seen: dict[str, Any]) -> dict[str, Any]:
     assert seen["rc"] == 0, seen
     result: dict[str, Any] = seen["result"]
@@ -127,8 +133,7 @@ def test_writes_into_the_hidden_old_etc_are_named_and_merged_later(
     bind: apply names it, and what it writes there reaches the live /etc at the next sync-etc
     and, after that, at the boot (the sync point moves on, it does not go)."""
     s = managed_system
-    local_repo(s, [hello(tmp_path, "1.0")])
-    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    install_hello(s, tmp_path)  # snapshot 2, the default
     old_etc = ".snapshots/1/snapshot/etc"
     seen = run_steps(
         s.root,
@@ -163,8 +168,7 @@ def test_a_transaction_after_an_apply_takes_what_the_hidden_etc_took(
     """A transaction on an applied system starts from the live /etc with the hidden old one's
     writes merged in: a power cut before the shutdown's sync-etc loses none of them."""
     s = managed_system
-    local_repo(s, [hello(tmp_path, "1.0")])
-    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    install_hello(s, tmp_path)  # snapshot 2, the default
     seen = run_steps(
         s.root,
         [
@@ -375,8 +379,7 @@ def test_a_failure_half_way_takes_the_binds_off_again(
     managed_system: System, tmp_path: Path
 ) -> None:
     s = managed_system
-    local_repo(s, [hello(tmp_path, "1.0")])
-    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    install_hello(s, tmp_path)  # snapshot 2, the default
     seen = run_steps(
         s.root,
         [
@@ -445,8 +448,7 @@ def test_an_apply_killed_between_its_binds_is_visible_refused_around_and_complet
     """kill -9 after /usr is bound and before /etc: the running system mixes two snapshots
     until apply completes it; nothing merges /etc meanwhile, and no live edit is lost."""
     s = managed_system
-    local_repo(s, [hello(tmp_path, "1.0")])
-    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    install_hello(s, tmp_path)  # snapshot 2, the default
     seen = run_steps(
         s.root,
         [
@@ -523,8 +525,7 @@ def test_a_rollback_after_an_apply_is_respected_and_boots(
     default, a second apply refuses (1 does not descend from the live 2), and the reboot
     brings up 1 without tu-hello."""
     s = managed_system
-    local_repo(s, [hello(tmp_path, "1.0")])
-    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    install_hello(s, tmp_path)  # snapshot 2, the default
     seen = run_steps(
         s.root,
         [
@@ -554,8 +555,7 @@ def test_an_error_of_the_system_while_binding_is_an_apply_failure_undone(
     """Not only the mount commands fail: the staging point cannot be made (a file is in its
     way); that is exit 2 with the reason, as every failure of apply, and nothing bound."""
     s = managed_system
-    local_repo(s, [hello(tmp_path, "1.0")])
-    tu_ok(s, "-n", "pkg", "install", "tu-hello")
+    install_hello(s, tmp_path)  # snapshot 2, the default
     stage = "run/transactional-update/apply-stage"
     seen = run_steps(s.root, [["write", stage, "in the way\n"], ["apply", {}], ["mounts"]])
     failed = seen[1]
